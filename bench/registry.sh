@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# rregistry vs CNCF distribution 2.8 (Debian's docker-registry), side by side in one run:
+#   - skopeo push and pull of a ~1 GiB, 9-layer image (generated here as an OCI layout);
+#   - wrk on manifest GET by tag, blob HEAD, 1 MiB blob GET and 64 MiB blob GET.
+# Prints a table with the ratios. Targets (issue 3): >= 3x distribution's req/s on manifest
+# GET and blob HEAD, >= 1.5x its throughput on 64 MiB GET, push+pull <= 0.7x its time.
+#
+# Usage: bench/registry.sh            (builds rregistry in release mode first)
+# Env:   WRK_SECONDS (default 10), WRK_CONNECTIONS (default 32), IMAGE_MIB (default 1024)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+WRK_SECONDS=${WRK_SECONDS:-10}
+WRK_CONNECTIONS=${WRK_CONNECTIONS:-32}
+IMAGE_MIB=${IMAGE_MIB:-1024}
+
+# wrk cannot measure HEAD (its parser waits for a body after a HEAD response's
+# Content-Length), so blob HEAD uses ApacheBench (`ab -i`, Debian's apache2-utils).
+for tool in docker-registry skopeo wrk ab pigz curl sha256sum python3; do
+    command -v "$tool" >/dev/null || { echo "missing peer: $tool" >&2; exit 1; }
+done
+
+cargo build --release -q -p registry --bin rregistry
+RREGISTRY=$PWD/target/release/rregistry
+
+WORK=$(mktemp -d /var/tmp/rbuild-bench-registry.XXXXXX)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+# --- the image: 9 gzip layers of random data (incompressible, so sizes are what they say) ---
+echo "generating a ${IMAGE_MIB} MiB 9-layer OCI layout..." >&2
+LAYOUT=$WORK/image
+mkdir -p "$LAYOUT/blobs/sha256"
+layers_json=""
+diff_ids=""
+per_layer=$((IMAGE_MIB / 9))
+for i in $(seq 1 9); do
+    mkdir -p "$WORK/layer$i"
+    head -c "$((per_layer * 1024 * 1024))" /dev/urandom > "$WORK/layer$i/data$i"
+    tar -C "$WORK/layer$i" --owner=0 --group=0 --mtime=@0 -cf "$WORK/layer$i.tar" .
+    diff_id=$(sha256sum "$WORK/layer$i.tar" | cut -c1-64)
+    pigz -n -1 -c "$WORK/layer$i.tar" > "$WORK/layer$i.tar.gz"
+    digest=$(sha256sum "$WORK/layer$i.tar.gz" | cut -c1-64)
+    size=$(stat -c %s "$WORK/layer$i.tar.gz")
+    mv "$WORK/layer$i.tar.gz" "$LAYOUT/blobs/sha256/$digest"
+    rm -rf "$WORK/layer$i" "$WORK/layer$i.tar"
+    layers_json+="${layers_json:+,}{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"sha256:$digest\",\"size\":$size}"
+    diff_ids+="${diff_ids:+,}\"sha256:$diff_id\""
+done
+printf '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[%s]}}' "$diff_ids" > "$WORK/config"
+config_digest=$(sha256sum "$WORK/config" | cut -c1-64)
+cp "$WORK/config" "$LAYOUT/blobs/sha256/$config_digest"
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%d},"layers":[%s]}' \
+    "$config_digest" "$(stat -c %s "$WORK/config")" "$layers_json" > "$WORK/manifest"
+manifest_digest=$(sha256sum "$WORK/manifest" | cut -c1-64)
+cp "$WORK/manifest" "$LAYOUT/blobs/sha256/$manifest_digest"
+echo '{"imageLayoutVersion":"1.0.0"}' > "$LAYOUT/oci-layout"
+printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%d,"annotations":{"org.opencontainers.image.ref.name":"bench"}}]}' \
+    "$manifest_digest" "$(stat -c %s "$WORK/manifest")" > "$LAYOUT/index.json"
+
+# --- the two registries, same config shape, logs at info to files ---
+start_registry() { # name binary args... ; sets PORT_<name>
+    local name=$1 port; shift
+    port=$(free_port)
+    mkdir -p "$WORK/$name"
+    cat > "$WORK/$name/config.yml" <<EOF
+version: 0.1
+log:
+  level: info
+http:
+  addr: 127.0.0.1:$port
+storage:
+  filesystem:
+    rootdirectory: $WORK/$name/data
+  delete:
+    enabled: true
+EOF
+    "$@" "$WORK/$name/config.yml" > "$WORK/$name/log" 2>&1 &
+    PIDS+=($!)
+    wait_port "$port"
+    printf -v "PORT_$name" '%s' "$port"
+}
+start_registry distribution docker-registry serve
+start_registry rregistry "$RREGISTRY" serve --config
+
+now() { date +%s.%N; }
+declare -A RESULT
+
+# --- skopeo push and pull, alternating who goes first ---
+copy_time() { # src dst
+    local t0 t1
+    t0=$(now)
+    skopeo copy -q --preserve-digests --src-tls-verify=false --dest-tls-verify=false "$1" "$2" >/dev/null
+    t1=$(now)
+    python3 -c "print($t1 - $t0)"
+}
+# The client's own floor: the same copy between two local layouts, no registry involved.
+RESULT[local_copy]=$(copy_time "oci:$LAYOUT:bench" "oci:$WORK/local-copy:bench")
+rm -rf "$WORK/local-copy"
+for name in distribution rregistry; do
+    port_var=PORT_$name
+    port=${!port_var}
+    RESULT[push_$name]=$(copy_time "oci:$LAYOUT:bench" "docker://127.0.0.1:$port/bench/image:bench")
+    sync
+    RESULT[pull_$name]=$(copy_time "docker://127.0.0.1:$port/bench/image:bench" "oci:$WORK/pulled-$name:bench")
+    rm -rf "$WORK/pulled-$name"
+done
+
+# --- wrk ---
+push_blob() { # port file -> digest; POST then PUT, which both registries support
+    local digest loc sep
+    digest=sha256:$(sha256sum "$2" | cut -c1-64)
+    loc=$(curl -sf -X POST -D - -o /dev/null "http://127.0.0.1:$1/v2/bench/blobs/blobs/uploads/" | tr -d '\r' | awk 'tolower($1)=="location:"{print $2}')
+    case $loc in http*) ;; *) loc="http://127.0.0.1:$1$loc" ;; esac
+    sep='?'; case $loc in *\?*) sep='&' ;; esac
+    curl -sf -X PUT -H 'Content-Type: application/octet-stream' --data-binary @"$2" "$loc${sep}digest=$digest" -o /dev/null
+    echo "$digest"
+}
+head -c $((1 << 20)) /dev/urandom > "$WORK/blob1m"
+head -c $((64 << 20)) /dev/urandom > "$WORK/blob64m"
+wrk_run() { # label url [extra wrk args] -> "req/s MiB/s"
+    local out
+    out=$(wrk -t2 -c"$WRK_CONNECTIONS" -d"${WRK_SECONDS}s" "${@:3}" "$2")
+    python3 - "$out" <<'EOF'
+import re, sys
+out = sys.argv[1]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+m = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out)
+scale = {"B": 1 / 2**20, "KB": 1 / 1024, "MB": 1, "GB": 1024}[m.group(2)]
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+if errors:
+    sys.exit(f"wrk saw {errors.group(1)} error responses:\n{out}")
+print(f"{rps:.1f} {float(m.group(1)) * scale:.1f}")
+EOF
+}
+ab_head() { # url -> "req/s 0"
+    local out
+    out=$(ab -q -i -k -c "$WRK_CONNECTIONS" -t "$WRK_SECONDS" -n 100000000 "$1" 2>&1)
+    python3 - "$out" <<'EOF'
+import re, sys
+out = sys.argv[1]
+bad = re.search(r"Non-2xx responses:\s+(\d+)", out)
+if bad:
+    sys.exit(f"ab saw {bad.group(1)} error responses:\n{out}")
+rps = float(re.search(r"Requests per second:\s+([\d.]+)", out).group(1))
+print(f"{rps:.1f} 0")
+EOF
+}
+for name in distribution rregistry; do
+    port_var=PORT_$name
+    port=${!port_var}
+    base=http://127.0.0.1:$port
+    d1=$(push_blob "$port" "$WORK/blob1m")
+    d64=$(push_blob "$port" "$WORK/blob64m")
+    RESULT[manifest_$name]=$(wrk_run manifest "$base/v2/bench/image/manifests/bench" -H "Accept: application/vnd.oci.image.manifest.v1+json")
+    RESULT[head_$name]=$(ab_head "$base/v2/bench/blobs/blobs/$d1")
+    RESULT[get1m_$name]=$(wrk_run get1m "$base/v2/bench/blobs/blobs/$d1")
+    RESULT[get64m_$name]=$(wrk_run get64m "$base/v2/bench/blobs/blobs/$d64" -c4)
+done
+
+# --- the table ---
+python3 - <<EOF
+r = {k: v for k, v in [
+$(for k in "${!RESULT[@]}"; do echo "    (\"$k\", \"${RESULT[$k]}\"),"; done)
+]}
+def num(key, i=0): return float(r[key].split()[i])
+rows = []
+print(f"{'benchmark':<34}{'distribution':>16}{'rregistry':>16}{'ratio':>9}   target (ratio = times better)")
+# ratio: how many times better rregistry is (distribution's time / ours, or our rate / its).
+def line(label, d, o, unit, better_high, target=None):
+    ratio = (o / d) if better_high else (d / o)
+    goal = "" if target is None else f">= {target}x " + ("ok" if ratio >= target else "MISSED")
+    print(f"{label:<34}{d:>12.2f} {unit:<3}{o:>12.2f} {unit:<3}{ratio:>8.2f}x   {goal}")
+mib = "${IMAGE_MIB}"
+line(f"skopeo push {mib} MiB / 9 layers", num("push_distribution"), num("push_rregistry"), "s", False)
+line(f"skopeo pull {mib} MiB / 9 layers", num("pull_distribution"), num("pull_rregistry"), "s", False)
+pp_d = num("push_distribution") + num("pull_distribution")
+pp_o = num("push_rregistry") + num("pull_rregistry")
+# Target: push+pull in at most 0.7x distribution's time, i.e. a ratio of at least 1/0.7.
+line("push + pull", pp_d, pp_o, "s", False, 1.43)
+print(f"{'  (skopeo oci: -> oci:, no registry)':<34}{num('local_copy'):>12.2f} s    the client's floor for one copy")
+line("manifest GET by tag", num("manifest_distribution"), num("manifest_rregistry"), "r/s", True, 3)
+line("blob HEAD", num("head_distribution"), num("head_rregistry"), "r/s", True, 3)
+line("1 MiB blob GET", num("get1m_distribution"), num("get1m_rregistry"), "r/s", True)
+line("64 MiB blob GET", num("get64m_distribution", 1), num("get64m_rregistry", 1), "MiB", True, 1.5)
+EOF
