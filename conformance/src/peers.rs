@@ -1,0 +1,228 @@
+//! Real peer processes: dockerd, CNCF distribution (`docker-registry`), and checks for the
+//! command-line peers (skopeo, umoci, podman, buildah, runc).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Fails loudly when a peer program is missing: tests never skip for want of a peer.
+pub fn require(program: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join(program);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("peer program `{program}` is not installed; run .ci/run (or the README's test command) to install the test dependencies");
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// Runs a command and fails with its stderr when it exits non-zero.
+pub fn run_ok(cmd: &mut Command) -> Result<Output> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("spawn {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// Waits until `ready` holds, or fails after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{what} not ready after {timeout:?}")
+}
+
+/// A child process stopped (SIGTERM, then SIGKILL) when dropped; only the processes a test
+/// started are ever signalled.
+pub struct PeerProcess {
+    child: Child,
+    name: String,
+}
+
+impl PeerProcess {
+    pub fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Result<Self> {
+        let log_file = std::fs::File::create(log).with_context(|| format!("create {log:?}"))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("start {name}"))?;
+        Ok(PeerProcess {
+            child,
+            name: name.to_string(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails when the process has already exited (it crashed at start).
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited early: {status}", self.name);
+        }
+        Ok(())
+    }
+
+    pub fn stop(&mut self) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: signalling a child we spawned and have not reaped yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(15) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PeerProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A private dockerd (Debian's docker.io) with its own data root, exec root and socket,
+/// started as DESIGN.md says: no bridge, no iptables. Containers must use `--network host`.
+pub struct Dockerd {
+    process: PeerProcess,
+    pub dir: tempfile::TempDir,
+    pub host: String,
+}
+
+impl Dockerd {
+    pub fn start() -> Result<Self> {
+        let dockerd = require("dockerd");
+        // Debian's 20.10 client matches the daemon; a newer client on PATH may not.
+        let _ = Self::client_path();
+        let dir = tempfile::Builder::new()
+            .prefix("rbuild-dockerd-")
+            .tempdir_in("/var/tmp")?;
+        let sock = dir.path().join("docker.sock");
+        let host = format!("unix://{}", sock.display());
+        let mut cmd = Command::new(dockerd);
+        cmd.args([
+            "--bridge=none",
+            "--iptables=false",
+            "--ip-masq=false",
+            "--ip6tables=false",
+        ])
+        .arg("--host")
+        .arg(&host)
+        .arg("--data-root")
+        .arg(dir.path().join("data"))
+        .arg("--exec-root")
+        .arg(dir.path().join("exec"))
+        .arg("--pidfile")
+        .arg(dir.path().join("docker.pid"))
+        .args(["--storage-driver", "overlay2"]);
+        let process = PeerProcess::spawn("dockerd", &mut cmd, &dir.path().join("dockerd.log"))?;
+        let d = Dockerd { process, dir, host };
+        let log = d.dir.path().join("dockerd.log");
+        wait_until("dockerd", Duration::from_secs(60), || {
+            d.docker()
+                .arg("version")
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })
+        .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
+        Ok(d)
+    }
+
+    fn client_path() -> PathBuf {
+        let debian = PathBuf::from("/usr/bin/docker");
+        if debian.is_file() {
+            debian
+        } else {
+            require("docker")
+        }
+    }
+
+    /// A `docker` command talking to this daemon.
+    pub fn docker(&self) -> Command {
+        let mut cmd = Command::new(Self::client_path());
+        cmd.env("DOCKER_HOST", &self.host)
+            .env("DOCKER_CONFIG", self.dir.path().join("client-config"));
+        cmd
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+}
+
+/// CNCF distribution (`docker-registry` from Debian) on a free loopback port.
+pub struct DockerRegistry {
+    process: PeerProcess,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl DockerRegistry {
+    /// Starts with a minimal config plus `extra_yaml` (top-level keys such as `auth:`).
+    pub fn start(extra_yaml: &str) -> Result<Self> {
+        let bin = require("docker-registry");
+        let dir = tempfile::Builder::new()
+            .prefix("rbuild-distribution-")
+            .tempdir()?;
+        let port = free_port();
+        let config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{extra_yaml}",
+            dir.path().join("data").display()
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config)?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve").arg(&config_path);
+        let mut process = PeerProcess::spawn(
+            "docker-registry",
+            &mut cmd,
+            &dir.path().join("registry.log"),
+        )?;
+        wait_until("docker-registry", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })?;
+        process.check_alive()?;
+        Ok(DockerRegistry { process, dir, port })
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+}

@@ -1,0 +1,32 @@
+//! The local image store of `rbuild`.
+//!
+//! On disk (one place documents it; see also docs/ARCHITECTURE.md):
+//!
+//! ```text
+//! ROOT/                   /var/lib/rbuild as root, $XDG_DATA_HOME/rbuild otherwise
+//!   oci-layout            the store is an OCI image layout (image-layout.md), so skopeo and
+//!   index.json            umoci can read it as `oci:ROOT`; index.json lists every image, once
+//!                         per name (annotations io.containerd.image.name and
+//!                         org.opencontainers.image.ref.name), untagged images without a name
+//!   blobs/sha256/…        content, written only through oci::content (verify, fsync, rename)
+//!   ingest/               blobs being written; leftovers of killed writers are pruned
+//!   layers/<diff-id hex>/ unpacked layers, each ready to be an overlayfs lowerdir
+//!   index.lock            held exclusively while index.json is read-modified-written
+//!   build-cache/<key>.json  the builder's step cache: key → layer (GC roots)
+//!   cache-mounts/<id>/    RUN --mount=type=cache directories
+//!   tmp/                  scratch space of running builds (overlay upper/work dirs)
+//!   gc.lock               held shared by every operation that adds content, exclusively by GC
+//! ```
+//!
+//! Two rbuild processes can use one store at once: blobs and unpacked layers appear by atomic
+//! rename, index.json changes under `index.lock`, and garbage collection waits for writers.
+
+mod build_cache;
+mod ingest;
+mod lock;
+mod store;
+mod unpacked;
+
+pub use build_cache::{CacheRecord, CachedLayer};
+pub use lock::{LockError, StoreLock};
+pub use store::{ImageRecord, PruneReport, RemoveOutcome, Store, StoreError};

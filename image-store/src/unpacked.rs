@@ -1,0 +1,81 @@
+//! The cache of unpacked layers: each layer extracted once, alone, with its whiteouts in
+//! overlayfs form, so that a container or a RUN step mounts an image as an overlay of these
+//! directories instead of copying files.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+
+use oci::layer::{apply, ApplyMode};
+use oci::media_type::{self, Kind};
+use oci::{Descriptor, Digest};
+
+use crate::store::{io_err, Store, StoreError};
+
+impl Store {
+    /// The directory holding `layer` unpacked, extracting it on first use. The caller holds
+    /// [`Store::writer_lock`] so that GC cannot remove the directory while it is used.
+    pub fn unpacked_layer(
+        &self,
+        layer: &Descriptor,
+        diff_id: &Digest,
+    ) -> Result<PathBuf, StoreError> {
+        let layers = self.root().join("layers");
+        let dir = layers.join(diff_id.encoded());
+        if dir.is_dir() {
+            return Ok(dir);
+        }
+        let compression = match media_type::kind(&layer.media_type) {
+            Kind::Layer(c) => c,
+            _ => {
+                return Err(StoreError::Io {
+                    path: dir,
+                    source: io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{} is not a layer ({})", layer.digest, layer.media_type),
+                    ),
+                })
+            }
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempdir_in(&layers)
+            .map_err(io_err(&layers))?;
+        let blob = self.content().open_blob(&layer.digest)?;
+        apply(blob, compression, tmp.path(), ApplyMode::OverlayLayer).map_err(|source| {
+            StoreError::Layer {
+                digest: layer.digest.clone(),
+                source,
+            }
+        })?;
+        let tmp = tmp.keep();
+        match fs::rename(&tmp, &dir) {
+            Ok(()) => Ok(dir),
+            // Another process unpacked the same layer first: theirs is as good as ours.
+            Err(_) if dir.is_dir() => {
+                fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+                Ok(dir)
+            }
+            Err(e) => Err(io_err(&dir)(e)),
+        }
+    }
+
+    /// Removes every unpacked layer not named in `keep` (diff ID hex), and unfinished ones.
+    pub(crate) fn remove_unpacked_except(
+        &self,
+        keep: &BTreeSet<String>,
+    ) -> Result<usize, StoreError> {
+        let layers = self.root().join("layers");
+        let mut removed = 0;
+        for entry in fs::read_dir(&layers).map_err(io_err(&layers))? {
+            let entry = entry.map_err(io_err(&layers))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !keep.contains(&name) {
+                fs::remove_dir_all(entry.path()).map_err(io_err(&entry.path()))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
