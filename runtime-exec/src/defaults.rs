@@ -1,0 +1,90 @@
+//! A Spec with docker's defaults (moby oci/defaults.go, daemon/oci_linux.go): the mounts,
+//! masked and read-only paths, namespaces and capabilities `docker run` gives a container.
+//! Callers (the builder's RUN, `rbuild run`) start from it and change what they need.
+
+use std::path::Path;
+
+use oci_spec::runtime::Spec;
+
+use crate::capabilities;
+use crate::error::{Error, Result};
+
+/// Docker's masked paths: hidden behind /dev/null or an empty read-only tmpfs.
+pub const MASKED_PATHS: [&str; 11] = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Docker's read-only paths.
+pub const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// A Spec like docker's for `args` in `rootfs`: root user, PATH set, cwd `/`, new pid, net
+/// (only `lo`), ipc, uts, mount and cgroup namespaces, docker's default capabilities.
+pub fn docker_spec(rootfs: &Path, args: &[String]) -> Result<Spec> {
+    let caps: Vec<String> = capabilities::DOCKER_DEFAULT
+        .iter()
+        .map(|c| format!("CAP_{c}"))
+        .collect();
+    let value = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "root": { "path": rootfs, "readonly": false },
+        "hostname": "rbuild",
+        "process": {
+            "terminal": false,
+            "user": { "uid": 0, "gid": 0 },
+            "args": args,
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "cwd": "/",
+            "capabilities": {
+                "bounding": caps, "effective": caps, "permitted": caps,
+                "inheritable": [], "ambient": []
+            },
+            "noNewPrivileges": false
+        },
+        "mounts": [
+            { "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] },
+            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
+            { "destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"] },
+            { "destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"] },
+            { "destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["ro", "nosuid", "noexec", "nodev"] },
+            { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"] },
+            { "destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=67108864"] }
+        ],
+        "linux": {
+            "namespaces": [
+                { "type": "pid" }, { "type": "network" }, { "type": "ipc" }, { "type": "uts" },
+                { "type": "mount" }, { "type": "cgroup" }
+            ],
+            "resources": { "devices": [{ "allow": false, "access": "rwm" }] },
+            "maskedPaths": MASKED_PATHS,
+            "readonlyPaths": READONLY_PATHS
+        }
+    });
+    serde_json::from_value(value).map_err(|e| Error::InvalidSpec(format!("default spec: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_default_spec_parses_and_passes_validation() {
+        let spec =
+            super::docker_spec(std::path::Path::new("/tmp/rootfs"), &["sh".to_string()]).unwrap();
+        crate::validate::check(&spec).unwrap();
+        assert_eq!(spec.mounts().as_ref().map(Vec::len), Some(7));
+    }
+}

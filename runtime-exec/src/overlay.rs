@@ -1,0 +1,68 @@
+//! Overlayfs rootfs: an image's unpacked layers as read-only lower directories under a
+//! writable upper directory (kernel Documentation/filesystems/overlayfs.rst).
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use crate::error::{Error, Result};
+
+/// The mount(2) data string: overlayfs wants the topmost lower directory first, layers come
+/// bottom first (image order).
+pub fn mount_options(lower: &[PathBuf], upper: &Path, work: &Path) -> Result<String> {
+    if lower.is_empty() {
+        return Err(Error::InvalidSpec(
+            "an overlay rootfs needs at least one lower directory".into(),
+        ));
+    }
+    let mut lowers = Vec::with_capacity(lower.len());
+    for dir in lower.iter().rev() {
+        let text = dir.to_str().ok_or_else(|| {
+            Error::InvalidSpec(format!("overlay layer path {dir:?} is not UTF-8"))
+        })?;
+        // ',' separates options and ':' separates layers in the overlay option syntax.
+        if text.contains([',', ':']) {
+            return Err(Error::InvalidSpec(format!(
+                "overlay layer path {text:?} contains ',' or ':'"
+            )));
+        }
+        lowers.push(text.to_string());
+    }
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowers.join(":"),
+        upper.display(),
+        work.display()
+    );
+    // mount(2) copies at most one page of option data.
+    if data.len() >= 4096 {
+        return Err(Error::InvalidSpec(format!(
+            "overlay options for {} layers exceed one page ({} bytes); use shorter layer paths",
+            lower.len(),
+            data.len()
+        )));
+    }
+    Ok(data)
+}
+
+/// Mounts an overlay of `lower` (bottom first) with `upper` and `work` on `target`, in the
+/// caller's mount namespace. `work` must be an empty directory on the same filesystem as
+/// `upper`. Prefer [`crate::RunOptions::overlay`] for containers: that mount lives only in the
+/// container's namespace and can never be left behind.
+pub fn mount_overlay(lower: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()> {
+    let data = mount_options(lower, upper, work)?;
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .map_err(|e| Error::sys(format!("mount overlay on {}", target.display()), e))
+}
+
+/// Unmounts what [`mount_overlay`] mounted.
+pub fn unmount_overlay(target: &Path) -> Result<()> {
+    umount2(target, MntFlags::empty())
+        .map_err(|e| Error::sys(format!("unmount {}", target.display()), e))
+}
