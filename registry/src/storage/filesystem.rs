@@ -1,0 +1,361 @@
+//! The filesystem backend. Every replace is write-to-temp, fsync, rename, fsync-directory, so a
+//! reader sees a whole old object or a whole new one and a crash leaves no half-written object
+//! under its final name. Temporary files live in `<root>/_tmp`, outside every listed directory.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{
+    check_path, ByteStream, FileWriter, Metadata, StorageDriver, StorageError, StorageResult,
+};
+
+/// Read size for streamed blobs: large enough that a 64 MiB GET is a few dozen syscalls.
+const READ_CHUNK: usize = 1 << 20;
+/// Write size for uploads: few syscalls per blob, little memory per session.
+const WRITE_CHUNK: usize = 1 << 20;
+const TMP_DIR: &str = "_tmp";
+
+#[derive(Debug, Clone)]
+pub struct FilesystemDriver {
+    root: Arc<PathBuf>,
+}
+
+impl FilesystemDriver {
+    pub fn new(root: impl Into<PathBuf>) -> StorageResult<Self> {
+        let root = root.into();
+        fs::create_dir_all(root.join(TMP_DIR)).map_err(|e| io_err(&root, e))?;
+        Ok(FilesystemDriver {
+            root: Arc::new(root),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn full(&self, path: &str) -> StorageResult<PathBuf> {
+        check_path(path)?;
+        Ok(self.root.join(path))
+    }
+
+    fn temp_path(&self) -> PathBuf {
+        self.root
+            .join(TMP_DIR)
+            .join(format!("{:032x}", rand::random::<u128>()))
+    }
+}
+
+fn io_err(path: &Path, source: io::Error) -> StorageError {
+    if source.kind() == io::ErrorKind::NotFound {
+        StorageError::NotFound(path.display().to_string())
+    } else {
+        StorageError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> StorageResult<T> + Send + 'static,
+) -> StorageResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageError::Io {
+            path: String::new(),
+            source: io::Error::other(e),
+        })?
+}
+
+/// Makes a rename durable: the new directory entry is only on disk once its directory is synced.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+fn create_parent(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(parent) => fs::create_dir_all(parent),
+        None => Ok(()),
+    }
+}
+
+fn rename_into_place(from: &Path, to: &Path) -> io::Result<()> {
+    create_parent(to)?;
+    fs::rename(from, to)?;
+    if let Some(parent) = to.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+impl StorageDriver for FilesystemDriver {
+    type Writer = FilesystemWriter;
+
+    fn name(&self) -> &'static str {
+        "filesystem"
+    }
+
+    async fn get_content(&self, path: &str) -> StorageResult<Bytes> {
+        let full = self.full(path)?;
+        blocking(move || {
+            fs::read(&full)
+                .map(Bytes::from)
+                .map_err(|e| io_err(&full, e))
+        })
+        .await
+    }
+
+    async fn put_content(&self, path: &str, content: Bytes) -> StorageResult<()> {
+        let full = self.full(path)?;
+        let tmp = self.temp_path();
+        blocking(move || {
+            let write = || -> io::Result<()> {
+                let mut f = fs::File::create(&tmp)?;
+                f.write_all(&content)?;
+                f.sync_all()?;
+                rename_into_place(&tmp, &full)
+            };
+            write().map_err(|e| {
+                let _ = fs::remove_file(&tmp);
+                io_err(&full, e)
+            })
+        })
+        .await
+    }
+
+    async fn reader(
+        &self,
+        path: &str,
+        offset: u64,
+        len: Option<u64>,
+    ) -> StorageResult<(u64, ByteStream)> {
+        let full = self.full(path)?;
+        let path = path.to_string();
+        let (size, file) = blocking(move || {
+            let f = fs::File::open(&full).map_err(|e| io_err(&full, e))?;
+            let size = f.metadata().map_err(|e| io_err(&full, e))?.len();
+            if offset > size {
+                return Err(StorageError::InvalidOffset { path, offset, size });
+            }
+            Ok((size, f))
+        })
+        .await?;
+        let remaining = size - offset;
+        let end = offset + len.map_or(remaining, |l| l.min(remaining));
+        Ok((size, chunk_stream(Arc::new(file), offset, end)))
+    }
+
+    async fn writer(&self, path: &str, append: bool) -> StorageResult<FilesystemWriter> {
+        let full = self.full(path)?;
+        let target = full.clone();
+        let (file, size) = blocking(move || {
+            let open = || -> io::Result<(fs::File, u64)> {
+                create_parent(&full)?;
+                let f = fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .append(append)
+                    .truncate(!append)
+                    .open(&full)?;
+                let size = f.metadata()?.len();
+                Ok((f, size))
+            };
+            open().map_err(|e| io_err(&full, e))
+        })
+        .await?;
+        Ok(FilesystemWriter {
+            file: Arc::new(file),
+            path: target,
+            size,
+            pending: Vec::with_capacity(WRITE_CHUNK),
+            in_flight: None,
+        })
+    }
+
+    async fn stat(&self, path: &str) -> StorageResult<Metadata> {
+        let full = self.full(path)?;
+        blocking(move || {
+            let m = fs::metadata(&full).map_err(|e| io_err(&full, e))?;
+            Ok(Metadata {
+                size: m.len(),
+                is_dir: m.is_dir(),
+                modified: m.modified().map_err(|e| io_err(&full, e))?,
+            })
+        })
+        .await
+    }
+
+    async fn list(&self, path: &str) -> StorageResult<Vec<String>> {
+        let full = self.full(path)?;
+        blocking(move || {
+            let mut names = Vec::new();
+            for entry in fs::read_dir(&full).map_err(|e| io_err(&full, e))? {
+                let entry = entry.map_err(|e| io_err(&full, e))?;
+                // Names that are not UTF-8 were not written by the registry; skip them.
+                if let Ok(name) = entry.file_name().into_string() {
+                    names.push(name);
+                }
+            }
+            Ok(names)
+        })
+        .await
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> StorageResult<()> {
+        let from = self.full(from)?;
+        let to = self.full(to)?;
+        blocking(move || {
+            if !from.exists() {
+                return Err(StorageError::NotFound(from.display().to_string()));
+            }
+            rename_into_place(&from, &to).map_err(|e| io_err(&to, e))
+        })
+        .await
+    }
+
+    async fn delete(&self, path: &str) -> StorageResult<()> {
+        let full = self.full(path)?;
+        let trash = self.temp_path();
+        blocking(move || {
+            let meta = fs::symlink_metadata(&full).map_err(|e| io_err(&full, e))?;
+            if meta.is_dir() {
+                // Renaming first makes the delete atomic for readers: the tree vanishes at once.
+                fs::rename(&full, &trash).map_err(|e| io_err(&full, e))?;
+                fs::remove_dir_all(&trash).map_err(|e| io_err(&trash, e))
+            } else {
+                fs::remove_file(&full).map_err(|e| io_err(&full, e))
+            }
+        })
+        .await
+    }
+}
+
+/// Streams `[pos, end)` of a file in `READ_CHUNK` pieces, each read by `pread` on the blocking
+/// pool straight into the buffer that is sent (no intermediate copy). The next chunk is read
+/// while the current one is being sent, so disk and socket work overlap.
+fn chunk_stream(file: Arc<fs::File>, pos: u64, end: u64) -> ByteStream {
+    struct State {
+        file: Arc<fs::File>,
+        pos: u64,
+        end: u64,
+        next: Option<tokio::task::JoinHandle<io::Result<Bytes>>>,
+    }
+    fn read_ahead(
+        file: &Arc<fs::File>,
+        pos: u64,
+        end: u64,
+    ) -> Option<tokio::task::JoinHandle<io::Result<Bytes>>> {
+        if pos >= end {
+            return None;
+        }
+        let file = file.clone();
+        let want = (end - pos).min(READ_CHUNK as u64) as usize;
+        Some(tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; want];
+            let mut filled = 0;
+            while filled < want {
+                match file.read_at(&mut buf[filled..], pos + filled as u64) {
+                    Ok(0) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "blob shorter than its size",
+                        ))
+                    }
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(Bytes::from(buf))
+        }))
+    }
+    let next = read_ahead(&file, pos, end);
+    let state = State {
+        file,
+        pos,
+        end,
+        next,
+    };
+    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
+        let chunk = match st.next.take()?.await {
+            Ok(Ok(chunk)) => chunk,
+            Ok(Err(e)) => return Some((Err(e), st)),
+            Err(join) => return Some((Err(io::Error::other(join)), st)),
+        };
+        st.pos += chunk.len() as u64;
+        st.next = read_ahead(&st.file, st.pos, st.end);
+        Some((Ok(chunk), st))
+    }))
+}
+
+/// Gathers incoming bytes into `WRITE_CHUNK` buffers and writes each on the blocking pool
+/// while the next one fills, so network, hashing and disk work overlap.
+pub struct FilesystemWriter {
+    file: Arc<fs::File>,
+    path: PathBuf,
+    size: u64,
+    pending: Vec<u8>,
+    in_flight: Option<tokio::task::JoinHandle<io::Result<()>>>,
+}
+
+impl FilesystemWriter {
+    async fn wait_in_flight(&mut self) -> StorageResult<()> {
+        if let Some(write) = self.in_flight.take() {
+            write
+                .await
+                .map_err(io::Error::other)
+                .and_then(|r| r)
+                .map_err(|e| io_err(&self.path, e))?;
+        }
+        Ok(())
+    }
+
+    async fn flush_pending(&mut self) -> StorageResult<()> {
+        self.wait_in_flight().await?;
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::replace(&mut self.pending, Vec::with_capacity(WRITE_CHUNK));
+        let file = self.file.clone();
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            (&*file).write_all(&buf)
+        }));
+        Ok(())
+    }
+}
+
+impl FileWriter for FilesystemWriter {
+    async fn write(&mut self, data: Bytes) -> StorageResult<()> {
+        self.pending.extend_from_slice(&data);
+        self.size += data.len() as u64;
+        if self.pending.len() >= WRITE_CHUNK {
+            self.flush_pending().await?;
+        }
+        Ok(())
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    async fn commit(mut self) -> StorageResult<()> {
+        self.flush_pending().await?;
+        self.wait_in_flight().await?;
+        let file = self.file.clone();
+        let path = self.path.clone();
+        blocking(move || file.sync_all().map_err(|e| io_err(&path, e))).await
+    }
+
+    async fn cancel(mut self) -> StorageResult<()> {
+        // Let the in-flight write finish before the file is removed; its error no longer
+        // matters.
+        let _ = self.wait_in_flight().await;
+        let path = self.path;
+        blocking(move || fs::remove_file(&path).map_err(|e| io_err(&path, e))).await
+    }
+}

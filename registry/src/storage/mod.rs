@@ -1,0 +1,128 @@
+//! The storage seam: a small driver trait in the spirit of distribution's
+//! `registry/storage/driver/storagedriver.go`, and the one test suite every backend must pass
+//! ([`testsuite`]).
+//!
+//! Paths are `/`-separated keys relative to the driver's root (`docker/registry/v2/blobs/…`), so
+//! that an object store can implement the same trait: streaming ranged reads, streaming writes
+//! that become durable on `commit`, atomic `rename` (a copy + delete on object stores), listing
+//! and recursive delete. The registry keeps nothing a request needs only in memory: everything
+//! goes through this trait (see `paths.rs` for what lives where).
+
+pub mod filesystem;
+pub mod testsuite;
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+/// A streamed object body.
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("path not found: {0}")]
+    NotFound(String),
+    #[error("invalid storage path {0:?}")]
+    InvalidPath(String),
+    #[error("offset {offset} is beyond the end of {path} ({size} bytes)")]
+    InvalidOffset {
+        path: String,
+        offset: u64,
+        size: u64,
+    },
+    #[error("storage I/O on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl StorageError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StorageError::NotFound(_))
+    }
+}
+
+pub type StorageResult<T> = Result<T, StorageError>;
+
+/// What `stat` reports about a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metadata {
+    pub size: u64,
+    pub is_dir: bool,
+    pub modified: SystemTime,
+}
+
+/// A streaming writer to one path. Bytes written are not guaranteed durable until `commit`;
+/// `cancel` removes everything this writer's path holds.
+pub trait FileWriter: Send {
+    fn write(&mut self, data: Bytes) -> impl Future<Output = StorageResult<()>> + Send;
+    /// Bytes in the object so far, including what was there before an appending open.
+    fn size(&self) -> u64;
+    /// Makes the written bytes durable (fsync on a filesystem).
+    fn commit(self) -> impl Future<Output = StorageResult<()>> + Send;
+    fn cancel(self) -> impl Future<Output = StorageResult<()>> + Send;
+}
+
+pub trait StorageDriver: Send + Sync + 'static {
+    type Writer: FileWriter;
+
+    /// A short name for logs ("filesystem").
+    fn name(&self) -> &'static str;
+
+    /// Reads a whole (small) object: links, manifests, upload state.
+    fn get_content(&self, path: &str) -> impl Future<Output = StorageResult<Bytes>> + Send;
+
+    /// Replaces an object atomically: readers see the old or the new content, never a mix,
+    /// and the new content is durable when this returns.
+    fn put_content(
+        &self,
+        path: &str,
+        content: Bytes,
+    ) -> impl Future<Output = StorageResult<()>> + Send;
+
+    /// Streams `len` bytes (to the end when `None`) from `offset`. Returns the object's total
+    /// size beside the stream so that one open serves both the headers and the body.
+    fn reader(
+        &self,
+        path: &str,
+        offset: u64,
+        len: Option<u64>,
+    ) -> impl Future<Output = StorageResult<(u64, ByteStream)>> + Send;
+
+    /// Opens a writer; `append` continues an existing object (a resumed upload), otherwise
+    /// the object is truncated.
+    fn writer(
+        &self,
+        path: &str,
+        append: bool,
+    ) -> impl Future<Output = StorageResult<Self::Writer>> + Send;
+
+    fn stat(&self, path: &str) -> impl Future<Output = StorageResult<Metadata>> + Send;
+
+    /// The names (not paths) of the direct children of a directory, unsorted.
+    fn list(&self, path: &str) -> impl Future<Output = StorageResult<Vec<String>>> + Send;
+
+    /// Moves an object into place atomically, replacing any object at `to`.
+    fn rename(&self, from: &str, to: &str) -> impl Future<Output = StorageResult<()>> + Send;
+
+    /// Deletes an object or a whole directory tree.
+    fn delete(&self, path: &str) -> impl Future<Output = StorageResult<()>> + Send;
+}
+
+/// Rejects keys that could escape the root or alias another key: empty segments, `.`, `..`.
+pub fn check_path(path: &str) -> StorageResult<()> {
+    let bad = path.is_empty()
+        || path
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == ".." || seg.contains('\0'));
+    if bad {
+        return Err(StorageError::InvalidPath(path.to_string()));
+    }
+    Ok(())
+}
