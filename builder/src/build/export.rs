@@ -1,0 +1,166 @@
+//! Turning a solved stage into an image: config and manifest into the store, then the
+//! outputs (`-t` names in the local store, OCI or docker archives, a local directory).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use image_store::Store;
+use oci::archive::{write_archive, ArchiveFormat, ArchiveImage};
+use oci::image::{to_json_bytes, Manifest};
+use oci::layer::{apply, ApplyMode};
+use oci::media_type::{self, Kind};
+use oci::{Descriptor, Digest};
+
+use super::progress::Progress;
+use super::stage::StageState;
+use super::{BuildError, BuildOptions};
+
+/// Where a build's image goes besides the local store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// `type=oci,dest=FILE`: an OCI archive.
+    Oci(PathBuf),
+    /// `type=docker,dest=FILE`: a docker-archive for `docker load`.
+    Docker(PathBuf),
+    /// `type=local,dest=DIR`: the image's root filesystem as files.
+    Local(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildResult {
+    pub manifest: Descriptor,
+    /// The image ID (the config digest), as `docker build` prints it.
+    pub config_digest: Digest,
+}
+
+pub(crate) fn export(
+    store: &Store,
+    state: &StageState,
+    options: &BuildOptions,
+    progress: &Progress,
+) -> Result<BuildResult, BuildError> {
+    let mut config = state.config.clone();
+    let now = options
+        .source_date_epoch
+        .unwrap_or_else(oci::timestamp::now_unix);
+    let created = oci::timestamp::format_rfc3339(now);
+    config.created = Some(created.clone());
+    if let Some(epoch) = options.source_date_epoch {
+        // Reproducible builds: no timestamp after SOURCE_DATE_EPOCH, as BuildKit rewrites them.
+        for h in &mut config.history {
+            let later = h
+                .created
+                .as_deref()
+                .and_then(oci::timestamp::parse_rfc3339)
+                .is_none_or(|t| t > epoch);
+            if later {
+                h.created = Some(created.clone());
+            }
+        }
+    }
+    for (k, v) in &options.labels {
+        config.config_mut().labels.insert(k.clone(), v.clone());
+    }
+    let config_bytes = to_json_bytes(&config);
+    let config_digest = store
+        .content()
+        .put(&config_bytes)
+        .map_err(image_store::StoreError::from)?;
+    let manifest = Manifest::oci(
+        Descriptor::new(
+            media_type::OCI_CONFIG,
+            config_digest.clone(),
+            config_bytes.len() as u64,
+        ),
+        state.layers.iter().map(|l| l.descriptor.clone()).collect(),
+    );
+    let manifest_bytes = to_json_bytes(&manifest);
+    let digest = store
+        .content()
+        .put(&manifest_bytes)
+        .map_err(image_store::StoreError::from)?;
+    let descriptor = Descriptor::new(
+        media_type::OCI_MANIFEST,
+        digest,
+        manifest_bytes.len() as u64,
+    );
+    store.add_image(&descriptor, &options.tags)?;
+
+    for output in &options.outputs {
+        match output {
+            Output::Oci(path) | Output::Docker(path) => {
+                let format = if matches!(output, Output::Oci(_)) {
+                    ArchiveFormat::Oci
+                } else {
+                    ArchiveFormat::Docker
+                };
+                let step = progress.step(usize::MAX, &format!("exporting to {}", path.display()));
+                let image = ArchiveImage {
+                    names: options.tags.clone(),
+                    descriptor: descriptor.clone(),
+                };
+                write_atomically(path, |out| {
+                    write_archive(store.content(), &[image], format, out).map_err(BuildError::other)
+                })?;
+                step.finish(super::progress::StepStatus::Done);
+            }
+            Output::Local(dir) => {
+                let step =
+                    progress.step(usize::MAX, &format!("copying files to {}", dir.display()));
+                export_local(store, state, dir)?;
+                step.finish(super::progress::StepStatus::Done);
+            }
+        }
+    }
+    for tag in &options.tags {
+        progress.message(&format!("naming to {tag}"));
+    }
+    Ok(BuildResult {
+        manifest: descriptor,
+        config_digest,
+    })
+}
+
+fn export_local(store: &Store, state: &StageState, dir: &Path) -> Result<(), BuildError> {
+    fs::create_dir_all(dir).map_err(|e| BuildError::other(format!("{}: {e}", dir.display())))?;
+    for layer in &state.layers {
+        let Kind::Layer(compression) = media_type::kind(&layer.descriptor.media_type) else {
+            return Err(BuildError::other(format!(
+                "{} is not a layer",
+                layer.descriptor.digest
+            )));
+        };
+        let blob = store
+            .content()
+            .open_blob(&layer.descriptor.digest)
+            .map_err(image_store::StoreError::from)?;
+        apply(blob, compression, dir, ApplyMode::Merged)
+            .map_err(|e| BuildError::other(format!("{}: {e}", dir.display())))?;
+    }
+    Ok(())
+}
+
+/// Writes through a temporary file beside `path`, renamed into place only when complete.
+fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> Result<(), BuildError>,
+) -> Result<(), BuildError> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let io = |e: std::io::Error| BuildError::other(format!("{}: {e}", path.display()));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".rbuild-export-")
+        .tempfile_in(dir)
+        .map_err(io)?;
+    {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+        write(&mut out)?;
+        out.flush().map_err(io)?;
+    }
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! The build solver: a parsed [`Dockerfile`] and a build context in, an image out.
+//!
+//! BuildKit's split is the model (DESIGN.md "Build solver"): `stage` interprets a stage's
+//! instructions into filesystem steps (RUN, COPY/ADD, WORKDIR) and config changes; each
+//! filesystem step has a cache key computed from its parent's key and its own inputs
+//! (`cache_key`), is looked up in the store's build cache, and only runs on a miss. Steps run
+//! on overlay snapshots of unpacked layers (`snapshot`), RUN through the executor (`run`).
+//! Stages that do not depend on each other are solved on parallel threads; only the stages
+//! the target needs are solved at all. `export` turns the final state into an image.
+
+mod copy;
+mod export;
+mod progress;
+mod run;
+mod snapshot;
+mod stage;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use image_store::Store;
+use oci::compression::Compression;
+use oci::{Digest, Platform, Reference};
+
+pub use export::{BuildResult, Output};
+pub use progress::{Progress, ProgressMode};
+
+use crate::dockerfile::{Dockerfile, DockerfileError};
+
+/// Everything `rbuild build` can be asked.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// The build context directory.
+    pub context: PathBuf,
+    /// The Dockerfile's path and its text (read by the caller, so that errors can show lines).
+    pub dockerfile_path: PathBuf,
+    pub tags: Vec<Reference>,
+    pub target: Option<String>,
+    pub build_args: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub no_cache: bool,
+    /// Stages (by name) whose steps are never taken from the cache.
+    pub no_cache_filter: Vec<String>,
+    /// The platform to build for; only the host's is supported.
+    pub platform: Platform,
+    /// Clamp layer mtimes and set every `created` to this time, for reproducible digests.
+    pub source_date_epoch: Option<i64>,
+    pub compression: Compression,
+    pub outputs: Vec<Output>,
+    /// `--secret id=…,src=…|env=…`: id → secret bytes. Never written to an image or a key.
+    pub secrets: BTreeMap<String, Vec<u8>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{0}")]
+    Dockerfile(String),
+    /// An instruction failed; `location` is `Dockerfile:LINE`.
+    #[error("{location}: {instruction}: {message}")]
+    Step {
+        location: String,
+        instruction: String,
+        message: String,
+    },
+    #[error(transparent)]
+    Store(#[from] image_store::StoreError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl BuildError {
+    pub(crate) fn other(message: impl std::fmt::Display) -> BuildError {
+        BuildError::Other(message.to_string())
+    }
+}
+
+impl From<DockerfileError> for BuildError {
+    fn from(e: DockerfileError) -> Self {
+        BuildError::Dockerfile(e.to_string())
+    }
+}
+
+/// Builds `dockerfile` and writes the result to `options.outputs`.
+pub fn build(
+    store: &Store,
+    dockerfile: &Dockerfile,
+    options: &BuildOptions,
+    progress: &Progress,
+) -> Result<BuildResult, BuildError> {
+    if options.platform.os != Platform::host().os
+        || options.platform.architecture != Platform::host().architecture
+    {
+        return Err(BuildError::Other(format!(
+            "building for {} is not supported: rbuild builds for this host's platform ({}) only",
+            options.platform,
+            Platform::host()
+        )));
+    }
+    let _writing = store.writer_lock()?;
+    let solver = stage::Solver::new(store, dockerfile, options, progress)?;
+    let target = solver.target_stage()?;
+    let state = solver.solve(target)?;
+    export::export(store, &state, options, progress)
+}
+
+/// The digest of a cache-key preimage.
+pub(crate) fn key_of(parts: &[&[u8]]) -> Digest {
+    let mut d = oci::Digester::new(oci::Algorithm::Sha256);
+    for part in parts {
+        // Length-prefixed, so that no two different part lists hash alike.
+        d.update(&(part.len() as u64).to_le_bytes());
+        d.update(part);
+    }
+    d.finish()
+}

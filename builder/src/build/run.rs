@@ -1,0 +1,360 @@
+//! RUN: the command runs through the executor (runtime-exec) on an overlay snapshot of the
+//! stage; its changes become the step's layer.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use runtime_exec::{ContainerStdio, OverlayRootfs, RunOptions};
+use serde_json::{json, Value};
+
+use super::snapshot::{commit_upper, exists_in_lowers, lower_dirs, with_merged, Workspace};
+use super::stage::{step_error, Layer, Solver, StageState, PROXY_ARGS};
+use super::{key_of, BuildError};
+use crate::dockerfile::instructions::{CommandLine, Located, NetworkMode, Run, RunScript};
+use crate::dockerfile::{Instruction, Mount, MountType};
+use crate::image_config::{shell_of, Scope};
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// How many lines of a failing step's output the error repeats.
+const ERROR_TAIL_LINES: usize = 12;
+
+/// What a RUN executes, decided before it runs: the cache key is made of exactly this.
+pub(crate) struct Plan {
+    args: Vec<String>,
+    env: Vec<String>,
+    cwd: String,
+    user: String,
+    network: NetworkMode,
+    mounts: Vec<Mount>,
+    /// A heredoc script run as a file: (name, content).
+    script_file: Option<(String, String)>,
+}
+
+/// Decides what the RUN executes; the cache key is made of exactly this.
+pub(crate) fn plan(
+    solver: &Solver,
+    state: &StageState,
+    run: &Run,
+    at: &Located<Instruction>,
+) -> Result<Plan, BuildError> {
+    let config = &state.config;
+    let mut script_file = None;
+    let args = match run.script() {
+        RunScript::Command(CommandLine::Exec(args)) => args,
+        RunScript::Command(CommandLine::Shell(text)) | RunScript::Shell(text) => {
+            let mut a = shell_of(config);
+            a.push(text);
+            a
+        }
+        RunScript::Executable { name, content } => {
+            let path = format!("/dev/pipes/{name}");
+            script_file = Some((name, content));
+            vec![path]
+        }
+    };
+    // Build args are environment variables of RUN, below the image's own Env.
+    let mut env: BTreeMap<String, String> = state.args.clone();
+    for proxy in PROXY_ARGS {
+        if let Some(v) = solver.options.build_args.get(proxy) {
+            env.entry(proxy.to_string()).or_insert_with(|| v.clone());
+        }
+    }
+    let rc = config.config.clone().unwrap_or_default();
+    for kv in &rc.env {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        env.insert(k.to_string(), v.to_string());
+    }
+    env.entry("PATH".to_string())
+        .or_insert_with(|| DEFAULT_PATH.to_string());
+    let scope = Scope::new(config, &state.args);
+    let mut mounts = Vec::new();
+    for m in &run.mounts {
+        let mut expand = |w: &str| {
+            solver
+                .lex
+                .process_word(w, &scope)
+                .map_err(|e| e.to_string())
+        };
+        mounts.push(m.resolve(&mut expand).map_err(|e| step_error(at, e))?);
+    }
+    Ok(Plan {
+        args,
+        env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        cwd: if rc.working_dir.is_empty() {
+            "/".into()
+        } else {
+            rc.working_dir.clone()
+        },
+        user: rc.user.clone(),
+        network: run.network.unwrap_or(NetworkMode::Default),
+        mounts,
+        script_file,
+    })
+}
+
+pub(crate) fn cache_key(solver: &Solver, state: &StageState, plan: &Plan) -> oci::Digest {
+    // Proxy settings and secret values never enter a key (reference.md, "Predefined ARGs").
+    let env: Vec<&str> = plan
+        .env
+        .iter()
+        .filter(|kv| !PROXY_ARGS.iter().any(|p| kv.starts_with(&format!("{p}="))))
+        .map(String::as_str)
+        .collect();
+    let mounts: Vec<String> = plan.mounts.iter().map(|m| format!("{m:?}")).collect();
+    let network = format!("{:?}", plan.network);
+    let script = plan
+        .script_file
+        .as_ref()
+        .map(|(n, c)| format!("{n}\0{c}"))
+        .unwrap_or_default();
+    // A bind mount of the context makes the step depend on the context's content.
+    let context_sum = plan
+        .mounts
+        .iter()
+        .filter(|m| m.kind == MountType::Bind && m.from.is_none())
+        .map(|m| {
+            super::copy::context_checksum(solver, m.source.as_deref().unwrap_or("."))
+                .map(|d| d.to_string())
+                .unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    key_of(&[
+        b"run",
+        state.fs_key.as_str().as_bytes(),
+        plan.args.join("\0").as_bytes(),
+        env.join("\0").as_bytes(),
+        plan.cwd.as_bytes(),
+        plan.user.as_bytes(),
+        network.as_bytes(),
+        mounts.join("\0").as_bytes(),
+        script.as_bytes(),
+        context_sum.as_bytes(),
+    ])
+}
+
+/// Runs the planned command and returns its layer (`None` when it changed nothing).
+pub(crate) fn execute(
+    solver: &Solver,
+    state: &StageState,
+    plan: &Plan,
+    at: &Located<Instruction>,
+    step: &super::progress::Step,
+) -> Result<Option<Layer>, BuildError> {
+    let store = solver.store;
+    let ws = Workspace::new(store)?;
+    let lower = lower_dirs(store, &state.layers, &ws)?;
+    let (uid, gid, groups) = if plan.user.is_empty() {
+        (0, 0, Vec::new())
+    } else {
+        let user = plan.user.clone();
+        with_merged(&ws, &lower, move |root| {
+            runtime_exec::user::resolve(root, &user).map_err(|e| BuildError::other(e.to_string()))
+        })
+        .map_err(|e| step_error(at, e))?
+    };
+    let rootfs = ws.path("merged");
+    let mut spec =
+        runtime_exec::defaults::docker_spec(&rootfs, &plan.args).map_err(|e| step_error(at, e))?;
+    let mut value = serde_json::to_value(&spec).map_err(BuildError::other)?;
+    value["hostname"] = json!("buildkitsandbox");
+    value["process"]["env"] = json!(plan.env);
+    value["process"]["cwd"] = json!(plan.cwd);
+    value["process"]["user"] = json!({ "uid": uid, "gid": gid, "additionalGids": groups });
+    let mut extra_mounts = Vec::new();
+    if plan.network != NetworkMode::None {
+        // rbuild's default network is the host's, as `docker build --network host`: RUN apt-get
+        // works with no bridge to set up (DESIGN.md).
+        if let Some(ns) = value["linux"]["namespaces"].as_array_mut() {
+            ns.retain(|n| n["type"] != "network");
+        }
+        for file in ["/etc/resolv.conf", "/etc/hosts"] {
+            if Path::new(file).exists() {
+                extra_mounts.push(json!({ "destination": file, "type": "bind", "source": file, "options": ["rbind", "ro"] }));
+            }
+        }
+    }
+    if let Some((name, content)) = &plan.script_file {
+        let path = ws.path("script");
+        fs::write(&path, content).map_err(BuildError::other)?;
+        set_mode(&path, 0o755)?;
+        extra_mounts.push(json!({ "destination": format!("/dev/pipes/{name}"), "type": "bind", "source": path, "options": ["rbind", "ro"] }));
+    }
+    for (n, m) in plan.mounts.iter().enumerate() {
+        extra_mounts.push(mount_json(solver, &ws, n, m, at)?);
+    }
+    if let Some(mounts) = value["mounts"].as_array_mut() {
+        mounts.extend(extra_mounts.iter().cloned());
+    }
+    spec = serde_json::from_value(value).map_err(BuildError::other)?;
+
+    let (read_end, write_end) = nix::unistd::pipe().map_err(BuildError::other)?;
+    let stdio = ContainerStdio {
+        stdin: None,
+        stdout: Some(write_end.try_clone().map_err(BuildError::other)?),
+        stderr: Some(write_end),
+    };
+    let mut options = RunOptions::new(format!("rbuild-run-{}", std::process::id()));
+    options.overlay = Some(OverlayRootfs {
+        lower: lower.clone(),
+        upper: ws.upper(),
+        work: ws.path("work"),
+    });
+    let tail = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| relay_output(read_end, step));
+        let status = runtime_exec::run_with_stdio(&spec, &options, stdio);
+        let tail = reader.join().unwrap_or_default();
+        status.map(|s| (s, tail))
+    });
+    let (status, tail) = tail.map_err(|e| step_error(at, e))?;
+    if !status.success() {
+        let mut message = format!(
+            "process {:?} did not complete successfully: exit code: {}",
+            plan.args.join(" "),
+            status.code()
+        );
+        if !tail.is_empty() {
+            message.push_str("\n--- last lines of output ---\n");
+            message.push_str(&tail.into_iter().collect::<Vec<_>>().join("\n"));
+        }
+        return Err(step_error(at, message));
+    }
+    let destinations: Vec<String> = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .map(|m| m.destination().to_string_lossy().into_owned())
+        .collect();
+    remove_mount_stubs(&ws.upper(), &lower, &destinations);
+    commit_upper(store, &ws, solver.options)
+}
+
+/// Prints the container's output as step lines; returns its last lines for an error report.
+fn relay_output(read_end: OwnedFd, step: &super::progress::Step) -> VecDeque<String> {
+    let mut tail = VecDeque::new();
+    let reader = BufReader::new(fs::File::from(read_end));
+    for line in reader.split(b'\n').map_while(Result::ok) {
+        let line = String::from_utf8_lossy(&line).into_owned();
+        step.output(&line);
+        if tail.len() == ERROR_TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+    tail
+}
+
+fn mount_json(
+    solver: &Solver,
+    ws: &super::snapshot::Workspace,
+    n: usize,
+    m: &Mount,
+    at: &Located<Instruction>,
+) -> Result<Value, BuildError> {
+    let target = m.target.clone().unwrap_or_default();
+    let ro = if m.read_only { "ro" } else { "rw" };
+    Ok(match m.kind {
+        MountType::Cache => {
+            // Cache mounts persist in the store between builds and never enter an image.
+            let id = m.id.clone().unwrap_or_else(|| target.clone());
+            let dir = solver
+                .store
+                .root()
+                .join("cache-mounts")
+                .join(oci::Digest::sha256_of(id.as_bytes()).encoded());
+            if !dir.exists() {
+                fs::create_dir_all(&dir).map_err(BuildError::other)?;
+                set_mode(&dir, m.mode.unwrap_or(0o755))?;
+                let (uid, gid) = (m.uid.unwrap_or(0), m.gid.unwrap_or(0));
+                std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(BuildError::other)?;
+            }
+            json!({ "destination": target, "type": "bind", "source": dir, "options": ["rbind", ro] })
+        }
+        MountType::Tmpfs => {
+            let mut options = vec!["nosuid".to_string(), "nodev".to_string()];
+            if let Some(size) = m.size {
+                options.push(format!("size={size}"));
+            }
+            json!({ "destination": target, "type": "tmpfs", "source": "tmpfs", "options": options })
+        }
+        MountType::Secret => {
+            let id = m.id.clone().unwrap_or_else(|| {
+                Path::new(&target)
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+            let Some(secret) = solver.options.secrets.get(&id) else {
+                if m.required {
+                    return Err(step_error(
+                        at,
+                        format!("secret {id} not found (pass it with --secret id={id},src=FILE)"),
+                    ));
+                }
+                return Ok(
+                    json!({ "destination": target, "type": "tmpfs", "source": "tmpfs", "options": ["ro", "size=4k"] }),
+                );
+            };
+            if m.env.is_some() {
+                return Err(step_error(at, "secrets as environment variables (env=) are not supported yet; mount them as files"));
+            }
+            let path = ws.path(&format!("secret-{n}"));
+            fs::write(&path, secret).map_err(BuildError::other)?;
+            set_mode(&path, m.mode.unwrap_or(0o400))?;
+            std::os::unix::fs::chown(&path, Some(m.uid.unwrap_or(0)), Some(m.gid.unwrap_or(0)))
+                .map_err(BuildError::other)?;
+            let target = if target.is_empty() {
+                format!("/run/secrets/{id}")
+            } else {
+                target
+            };
+            json!({ "destination": target, "type": "bind", "source": path, "options": ["rbind", "ro"] })
+        }
+        MountType::Bind => {
+            if m.from.is_some() {
+                return Err(step_error(at, "RUN --mount=type=bind,from=… is not supported yet; COPY --from the files instead"));
+            }
+            let source = super::copy::context_path(solver, m.source.as_deref().unwrap_or("."))
+                .map_err(|e| step_error(at, e))?;
+            // A writable bind of the context must not write into the context: BuildKit
+            // discards such writes, so a read-only bind is the honest equivalent.
+            json!({ "destination": target, "type": "bind", "source": source, "options": ["rbind", "ro"] })
+        }
+        MountType::Ssh => return Err(step_error(at, "RUN --mount=type=ssh is not supported yet")),
+    })
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), BuildError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| BuildError::other(format!("{}: {e}", path.display())))
+}
+
+/// Removes the empty files and directories the executor created in the upper directory only
+/// to mount something over them (BuildKit's "mount stubs"): they are not the step's changes.
+fn remove_mount_stubs(upper: &Path, lower: &[PathBuf], destinations: &[String]) {
+    for dest in destinations {
+        let mut rel = PathBuf::from(dest.trim_start_matches('/'));
+        loop {
+            if rel.as_os_str().is_empty() || exists_in_lowers(lower, &rel) {
+                break;
+            }
+            let path = upper.join(&rel);
+            let removed = match path.symlink_metadata() {
+                Ok(m) if m.is_dir() => fs::remove_dir(&path).is_ok(),
+                Ok(m) if m.is_file() && m.len() == 0 => fs::remove_file(&path).is_ok(),
+                _ => false,
+            };
+            if !removed {
+                break;
+            }
+            match rel.parent() {
+                Some(p) => rel = p.to_path_buf(),
+                None => break,
+            }
+        }
+    }
+}

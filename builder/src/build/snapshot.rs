@@ -1,0 +1,192 @@
+//! Snapshots: a step's view of its stage's filesystem is an overlay of the stage's unpacked
+//! layers (from the store's cache of unpacked layers) under a fresh upper directory; what the
+//! step changed is the upper directory, which becomes the step's layer.
+//!
+//! Mounts the builder makes itself (COPY, WORKDIR) happen on a thread that first moves into a
+//! private mount namespace: they are invisible to the host and vanish with the thread, so a
+//! killed build never leaves a mount behind. RUN's overlay is mounted by the executor inside
+//! the container's own namespace for the same reason.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use image_store::Store;
+use nix::mount::{mount, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use oci::compression::CompressOptions;
+use oci::content::Expected;
+use oci::layer::{create, CreateOptions, SourceKind};
+use oci::media_type;
+
+use super::stage::Layer;
+use super::{BuildError, BuildOptions};
+
+/// Scratch directories of one step, removed when dropped.
+pub(crate) struct Workspace {
+    dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    /// A new workspace under ROOT/tmp, on the same filesystem as the unpacked layers (overlay
+    /// needs upper and work together; renames stay cheap).
+    pub fn new(store: &Store) -> Result<Workspace, BuildError> {
+        let base = store.root().join("tmp");
+        fs::create_dir_all(&base)
+            .map_err(|e| BuildError::other(format!("{}: {e}", base.display())))?;
+        let dir = tempfile::Builder::new()
+            .prefix("step-")
+            .tempdir_in(&base)
+            .map_err(|e| BuildError::other(format!("{}: {e}", base.display())))?;
+        for sub in ["upper", "work", "merged", "empty"] {
+            fs::create_dir(dir.path().join(sub))
+                .map_err(|e| BuildError::other(format!("{}: {e}", dir.path().display())))?;
+        }
+        Ok(Workspace { dir })
+    }
+
+    pub fn path(&self, sub: &str) -> PathBuf {
+        self.dir.path().join(sub)
+    }
+
+    pub fn upper(&self) -> PathBuf {
+        self.path("upper")
+    }
+}
+
+/// The unpacked directories of `layers`, bottom first; an empty stage gets one empty
+/// directory, since overlayfs needs at least one lower layer.
+pub(crate) fn lower_dirs(
+    store: &Store,
+    layers: &[Layer],
+    ws: &Workspace,
+) -> Result<Vec<PathBuf>, BuildError> {
+    if layers.is_empty() {
+        return Ok(vec![ws.path("empty")]);
+    }
+    layers
+        .iter()
+        .map(|l| {
+            store
+                .unpacked_layer(&l.descriptor, &l.diff_id)
+                .map_err(BuildError::from)
+        })
+        .collect()
+}
+
+/// Runs `f` with the overlay of `lower` and the workspace's upper directory mounted at the
+/// workspace's `merged` directory, in a private mount namespace (see the module comment).
+pub(crate) fn with_merged<T: Send>(
+    ws: &Workspace,
+    lower: &[PathBuf],
+    f: impl FnOnce(&Path) -> Result<T, BuildError> + Send,
+) -> Result<T, BuildError> {
+    let merged = ws.path("merged");
+    let (upper, work) = (ws.upper(), ws.path("work"));
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                enter_private_mount_namespace()?;
+                runtime_exec::overlay::mount_overlay(lower, &upper, &work, &merged)
+                    .map_err(|e| BuildError::other(format!("mount the step's snapshot: {e}")))?;
+                // No unmount needed: the namespace, and the mount with it, ends with the thread.
+                f(&merged)
+            })
+            .join()
+            .map_err(|_| BuildError::other("a snapshot thread panicked"))?
+    })
+}
+
+/// Moves the calling thread into a new mount namespace whose mounts do not propagate back.
+/// unshare(CLONE_NEWNS) implies CLONE_FS, which only this thread's fs context needs: the
+/// other threads of the process keep the host's namespace.
+pub(crate) fn enter_private_mount_namespace() -> Result<(), BuildError> {
+    unshare(CloneFlags::CLONE_NEWNS)
+        .map_err(|e| BuildError::other(format!("unshare mount namespace: {e}")))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| BuildError::other(format!("make mounts private: {e}")))
+}
+
+/// Turns the workspace's upper directory into a layer blob; `None` when the step changed
+/// nothing (BuildKit records such steps as empty layers and leaves them out).
+pub(crate) fn commit_upper(
+    store: &Store,
+    ws: &Workspace,
+    options: &BuildOptions,
+) -> Result<Option<Layer>, BuildError> {
+    let upper = ws.upper();
+    let empty = fs::read_dir(&upper)
+        .map_err(|e| BuildError::other(format!("{}: {e}", upper.display())))?
+        .next()
+        .is_none();
+    if empty {
+        return Ok(None);
+    }
+    let opts = CreateOptions {
+        compression: options.compression,
+        compress: CompressOptions::default(),
+        source_date_epoch: options.source_date_epoch.map(|t| t.max(0) as u64),
+    };
+    let mut writer = store
+        .content()
+        .writer(Expected::default())
+        .map_err(image_store::StoreError::from)?;
+    let info = create(&upper, SourceKind::OverlayUpper, &opts, &mut writer)
+        .map_err(|e| BuildError::other(format!("create layer: {e}")))?;
+    let (digest, size) = writer.commit().map_err(image_store::StoreError::from)?;
+    Ok(Some(Layer {
+        descriptor: oci::Descriptor::new(media_type::oci_layer(options.compression), digest, size),
+        diff_id: info.diff_id,
+    }))
+}
+
+/// Whether `rel` (a path inside the image, without leading `/`) exists in the merged view of
+/// `lower` (bottom first), honouring whiteouts and opaque directories of upper layers.
+pub(crate) fn exists_in_lowers(lower: &[PathBuf], rel: &Path) -> bool {
+    for dir in lower.iter().rev() {
+        let candidate = dir.join(rel);
+        if candidate.symlink_metadata().is_ok() {
+            // A char device 0:0 is an overlay whiteout: deleted in this layer.
+            return !is_whiteout(&candidate);
+        }
+        // An opaque ancestor hides everything below it in lower layers.
+        let mut ancestor = rel.parent();
+        while let Some(a) = ancestor.filter(|a| !a.as_os_str().is_empty()) {
+            if is_opaque(&dir.join(a)) {
+                return false;
+            }
+            ancestor = a.parent();
+        }
+    }
+    false
+}
+
+fn is_whiteout(path: &Path) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    path.symlink_metadata()
+        .map(|m| m.file_type().is_char_device() && m.rdev() == 0)
+        .unwrap_or(false)
+}
+
+fn is_opaque(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut value = [0u8; 2];
+    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+    let n = unsafe {
+        libc::lgetxattr(
+            c_path.as_ptr(),
+            c"trusted.overlay.opaque".as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    n == 1 && value[0] == b'y'
+}

@@ -1,0 +1,510 @@
+//! Interpreting stages: FROM, ARG scoping, config instructions, and the filesystem steps
+//! (RUN, COPY/ADD, WORKDIR) with their cache keys.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, OnceLock};
+
+use image_store::{CacheRecord, CachedLayer, Store};
+use oci::image::{History, ImageConfig};
+use oci::{Descriptor, Digest};
+
+use super::progress::{Progress, Step, StepStatus};
+use super::{key_of, BuildError, BuildOptions};
+use crate::dockerfile::instructions::{ArgDef, Located, Run};
+use crate::dockerfile::shell::Lex;
+use crate::dockerfile::{Dockerfile, Instruction};
+use crate::image_config::{self, Scope};
+
+/// Build args every build has without declaring them globally (reference.md,
+/// "Automatic platform ARGs in the global scope").
+const PLATFORM_ARGS: [&str; 8] = [
+    "TARGETPLATFORM",
+    "TARGETOS",
+    "TARGETARCH",
+    "TARGETVARIANT",
+    "BUILDPLATFORM",
+    "BUILDOS",
+    "BUILDARCH",
+    "BUILDVARIANT",
+];
+
+/// Proxy args: usable in RUN without an ARG and left out of cache keys and history
+/// (reference.md, "Predefined ARGs").
+pub(crate) const PROXY_ARGS: [&str; 10] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// One layer of a stage's filesystem.
+#[derive(Debug, Clone)]
+pub(crate) struct Layer {
+    pub descriptor: Descriptor,
+    pub diff_id: Digest,
+}
+
+/// Where a stage stands after some of its instructions.
+#[derive(Debug, Clone)]
+pub(crate) struct StageState {
+    pub layers: Vec<Layer>,
+    pub config: ImageConfig,
+    /// Cache key of the filesystem: changes with every filesystem step.
+    pub fs_key: Digest,
+    /// ARGs declared in this stage, with their values (unset ones are absent).
+    pub args: BTreeMap<String, String>,
+    /// Names of build args that instructions used, for the "unused build-arg" warning.
+    pub used_args: BTreeSet<String>,
+}
+
+/// A filesystem step's result, as cached.
+pub(crate) struct StepOutput {
+    pub key: Digest,
+    pub layer: Option<Layer>,
+    pub created: String,
+}
+
+pub(crate) struct Solver<'a> {
+    pub store: &'a Store,
+    pub dockerfile: &'a Dockerfile,
+    pub options: &'a BuildOptions,
+    pub progress: &'a Progress,
+    pub lex: Lex,
+    /// Global ARG values, for FROM lines and for stage ARGs without a default.
+    global_args: BTreeMap<String, String>,
+    /// Each stage solved at most once, whoever needs it first.
+    results: Vec<OnceLock<Result<Arc<StageState>, String>>>,
+}
+
+impl<'a> Solver<'a> {
+    pub fn new(
+        store: &'a Store,
+        dockerfile: &'a Dockerfile,
+        options: &'a BuildOptions,
+        progress: &'a Progress,
+    ) -> Result<Self, BuildError> {
+        let lex = Lex::new(dockerfile.escape);
+        let mut global_args = platform_args(options);
+        for located in &dockerfile.global_args {
+            for def in &located.value {
+                let value = match options.build_args.get(&def.name) {
+                    Some(v) => Some(v.clone()),
+                    None => match &def.default {
+                        Some(d) => Some(
+                            lex.process_word(d, &global_args)
+                                .map_err(|e| step_error(located, e))?,
+                        ),
+                        None => None,
+                    },
+                };
+                match value {
+                    Some(v) => global_args.insert(def.name.clone(), v),
+                    None => global_args.remove(&def.name),
+                };
+            }
+        }
+        let results = dockerfile.stages.iter().map(|_| OnceLock::new()).collect();
+        Ok(Solver {
+            store,
+            dockerfile,
+            options,
+            progress,
+            lex,
+            global_args,
+            results,
+        })
+    }
+
+    /// The stage `--target` names, or the last one.
+    pub fn target_stage(&self) -> Result<usize, BuildError> {
+        match &self.options.target {
+            Some(name) => self.dockerfile.stage(name).map(|(i, _)| i).ok_or_else(|| {
+                BuildError::Other(format!("target stage {name:?} could not be found"))
+            }),
+            None => Ok(self.dockerfile.stages.len() - 1),
+        }
+    }
+
+    /// Solves stage `index` (and, first, the stages it needs, in parallel).
+    pub fn solve(&self, index: usize) -> Result<Arc<StageState>, BuildError> {
+        self.results[index]
+            .get_or_init(|| {
+                self.solve_uncached(index)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(BuildError::Other)
+    }
+
+    fn solve_uncached(&self, index: usize) -> Result<StageState, BuildError> {
+        let deps = self.dependencies(index)?;
+        std::thread::scope(|scope| -> Result<(), BuildError> {
+            let handles: Vec<_> = deps
+                .iter()
+                .map(|&d| scope.spawn(move || self.solve(d)))
+                .collect();
+            for handle in handles {
+                handle
+                    .join()
+                    .map_err(|_| BuildError::other("a build thread panicked"))??;
+            }
+            Ok(())
+        })?;
+        let stage = &self.dockerfile.stages[index];
+        let mut state = self.from(index)?;
+        for instruction in &stage.instructions {
+            self.apply(index, &mut state, instruction)?;
+        }
+        Ok(state)
+    }
+
+    /// Stages that stage `index` reads from: its FROM, COPY --from and RUN --mount from=.
+    fn dependencies(&self, index: usize) -> Result<Vec<usize>, BuildError> {
+        let stage = &self.dockerfile.stages[index];
+        let mut names = vec![self.expand_global(&stage.from.value.image, &stage.from)?];
+        for located in &stage.instructions {
+            match &located.value {
+                Instruction::Copy(copy) => names.extend(copy.from.clone()),
+                Instruction::Run(run) => names.extend(run_mount_sources(run)),
+                _ => {}
+            }
+        }
+        let mut deps: Vec<usize> = names
+            .iter()
+            .filter_map(|n| self.stage_index(n, index))
+            .collect();
+        deps.sort_unstable();
+        deps.dedup();
+        Ok(deps)
+    }
+
+    /// The index of an earlier stage called `name` (a stage name or a number).
+    pub fn stage_index(&self, name: &str, before: usize) -> Option<usize> {
+        self.dockerfile
+            .stage(name)
+            .map(|(i, _)| i)
+            .filter(|&i| i < before)
+    }
+
+    fn expand_global<T>(&self, word: &str, at: &Located<T>) -> Result<String, BuildError> {
+        self.lex
+            .process_word(word, &self.global_args)
+            .map_err(|e| step_error(at, e))
+    }
+
+    /// The state FROM starts a stage with.
+    fn from(&self, index: usize) -> Result<StageState, BuildError> {
+        let from = &self.dockerfile.stages[index].from;
+        let image = self.expand_global(&from.value.image, from)?;
+        let step = self.progress.step(index, &format!("FROM {image}"));
+        if let Some(dep) = self.stage_index(&image, index) {
+            let parent = self.solve(dep)?;
+            step.finish(StepStatus::Done);
+            let mut state = (*parent).clone();
+            state.args.clear();
+            state.used_args.clear();
+            return Ok(state);
+        }
+        if image == "scratch" {
+            step.finish(StepStatus::Done);
+            return Ok(StageState {
+                layers: Vec::new(),
+                config: ImageConfig::for_platform(&self.options.platform),
+                fs_key: key_of(&[b"scratch"]),
+                args: BTreeMap::new(),
+                used_args: BTreeSet::new(),
+            });
+        }
+        let (layers, manifest_digest, mut config) =
+            self.image(&image).map_err(|e| step_error(from, e))?;
+        let triggers = config
+            .config
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.on_build))
+            .unwrap_or_default();
+        step.finish(StepStatus::Done);
+        let mut state = StageState {
+            layers,
+            config,
+            fs_key: key_of(&[b"image", manifest_digest.as_str().as_bytes()]),
+            args: BTreeMap::new(),
+            used_args: BTreeSet::new(),
+        };
+        // ONBUILD triggers of the base image run first (reference.md, "ONBUILD").
+        for trigger in triggers {
+            let tree = crate::dockerfile::parse(&trigger)?;
+            for node in &tree.ast.children {
+                let instruction = Located {
+                    value: Instruction::from_node(node)?,
+                    line: from.line,
+                    end_line: from.end_line,
+                    original: format!("ONBUILD {trigger}"),
+                };
+                self.apply(index, &mut state, &instruction)?;
+            }
+        }
+        Ok(state)
+    }
+
+    /// An image of the local store: its layers, manifest digest and config.
+    fn image(&self, name: &str) -> Result<(Vec<Layer>, Digest, ImageConfig), String> {
+        let record = self.store.resolve(name).map_err(|e| {
+            format!("{e} (rbuild builds from images in its local store: load or pull {name} first)")
+        })?;
+        let (manifest, config, _) = self
+            .store
+            .image_config(&record)
+            .map_err(|e| e.to_string())?;
+        if manifest.layers.len() != config.rootfs.diff_ids.len() {
+            return Err(format!(
+                "image {name} has {} layers but {} diff IDs",
+                manifest.layers.len(),
+                config.rootfs.diff_ids.len()
+            ));
+        }
+        let layers = manifest
+            .layers
+            .iter()
+            .zip(&config.rootfs.diff_ids)
+            .map(|(d, id)| Layer {
+                descriptor: d.clone(),
+                diff_id: id.clone(),
+            })
+            .collect();
+        let digest = self
+            .store
+            .manifest_for_host(&record.descriptor)
+            .map_err(|e| e.to_string())?
+            .0
+            .digest;
+        Ok((layers, digest, config))
+    }
+
+    /// The layers and manifest digest of an image, for `COPY --from=IMAGE`.
+    pub fn image_layers(&self, name: &str) -> Result<(Vec<Layer>, Digest), String> {
+        self.image(name).map(|(layers, digest, _)| (layers, digest))
+    }
+
+    /// Applies one instruction to `state`.
+    fn apply(
+        &self,
+        index: usize,
+        state: &mut StageState,
+        at: &Located<Instruction>,
+    ) -> Result<(), BuildError> {
+        match &at.value {
+            Instruction::Arg(defs) => {
+                self.declare_args(state, defs, at)?;
+                self.history(state, at, None, true);
+                Ok(())
+            }
+            Instruction::Run(run) => {
+                let plan = super::run::plan(self, state, run, at)?;
+                let key = super::run::cache_key(self, state, &plan);
+                let output = self.fs_step(index, at, key, |step| {
+                    super::run::execute(self, state, &plan, at, step)
+                })?;
+                self.push(state, at, output);
+                Ok(())
+            }
+            Instruction::Copy(_) | Instruction::Add(_) => {
+                let plan = super::copy::plan(self, index, state, at)?;
+                let key = super::copy::cache_key(self, state, &plan, at)?;
+                let output = self.fs_step(index, at, key, |_| {
+                    super::copy::execute(self, state, &plan, at)
+                })?;
+                self.push(state, at, output);
+                Ok(())
+            }
+            Instruction::Workdir(_) => {
+                let args = state.args.clone();
+                image_config::apply(&mut state.config, &at.value, &self.lex, &args)
+                    .map_err(|e| step_error(at, e))?;
+                let key = super::copy::workdir_key(state);
+                let output = self.fs_step(index, at, key, |_| super::copy::workdir(self, state))?;
+                self.push(state, at, output);
+                Ok(())
+            }
+            Instruction::From(_) => Err(step_error(at, "FROM inside a stage")),
+            other => {
+                let args = state.args.clone();
+                image_config::apply(&mut state.config, other, &self.lex, &args)
+                    .map_err(|e| step_error(at, e))?;
+                self.history(state, at, None, true);
+                Ok(())
+            }
+        }
+    }
+
+    fn declare_args(
+        &self,
+        state: &mut StageState,
+        defs: &[ArgDef],
+        at: &Located<Instruction>,
+    ) -> Result<(), BuildError> {
+        for def in defs {
+            let value = match self.options.build_args.get(&def.name) {
+                Some(v) => Some(v.clone()),
+                None => match &def.default {
+                    Some(d) => {
+                        let scope = Scope::new(&state.config, &state.args);
+                        Some(
+                            self.lex
+                                .process_word(d, &scope)
+                                .map_err(|e| step_error(at, e))?,
+                        )
+                    }
+                    None => self.global_args.get(&def.name).cloned(),
+                },
+            };
+            state.used_args.insert(def.name.clone());
+            match value {
+                Some(v) => state.args.insert(def.name.clone(), v),
+                None => state.args.remove(&def.name),
+            };
+        }
+        Ok(())
+    }
+
+    /// Runs a filesystem step whose cache key is `key`, unless the key hits the cache.
+    fn fs_step(
+        &self,
+        index: usize,
+        at: &Located<Instruction>,
+        key: Digest,
+        run: impl FnOnce(&Step) -> Result<Option<Layer>, BuildError>,
+    ) -> Result<StepOutput, BuildError> {
+        let step = self.progress.step(index, at.original.trim());
+        if !self.no_cache_for(index) {
+            if let Some(record) = self.store.cache_get(&key)? {
+                step.finish(StepStatus::Cached);
+                return Ok(StepOutput {
+                    key,
+                    layer: record.layer.map(|l| Layer {
+                        descriptor: l.descriptor,
+                        diff_id: l.diff_id,
+                    }),
+                    created: record.created,
+                });
+            }
+        }
+        let layer = match run(&step) {
+            Ok(layer) => layer,
+            Err(e) => {
+                step.finish(StepStatus::Failed);
+                return Err(e);
+            }
+        };
+        let created = self.now();
+        self.store.cache_put(
+            &key,
+            &CacheRecord {
+                layer: layer.as_ref().map(|l| CachedLayer {
+                    descriptor: l.descriptor.clone(),
+                    diff_id: l.diff_id.clone(),
+                }),
+                created: created.clone(),
+            },
+        )?;
+        step.finish(StepStatus::Done);
+        Ok(StepOutput {
+            key,
+            layer,
+            created,
+        })
+    }
+
+    fn no_cache_for(&self, index: usize) -> bool {
+        self.options.no_cache
+            || self.dockerfile.stages[index]
+                .name
+                .as_ref()
+                .is_some_and(|n| {
+                    self.options
+                        .no_cache_filter
+                        .iter()
+                        .any(|f| f.eq_ignore_ascii_case(n))
+                })
+    }
+
+    fn push(&self, state: &mut StageState, at: &Located<Instruction>, output: StepOutput) {
+        state.fs_key = output.key;
+        let empty = output.layer.is_none();
+        if let Some(layer) = output.layer {
+            state.config.rootfs.diff_ids.push(layer.diff_id.clone());
+            state.layers.push(layer);
+        }
+        self.history(state, at, Some(output.created), empty);
+    }
+
+    fn history(
+        &self,
+        state: &mut StageState,
+        at: &Located<Instruction>,
+        created: Option<String>,
+        empty_layer: bool,
+    ) {
+        state.config.history.push(History {
+            created: Some(created.unwrap_or_else(|| self.now())),
+            created_by: Some(format!("{} # buildkit", at.original.trim())),
+            comment: Some("buildkit.dockerfile.v0".to_string()),
+            empty_layer,
+            ..History::default()
+        });
+    }
+
+    /// The time to record: SOURCE_DATE_EPOCH when set, else now.
+    pub fn now(&self) -> String {
+        oci::timestamp::format_rfc3339(
+            self.options
+                .source_date_epoch
+                .unwrap_or_else(oci::timestamp::now_unix),
+        )
+    }
+}
+
+/// `--mount from=` sources of a RUN (literal ones only: a stage name with `$` is resolved at
+/// run time and must then name an already-solved stage).
+fn run_mount_sources(run: &Run) -> Vec<String> {
+    use crate::dockerfile::instructions::Expandable;
+    run.mounts
+        .iter()
+        .filter_map(|m| match m {
+            Expandable::Literal(m) => m.from.clone(),
+            Expandable::Template(_) => None,
+        })
+        .collect()
+}
+
+fn platform_args(options: &BuildOptions) -> BTreeMap<String, String> {
+    let p = &options.platform;
+    let host = oci::Platform::host();
+    let mut args = BTreeMap::new();
+    for (prefix, platform) in [("TARGET", p), ("BUILD", &host)] {
+        args.insert(format!("{prefix}PLATFORM"), platform.to_string());
+        args.insert(format!("{prefix}OS"), platform.os.clone());
+        args.insert(format!("{prefix}ARCH"), platform.architecture.clone());
+        args.insert(
+            format!("{prefix}VARIANT"),
+            platform.variant.clone().unwrap_or_default(),
+        );
+    }
+    debug_assert!(PLATFORM_ARGS.iter().all(|a| args.contains_key(*a)));
+    args
+}
+
+/// A step error located at an instruction: `Dockerfile:LINE: INSTRUCTION: message`.
+pub(crate) fn step_error<T>(at: &Located<T>, message: impl std::fmt::Display) -> BuildError {
+    BuildError::Step {
+        location: format!("Dockerfile:{}", at.line),
+        instruction: at.original.trim().lines().next().unwrap_or("").to_string(),
+        message: message.to_string(),
+    }
+}
