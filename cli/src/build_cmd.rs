@@ -1,0 +1,271 @@
+//! `rbuild build` (also `rbuild -t app:1 .`): docker build's flags on rbuild's solver.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use builder::build::{build, BuildOptions, Output, Progress, ProgressMode};
+use builder::dockerfile::Dockerfile;
+use clap::{Args, ValueEnum};
+use image_store::Store;
+use oci::compression::Compression;
+use oci::{Platform, Reference};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ProgressFlag {
+    Auto,
+    Plain,
+    Tty,
+    Quiet,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum CompressionFlag {
+    Gzip,
+    Zstd,
+    Uncompressed,
+}
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// The build context directory
+    context: PathBuf,
+    /// Name and optionally tag the image (`name:tag`); repeatable
+    #[arg(short, long = "tag")]
+    tags: Vec<String>,
+    /// The Dockerfile (default: CONTEXT/Dockerfile)
+    #[arg(short, long)]
+    file: Option<PathBuf>,
+    /// Build this stage and what it needs
+    #[arg(long)]
+    target: Option<String>,
+    /// A build arg `KEY=VALUE` (or `KEY` to take it from the environment); repeatable
+    #[arg(long = "build-arg")]
+    build_args: Vec<String>,
+    /// A label `KEY=VALUE` for the image; repeatable
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Do not use the cache
+    #[arg(long)]
+    no_cache: bool,
+    /// Do not use the cache for these stages; repeatable
+    #[arg(long = "no-cache-filter")]
+    no_cache_filter: Vec<String>,
+    /// Only the host's platform is supported
+    #[arg(long)]
+    platform: Option<String>,
+    /// Timestamp for reproducible images (default: $SOURCE_DATE_EPOCH)
+    #[arg(long, env = "SOURCE_DATE_EPOCH")]
+    source_date_epoch: Option<i64>,
+    /// Layer compression
+    #[arg(long, value_enum, default_value = "gzip")]
+    compression: CompressionFlag,
+    /// `type=oci,dest=FILE`, `type=docker,dest=FILE` or `type=local,dest=DIR`; repeatable
+    #[arg(short, long = "output")]
+    outputs: Vec<String>,
+    /// Write the image ID to this file
+    #[arg(long)]
+    iidfile: Option<PathBuf>,
+    /// Write build result metadata (JSON) to this file
+    #[arg(long)]
+    metadata_file: Option<PathBuf>,
+    /// A secret for RUN --mount=type=secret: `id=ID,src=FILE` or `id=ID,env=VAR`; repeatable
+    #[arg(long = "secret")]
+    secrets: Vec<String>,
+    /// Progress output
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: ProgressFlag,
+    /// Print only the image ID
+    #[arg(short, long)]
+    quiet: bool,
+    /// RUN's default network: `host` (the default) or `none`
+    #[arg(long, default_value = "host")]
+    network: String,
+}
+
+pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
+    let dockerfile_path = args
+        .file
+        .clone()
+        .unwrap_or_else(|| args.context.join("Dockerfile"));
+    let source = std::fs::read_to_string(&dockerfile_path)
+        .with_context(|| format!("read the Dockerfile {}", dockerfile_path.display()))?;
+    // Every syntax error is reported before any step runs.
+    let dockerfile = match Dockerfile::parse(&source) {
+        Ok(d) => d,
+        Err(e) => {
+            let name = dockerfile_path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            eprint!("{}", e.render(&name, &source));
+            return Ok(ExitCode::from(1));
+        }
+    };
+    if args.network != "host" && args.network != "default" {
+        bail!(
+            "--network {}: only host networking is supported for builds",
+            args.network
+        );
+    }
+    let platform = match &args.platform {
+        Some(p) => Platform::parse(p)
+            .with_context(|| format!("invalid platform {p:?}: expected os/arch[/variant]"))?,
+        None => Platform::host(),
+    };
+    let options = BuildOptions {
+        context: args
+            .context
+            .canonicalize()
+            .with_context(|| format!("build context {}", args.context.display()))?,
+        dockerfile_path,
+        tags: args
+            .tags
+            .iter()
+            .map(|t| Reference::parse(t))
+            .collect::<Result<_, _>>()?,
+        target: args.target.clone(),
+        build_args: parse_build_args(&args.build_args)?,
+        labels: parse_pairs(&args.labels, "--label")?,
+        no_cache: args.no_cache,
+        no_cache_filter: args.no_cache_filter.clone(),
+        platform,
+        source_date_epoch: args.source_date_epoch,
+        compression: match args.compression {
+            CompressionFlag::Gzip => Compression::Gzip,
+            CompressionFlag::Zstd => Compression::Zstd,
+            CompressionFlag::Uncompressed => Compression::None,
+        },
+        outputs: args
+            .outputs
+            .iter()
+            .map(|o| parse_output(o))
+            .collect::<Result<_>>()?,
+        secrets: parse_secrets(&args.secrets)?,
+    };
+    let quiet = args.quiet || matches!(args.progress, ProgressFlag::Quiet);
+    let mode = if quiet {
+        ProgressMode::Quiet
+    } else {
+        ProgressMode::Plain
+    };
+    // Plain lines whether or not stderr is a terminal, for now: the live view is tty-only sugar.
+    let _ = std::io::stderr().is_terminal();
+    let stage_names = dockerfile
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| s.name.clone().unwrap_or_else(|| format!("stage-{i}")))
+        .collect();
+    let progress = Progress::new(mode, stage_names, Box::new(std::io::stderr()));
+    let result = match build(store, &dockerfile, &options, &progress) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ERROR: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let id = result.config_digest.to_string();
+    if let Some(path) = &args.iidfile {
+        std::fs::write(path, &id).with_context(|| format!("write {}", path.display()))?;
+    }
+    if let Some(path) = &args.metadata_file {
+        let metadata = serde_json::json!({
+            "containerimage.config.digest": id,
+            "containerimage.digest": result.manifest.digest.as_str(),
+            "containerimage.descriptor": result.manifest,
+            "image.name": options.tags.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(","),
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&metadata)?)
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    if quiet {
+        println!("{id}");
+    } else {
+        eprintln!("writing image {id} done");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_pairs(items: &[String], flag: &str) -> Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => bail!("{flag} {kv:?}: expected KEY=VALUE"),
+        })
+        .collect()
+}
+
+/// `KEY=VALUE`, or `KEY` alone to take the value from the environment (skipped when unset),
+/// as docker build does.
+fn parse_build_args(items: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        match item.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                out.insert(k.to_string(), v.to_string());
+            }
+            Some(_) => bail!("--build-arg {item:?}: expected KEY=VALUE"),
+            None => {
+                if let Ok(v) = std::env::var(item) {
+                    out.insert(item.clone(), v);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn options_of(spec: &str) -> BTreeMap<String, String> {
+    spec.split(',')
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+fn parse_output(spec: &str) -> Result<Output> {
+    let opts = options_of(spec);
+    let dest = || -> Result<PathBuf> {
+        opts.get("dest")
+            .map(PathBuf::from)
+            .with_context(|| format!("--output {spec:?}: dest= is required"))
+    };
+    match opts.get("type").map(String::as_str) {
+        Some("oci") => Ok(Output::Oci(dest()?)),
+        Some("docker") => Ok(Output::Docker(dest()?)),
+        Some("local") => Ok(Output::Local(dest()?)),
+        Some("image") | None if opts.is_empty() => {
+            bail!("--output {spec:?}: expected type=oci|docker|local,dest=PATH")
+        }
+        Some(other) => bail!("--output type={other} is not supported (oci, docker, local)"),
+        None => bail!("--output {spec:?}: type= is required"),
+    }
+}
+
+fn parse_secrets(items: &[String]) -> Result<BTreeMap<String, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let opts = options_of(item);
+        let id = opts
+            .get("id")
+            .with_context(|| format!("--secret {item:?}: id= is required"))?;
+        let value = if let Some(src) = opts.get("src").or_else(|| opts.get("source")) {
+            std::fs::read(src).with_context(|| format!("--secret id={id}: read {src}"))?
+        } else if let Some(var) = opts.get("env") {
+            std::env::var(var)
+                .with_context(|| {
+                    format!("--secret id={id}: environment variable {var} is not set")
+                })?
+                .into_bytes()
+        } else {
+            bail!("--secret {item:?}: src= or env= is required");
+        };
+        out.insert(id.clone(), value);
+    }
+    Ok(out)
+}

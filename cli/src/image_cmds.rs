@@ -1,0 +1,244 @@
+//! `rbuild images`, `inspect`, `tag`, `rmi`, `prune`.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use image_store::{RemoveOutcome, Store};
+use oci::Reference;
+use serde_json::{json, Value};
+
+use crate::output::{human_age, human_size, print_table};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ListFormat {
+    Table,
+    Json,
+}
+
+#[derive(Args)]
+pub struct ImagesArgs {
+    /// Only this repository (and tag), e.g. `busybox` or `busybox:1.36`
+    reference: Option<String>,
+    /// `table` (default) or `json` (one object per line, as `docker images --format json`)
+    #[arg(long, value_enum, default_value = "table")]
+    format: ListFormat,
+    /// Show only image IDs
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+/// One row of `rbuild images`.
+struct Row {
+    repository: String,
+    tag: String,
+    id: oci::Digest,
+    digest: oci::Digest,
+    created: Option<String>,
+    size: u64,
+}
+
+pub fn images(store: &Store, args: ImagesArgs) -> Result<ExitCode> {
+    let filter = args
+        .reference
+        .as_deref()
+        .map(Reference::parse_name_only)
+        .transpose()?;
+    let mut rows = Vec::new();
+    for image in store.images()? {
+        let (manifest, config, _) = store.image_config(&image)?;
+        let size = manifest.config.size + manifest.layers.iter().map(|l| l.size).sum::<u64>();
+        let row = |repository: String, tag: String| Row {
+            repository,
+            tag,
+            id: manifest.config.digest.clone(),
+            digest: image.descriptor.digest.clone(),
+            created: config.created.clone(),
+            size,
+        };
+        if image.names.is_empty() {
+            if filter.is_none() {
+                rows.push(row("<none>".into(), "<none>".into()));
+            }
+            continue;
+        }
+        for name in &image.names {
+            let wanted = filter
+                .as_ref()
+                .is_none_or(|f| f.name() == name.name() && (f.tag.is_none() || f.tag == name.tag));
+            if wanted {
+                let tag = name.tag.clone().unwrap_or_else(|| "<none>".into());
+                rows.push(row(name.familiar_name(), tag));
+            }
+        }
+    }
+    // Newest first, as docker lists them.
+    rows.sort_by(|a, b| {
+        let t = |r: &Row| r.created.as_deref().and_then(oci::timestamp::parse_rfc3339);
+        t(b).cmp(&t(a))
+            .then_with(|| a.repository.cmp(&b.repository))
+            .then_with(|| a.tag.cmp(&b.tag))
+    });
+    if args.quiet {
+        for row in &rows {
+            println!("{}", row.id.short());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    match args.format {
+        ListFormat::Json => {
+            for row in &rows {
+                let value = json!({
+                    "Repository": row.repository,
+                    "Tag": row.tag,
+                    "ID": row.id.as_str(),
+                    "Digest": row.digest.as_str(),
+                    "CreatedAt": row.created,
+                    "CreatedSince": human_age(row.created.as_deref()),
+                    "Size": human_size(row.size),
+                    "VirtualSize": row.size,
+                });
+                println!("{value}");
+            }
+        }
+        ListFormat::Table => {
+            let mut table = vec![["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"]
+                .map(String::from)
+                .to_vec()];
+            for row in &rows {
+                table.push(vec![
+                    row.repository.clone(),
+                    row.tag.clone(),
+                    row.id.short().to_string(),
+                    human_age(row.created.as_deref()),
+                    human_size(row.size),
+                ]);
+            }
+            print_table(&table);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    #[arg(required = true)]
+    images: Vec<String>,
+}
+
+pub fn inspect(store: &Store, args: InspectArgs) -> Result<ExitCode> {
+    let mut out = Vec::new();
+    let mut code = ExitCode::SUCCESS;
+    for name in &args.images {
+        match inspect_one(store, name) {
+            Ok(v) => out.push(v),
+            Err(e) => {
+                eprintln!("rbuild: {e:#}");
+                code = ExitCode::from(1);
+            }
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(code)
+}
+
+/// The fields of `docker image inspect` that describe an image, plus its manifest descriptor.
+fn inspect_one(store: &Store, name: &str) -> Result<Value> {
+    let image = store.resolve(name)?;
+    let (manifest, config, _) = store.image_config(&image)?;
+    let repo_tags: Vec<String> = image
+        .names
+        .iter()
+        .filter_map(|n| n.tag.as_ref().map(|t| format!("{}:{t}", n.familiar_name())))
+        .collect();
+    let mut repo_digests: Vec<String> = image
+        .names
+        .iter()
+        .map(|n| format!("{}@{}", n.familiar_name(), image.descriptor.digest))
+        .collect();
+    repo_digests.dedup();
+    let size = manifest.layers.iter().map(|l| l.size).sum::<u64>();
+    Ok(json!({
+        "Id": manifest.config.digest.as_str(),
+        "RepoTags": repo_tags,
+        "RepoDigests": repo_digests,
+        "Created": config.created,
+        "Author": config.author.clone().unwrap_or_default(),
+        "Config": config.config,
+        "Architecture": config.architecture,
+        "Variant": config.variant,
+        "Os": config.os,
+        "Size": size,
+        "RootFS": {
+            "Type": config.rootfs.kind,
+            "Layers": config.rootfs.diff_ids,
+        },
+        "Descriptor": image.descriptor,
+        "Layers": manifest.layers,
+    }))
+}
+
+#[derive(Args)]
+pub struct TagArgs {
+    source: String,
+    target: String,
+}
+
+pub fn tag(store: &Store, args: TagArgs) -> Result<ExitCode> {
+    let target = Reference::parse(&args.target)?;
+    store.tag(&args.source, &target)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct RmiArgs {
+    #[arg(required = true)]
+    images: Vec<String>,
+    /// Remove an image by ID even when it has several names
+    #[arg(short, long)]
+    force: bool,
+}
+
+pub fn rmi(store: &Store, args: RmiArgs) -> Result<ExitCode> {
+    let mut code = ExitCode::SUCCESS;
+    for name in &args.images {
+        match store.remove(name, args.force) {
+            Ok(outcomes) => {
+                for outcome in outcomes {
+                    match outcome {
+                        RemoveOutcome::Untagged(r) => println!(
+                            "Untagged: {}:{}",
+                            r.familiar_name(),
+                            r.tag.unwrap_or_default()
+                        ),
+                        RemoveOutcome::Deleted(id) => println!("Deleted: {id}"),
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("rbuild: {e}");
+                code = ExitCode::from(1);
+            }
+        }
+    }
+    Ok(code)
+}
+
+#[derive(Args)]
+pub struct PruneArgs {
+    /// Accepted for docker compatibility; rbuild does not ask
+    #[arg(short, long)]
+    force: bool,
+}
+
+pub fn prune(store: &Store, _args: PruneArgs) -> Result<ExitCode> {
+    let report = store.prune().context("pruning the image store")?;
+    println!(
+        "Deleted {} untagged images, {} blobs, {} unpacked layers\nTotal reclaimed space: {}",
+        report.images,
+        report.blobs,
+        report.layers,
+        human_size(report.bytes)
+    );
+    Ok(ExitCode::SUCCESS)
+}

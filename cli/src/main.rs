@@ -1,0 +1,127 @@
+//! `rbuild`: the command line. Each group of subcommands lives in its own module; this file
+//! only parses arguments and dispatches.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod archive_cmds;
+mod build_cmd;
+mod changes;
+mod image_cmds;
+mod oci_runtime;
+mod output;
+mod registry_cmds;
+
+#[derive(Parser)]
+#[command(
+    name = "rbuild",
+    version,
+    about = "Daemonless container image builder, store and runner"
+)]
+struct Cli {
+    /// Root of the local image store (default /var/lib/rbuild as root, $XDG_DATA_HOME/rbuild otherwise).
+    #[arg(long, global = true, env = "RBUILD_ROOT")]
+    root: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build an image from a Dockerfile (also: `rbuild -t NAME CONTEXT`)
+    Build(Box<build_cmd::BuildArgs>),
+    /// List images
+    Images(image_cmds::ImagesArgs),
+    /// Show image details as JSON
+    Inspect(image_cmds::InspectArgs),
+    /// Give an image another name
+    Tag(image_cmds::TagArgs),
+    /// Remove images
+    Rmi(image_cmds::RmiArgs),
+    /// Remove untagged images and unused content
+    Prune(image_cmds::PruneArgs),
+    /// Create an image from a root filesystem tarball
+    Import(archive_cmds::ImportArgs),
+    /// Load images from a docker-archive or OCI archive
+    Load(archive_cmds::LoadArgs),
+    /// Save images to a docker-archive or OCI archive
+    Save(archive_cmds::SaveArgs),
+    /// Push an image to a registry
+    Push(registry_cmds::PushArgs),
+    /// Pull an image from a registry
+    Pull(registry_cmds::PullArgs),
+    /// Log in to a registry (stored in docker's config.json)
+    Login(registry_cmds::LoginArgs),
+    /// Log out from a registry
+    Logout(registry_cmds::LogoutArgs),
+    /// Run an OCI bundle like `runc run --bundle DIR ID` (tests and benchmarks)
+    #[command(hide = true)]
+    OciRuntime(oci_runtime::Args),
+}
+
+fn main() -> ExitCode {
+    // The executor re-executes this binary as its single-threaded namespace helper.
+    runtime_exec::run_helper_if_requested();
+    let cli = Cli::parse_from(with_default_subcommand(std::env::args_os().collect()));
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("rbuild: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `rbuild -t app:1 .` means `rbuild build -t app:1 .`: when the first argument after the
+/// global options is not a subcommand, `build` is inserted there.
+fn with_default_subcommand(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let mut i = 1;
+    while i < args.len() {
+        let arg = args[i].to_string_lossy();
+        if arg == "--root" {
+            i += 2;
+        } else if arg.starts_with("--root=") {
+            i += 1;
+        } else {
+            let is_subcommand = command
+                .get_subcommands()
+                .any(|s| s.get_name() == arg || s.get_all_aliases().any(|a| a == arg));
+            let is_meta = matches!(arg.as_ref(), "-h" | "--help" | "-V" | "--version" | "help");
+            if !is_subcommand && !is_meta {
+                args.insert(i, "build".into());
+            }
+            break;
+        }
+    }
+    args
+}
+
+fn open_store(root: Option<PathBuf>) -> anyhow::Result<image_store::Store> {
+    let root = root.unwrap_or_else(image_store::Store::default_root);
+    image_store::Store::open(&root)
+        .map_err(|e| anyhow::anyhow!("opening the image store at {}: {e}", root.display()))
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let store = || open_store(cli.root.clone());
+    match cli.command {
+        Command::Build(args) => build_cmd::run(&store()?, *args),
+        Command::Images(args) => image_cmds::images(&store()?, args),
+        Command::Inspect(args) => image_cmds::inspect(&store()?, args),
+        Command::Tag(args) => image_cmds::tag(&store()?, args),
+        Command::Rmi(args) => image_cmds::rmi(&store()?, args),
+        Command::Prune(args) => image_cmds::prune(&store()?, args),
+        Command::Import(args) => archive_cmds::import(&store()?, args),
+        Command::Load(args) => archive_cmds::load(&store()?, args),
+        Command::Save(args) => archive_cmds::save(&store()?, args),
+        Command::Push(args) => registry_cmds::push(&store()?, args),
+        Command::Pull(args) => registry_cmds::pull(&store()?, args),
+        Command::Login(args) => registry_cmds::login(args),
+        Command::Logout(args) => registry_cmds::logout(args),
+        Command::OciRuntime(args) => oci_runtime::oci_runtime(args),
+    }
+}

@@ -1,0 +1,91 @@
+//! Output as docker prints it: sizes, ages, tables.
+
+use oci::timestamp::{now_unix, parse_rfc3339};
+
+/// Decimal units with three significant digits, as docker's `units.HumanSizeWithPrecision(n, 3)`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    let mut size = bytes as f64;
+    let mut unit = 0;
+    while size >= 1000.0 && unit < UNITS.len() - 1 {
+        size /= 1000.0;
+        unit += 1;
+    }
+    let digits = if size >= 100.0 {
+        0
+    } else if size >= 10.0 {
+        1
+    } else {
+        2
+    };
+    let text = format!("{size:.digits$}");
+    // %g drops trailing zeros: 4.20 → 4.2
+    let text = if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    };
+    format!("{text}{}", UNITS[unit])
+}
+
+/// "2 weeks ago", as docker's `units.HumanDuration`.
+pub fn human_age(created: Option<&str>) -> String {
+    let Some(then) = created.and_then(parse_rfc3339) else {
+        return "N/A".to_string();
+    };
+    let secs = (now_unix() - then).max(0);
+    let text = match secs {
+        0 => "Less than a second".to_string(),
+        1 => "1 second".to_string(),
+        s if s < 60 => format!("{s} seconds"),
+        s if s < 120 => "About a minute".to_string(),
+        s if s < 3600 => format!("{} minutes", s / 60),
+        s if s < 2 * 3600 => "About an hour".to_string(),
+        s if s < 48 * 3600 => format!("{} hours", s / 3600),
+        s if s < 14 * 86_400 => format!("{} days", s / 86_400),
+        s if s < 60 * 86_400 => format!("{} weeks", s / (7 * 86_400)),
+        s if s < 365 * 86_400 => format!("{} months", s / (30 * 86_400)),
+        s => format!("{} years", s / (365 * 86_400)),
+    };
+    format!("{text} ago")
+}
+
+/// Prints rows as left-aligned columns separated by three spaces, as docker's tabwriter.
+pub fn print_table(rows: &[Vec<String>]) {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}   ", width = widths[c]));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_like_docker() {
+        assert_eq!(human_size(0), "0B");
+        assert_eq!(human_size(999), "999B");
+        assert_eq!(human_size(4_261_000), "4.26MB");
+        assert_eq!(human_size(4_200_000), "4.2MB");
+        assert_eq!(human_size(77_800_000), "77.8MB");
+        assert_eq!(human_size(1_230_000_000), "1.23GB");
+    }
+}

@@ -1,0 +1,286 @@
+//! `rbuild build` through the CLI: the cache, reproducibility, outputs, secrets, and errors.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::{busybox_archive, fails, inspect, ok, rbuild};
+use oci::archive::ArchiveFormat;
+
+/// A store with the busybox fixture loaded as `bb:1`.
+fn store_with_busybox(tmp: &Path, name: &str) -> std::path::PathBuf {
+    let root = tmp.join(name);
+    let archive = busybox_archive(tmp, "bb:1", ArchiveFormat::Oci);
+    ok(rbuild(&root).args(["load", "-q", "-i"]).arg(&archive));
+    root
+}
+
+fn build(root: &Path, context: &Path, extra: &[&str]) -> (String, String) {
+    let out = rbuild(root)
+        .args(["build", "--progress", "plain"])
+        .args(extra)
+        .arg(context)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .expect("spawn");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "build failed: {stderr}");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+}
+
+const MULTI_STAGE: &str = r#"
+FROM bb:1 AS base
+ARG FLAVOUR=plain
+WORKDIR /src
+COPY input.txt .
+RUN tr a-z A-Z < input.txt > upper.txt && echo "$FLAVOUR" > flavour && rm /bin/vi
+COPY later.txt .
+
+FROM bb:1 AS unused
+RUN exit 1
+
+FROM bb:1
+LABEL org.example.kind=test
+COPY --from=base /src /app
+ENV GREETING=hi
+CMD ["cat", "/app/upper.txt"]
+"#;
+
+fn context(tmp: &Path) -> std::path::PathBuf {
+    let ctx = tmp.join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("Dockerfile"), MULTI_STAGE).unwrap();
+    fs::write(ctx.join("input.txt"), "hello\n").unwrap();
+    fs::write(ctx.join("later.txt"), "later\n").unwrap();
+    ctx
+}
+
+#[test]
+fn cache_hits_and_misses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = store_with_busybox(tmp.path(), "store");
+    let ctx = context(tmp.path());
+    let (_, first) = build(&root, &ctx, &["-t", "app:1"]);
+    assert!(!first.contains("CACHED"), "{first}");
+    assert!(
+        !first.contains("exit 1"),
+        "the unused stage was built: {first}"
+    );
+    let id = inspect(&root, "app:1")["Id"].clone();
+    let blobs = fs::read_dir(root.join("blobs/sha256")).unwrap().count();
+
+    // No change: every filesystem step is cached, no layer is made, same image.
+    let (_, second) = build(&root, &ctx, &["-t", "app:1"]);
+    assert_eq!(second.matches("CACHED").count(), 5, "{second}");
+    assert!(
+        !second.contains(" DONE") || second.matches(" DONE").count() <= 2,
+        "{second}"
+    );
+    assert_eq!(inspect(&root, "app:1")["Id"], id);
+    assert_eq!(
+        fs::read_dir(root.join("blobs/sha256")).unwrap().count(),
+        blobs
+    );
+
+    // A file read late changes: the steps before it stay cached.
+    fs::write(ctx.join("later.txt"), "LATER\n").unwrap();
+    let (_, third) = build(&root, &ctx, &["-t", "app:2"]);
+    assert!(
+        third.contains("COPY input.txt .\n#4 CACHED") || third.matches("CACHED").count() == 3,
+        "{third}"
+    );
+    assert_ne!(inspect(&root, "app:2")["Id"], id);
+
+    // Same size, same mtime, new content: never a stale image.
+    let path = ctx.join("input.txt");
+    let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+    fs::write(&path, "HELLO\n").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    build(
+        &root,
+        &ctx,
+        &[
+            "-t",
+            "app:3",
+            "--target",
+            "base",
+            "-o",
+            &format!("type=local,dest={}", tmp.path().join("out").display()),
+        ],
+    );
+    assert_eq!(
+        fs::read_to_string(tmp.path().join("out/src/upper.txt")).unwrap(),
+        "HELLO\n"
+    );
+
+    // A build arg change reruns the RUN that sees it; --no-cache reruns everything.
+    let (_, fourth) = build(
+        &root,
+        &ctx,
+        &["--build-arg", "FLAVOUR=spicy", "--target", "base"],
+    );
+    assert_eq!(fourth.matches("CACHED").count(), 2, "{fourth}");
+    let (_, fifth) = build(&root, &ctx, &["--no-cache", "--target", "base"]);
+    assert_eq!(fifth.matches("CACHED").count(), 0, "{fifth}");
+}
+
+#[test]
+fn reproducible_across_clean_stores_and_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = context(tmp.path());
+    let mut digests = Vec::new();
+    for name in ["a", "b"] {
+        let root = store_with_busybox(tmp.path(), name);
+        let iid = tmp.path().join(format!("{name}.iid"));
+        let meta = tmp.path().join(format!("{name}.json"));
+        let oci_out = tmp.path().join(format!("{name}.oci.tar"));
+        let docker_out = tmp.path().join(format!("{name}.docker.tar"));
+        build(
+            &root,
+            &ctx,
+            &[
+                "-t",
+                "app:1",
+                "--iidfile",
+                iid.to_str().unwrap(),
+                "--metadata-file",
+                meta.to_str().unwrap(),
+                "-o",
+                &format!("type=oci,dest={}", oci_out.display()),
+                "-o",
+                &format!("type=docker,dest={}", docker_out.display()),
+            ],
+        );
+        let info = inspect(&root, "app:1");
+        assert_eq!(
+            fs::read_to_string(&iid).unwrap(),
+            info["Id"].as_str().unwrap()
+        );
+        let meta: serde_json::Value = serde_json::from_slice(&fs::read(&meta).unwrap()).unwrap();
+        assert_eq!(meta["containerimage.digest"], info["Descriptor"]["digest"]);
+        assert_eq!(info["Config"]["Labels"]["org.example.kind"], "test");
+        assert_eq!(info["Config"]["Env"][1], "GREETING=hi");
+        assert_eq!(info["Created"], "2023-11-14T22:13:20Z");
+        // The OCI output loads into a third store as the same image.
+        let other = tmp.path().join(format!("{name}-loaded"));
+        ok(rbuild(&other).args(["load", "-i"]).arg(&oci_out));
+        assert_eq!(inspect(&other, "app:1")["Id"], info["Id"]);
+        digests.push(info["Descriptor"]["digest"].clone());
+    }
+    assert_eq!(digests[0], digests[1], "two clean builds differ");
+}
+
+#[test]
+fn secrets_never_reach_the_image_or_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = store_with_busybox(tmp.path(), "store");
+    let ctx = tmp.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("Dockerfile"), "FROM bb:1\nRUN --mount=type=secret,id=token cat /run/secrets/token | wc -c > /token-length\n").unwrap();
+    let secret = tmp.path().join("token");
+    fs::write(&secret, "s3cr3t-value-for-the-test").unwrap();
+    build(
+        &root,
+        &ctx,
+        &[
+            "-t",
+            "s:1",
+            "--secret",
+            &format!("id=token,src={}", secret.display()),
+            "-o",
+            &format!("type=local,dest={}", tmp.path().join("out").display()),
+        ],
+    );
+    assert_eq!(
+        fs::read_to_string(tmp.path().join("out/token-length"))
+            .unwrap()
+            .trim(),
+        "25"
+    );
+    assert!(
+        !tmp.path().join("out/run/secrets").exists(),
+        "the mount stub stayed in the image"
+    );
+    for entry in fs::read_dir(root.join("blobs/sha256")).unwrap() {
+        let data = fs::read(entry.unwrap().path()).unwrap();
+        let plain = match oci::compression::Compression::detect(&data) {
+            oci::compression::Compression::Gzip => {
+                let mut out = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut flate2::read::MultiGzDecoder::new(&data[..]),
+                    &mut out,
+                )
+                .unwrap();
+                out
+            }
+            _ => data,
+        };
+        assert!(
+            !plain.windows(6).any(|w| w == b"s3cr3t"),
+            "the secret is in a blob"
+        );
+    }
+    // A changed secret does not invalidate the cache: it is not part of the key.
+    fs::write(&secret, "another-value").unwrap();
+    let (_, again) = build(
+        &root,
+        &ctx,
+        &["--secret", &format!("id=token,src={}", secret.display())],
+    );
+    assert!(again.contains("CACHED"), "{again}");
+}
+
+#[test]
+fn errors_name_the_line_and_the_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = store_with_busybox(tmp.path(), "store");
+    let ctx = tmp.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    let cases: [(&str, &[&str]); 4] = [
+        (
+            "FROM bb:1\nRUN echo ok\nFROOM x\n",
+            &["Dockerfile:3: unknown instruction: FROOM", ">>> FROOM x"],
+        ),
+        (
+            "FROM bb:1\nRUN echo first-line; echo second-line >&2; exit 3\n",
+            &["Dockerfile:2", "exit code: 3", "second-line"],
+        ),
+        (
+            "FROM bb:1\nCOPY missing.txt /x\n",
+            &["Dockerfile:2", "missing.txt"],
+        ),
+        ("FROM nope:1\n", &["Dockerfile:1", "nope:1"]),
+    ];
+    for (dockerfile, expected) in cases {
+        fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+        let out = rbuild(&root)
+            .args(["build", "--progress", "plain"])
+            .arg(&ctx)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{dockerfile}: {stderr}");
+        for e in expected {
+            assert!(
+                stderr.contains(e),
+                "{dockerfile}: expected {e:?} in:\n{stderr}"
+            );
+        }
+        // A syntax error stops the build before any step runs.
+        if dockerfile.contains("FROOM") {
+            assert!(!stderr.contains("#1"), "{stderr}");
+        }
+    }
+    let err = fails(
+        rbuild(&root)
+            .args(["build", "--output", "type=tarball,dest=x"])
+            .arg(&ctx),
+    );
+    assert!(err.contains("type=tarball"), "{err}");
+}

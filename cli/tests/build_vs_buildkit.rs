@@ -1,0 +1,220 @@
+//! Every case in conformance/dockerfiles built by rbuild and by BuildKit (Debian's dockerd,
+//! `DOCKER_BUILDKIT=1 docker build --network host`) from the same base image must give the
+//! same root filesystem and the same config.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use common::{busybox_archive, ok, rbuild};
+use conformance::peers::{run_ok, Dockerd};
+use oci::archive::ArchiveFormat;
+
+fn cases_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../conformance/dockerfiles")
+}
+
+/// What is compared of one file: everything but timestamps.
+#[derive(Debug, PartialEq, Eq)]
+struct Entry {
+    kind: &'static str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    content: String,
+    /// For the second and later names of a hardlinked file: the first name.
+    hardlink_of: Option<String>,
+}
+
+fn tree(root: &Path) -> BTreeMap<String, Entry> {
+    let mut out = BTreeMap::new();
+    let mut first_names: BTreeMap<(u64, u64), String> = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let mut names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        for path in names {
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            let ft = meta.file_type();
+            let (kind, content, size) = if ft.is_dir() {
+                stack.push(path.clone());
+                ("dir", String::new(), 0)
+            } else if ft.is_symlink() {
+                (
+                    "symlink",
+                    fs::read_link(&path).unwrap().to_string_lossy().into_owned(),
+                    0,
+                )
+            } else if ft.is_file() {
+                (
+                    "file",
+                    oci::Digest::sha256_of(&fs::read(&path).unwrap()).to_string(),
+                    meta.len(),
+                )
+            } else {
+                ("special", format!("rdev={}", meta.rdev()), 0)
+            };
+            let hardlink_of = if ft.is_file() && meta.nlink() > 1 {
+                let first = first_names
+                    .entry((meta.dev(), meta.ino()))
+                    .or_insert_with(|| rel.clone());
+                (first != &rel).then(|| first.clone())
+            } else {
+                None
+            };
+            out.insert(
+                rel,
+                Entry {
+                    kind,
+                    mode: meta.mode() & 0o7777,
+                    uid: meta.uid(),
+                    gid: meta.gid(),
+                    size,
+                    content,
+                    hardlink_of,
+                },
+            );
+        }
+    }
+    out
+}
+
+/// Unpacks image `name` of the store at `root` into `dest`.
+fn unpack(root: &Path, name: &str, dest: &Path) -> serde_json::Value {
+    let store = image_store::Store::open(root).unwrap();
+    let image = store.resolve(name).unwrap();
+    let (manifest, config, _) = store.image_config(&image).unwrap();
+    fs::create_dir_all(dest).unwrap();
+    for layer in &manifest.layers {
+        let oci::media_type::Kind::Layer(c) = oci::media_type::kind(&layer.media_type) else {
+            panic!("not a layer")
+        };
+        let blob = store.content().open_blob(&layer.digest).unwrap();
+        oci::layer::apply(blob, c, dest, oci::layer::ApplyMode::Merged).unwrap();
+    }
+    serde_json::to_value(config.config.unwrap_or_default()).unwrap()
+}
+
+fn read_lines(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .map(|s| s.lines().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn dockerfile_cases_match_buildkit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let dockerd = Dockerd::start().expect("start dockerd");
+    // The same base image in both.
+    let base = busybox_archive(tmp.path(), "base:1", ArchiveFormat::Docker);
+    ok(rbuild(&root).args(["load", "-q", "-i"]).arg(&base));
+    run_ok(dockerd.docker().arg("load").arg("-i").arg(&base)).unwrap();
+
+    let mut failures = Vec::new();
+    let mut cases: Vec<PathBuf> = fs::read_dir(cases_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 5);
+    for case in &cases {
+        let name = case.file_name().unwrap().to_string_lossy().into_owned();
+        let tag = format!("case-{name}:1");
+        let mut flags: Vec<String> = Vec::new();
+        for arg in read_lines(&case.join("build-args")) {
+            flags.extend(["--build-arg".to_string(), arg]);
+        }
+        for target in read_lines(&case.join("target")) {
+            flags.extend(["--target".to_string(), target]);
+        }
+        ok(rbuild(&root)
+            .args(["build", "-q", "-t", &tag])
+            .args(&flags)
+            .arg(case));
+        run_ok(
+            dockerd
+                .docker()
+                .env("DOCKER_BUILDKIT", "1")
+                .args(["build", "--network", "host", "-q", "-t", &tag])
+                .args(&flags)
+                .arg(case),
+        )
+        .unwrap();
+        let saved = tmp.path().join(format!("{name}.docker.tar"));
+        run_ok(dockerd.docker().args(["save", "-o"]).arg(&saved).arg(&tag)).unwrap();
+        let theirs_root = tmp.path().join("buildkit-store");
+        ok(rbuild(&theirs_root).args(["load", "-q", "-i"]).arg(&saved));
+
+        let ours_dir = tmp.path().join(format!("{name}-rbuild"));
+        let theirs_dir = tmp.path().join(format!("{name}-buildkit"));
+        let ours_config = unpack(&root, &tag, &ours_dir);
+        let theirs_config = unpack(&theirs_root, &tag, &theirs_dir);
+        let (ours, mut theirs) = (tree(&ours_dir), tree(&theirs_dir));
+        for stub in read_lines(&case.join("old-buildkit-only"))
+            .iter()
+            .filter(|l| !l.starts_with('#'))
+        {
+            let removed = theirs.remove(stub.trim_start_matches('/'));
+            assert!(
+                removed.is_some_and(|e| e.kind == "dir"),
+                "{name}: {stub} was expected in BuildKit's image"
+            );
+        }
+        for (path, entry) in &theirs {
+            match ours.get(path) {
+                None => failures.push(format!(
+                    "{name}: /{path} missing in rbuild's image ({entry:?})"
+                )),
+                Some(o) if o != entry => failures.push(format!(
+                    "{name}: /{path} differs:\n  rbuild   {o:?}\n  buildkit {entry:?}"
+                )),
+                _ => {}
+            }
+        }
+        for path in ours.keys().filter(|p| !theirs.contains_key(*p)) {
+            failures.push(format!("{name}: /{path} only in rbuild's image"));
+        }
+        for key in [
+            "Env",
+            "Cmd",
+            "Entrypoint",
+            "WorkingDir",
+            "User",
+            "ExposedPorts",
+            "Volumes",
+            "Labels",
+            "StopSignal",
+            "Healthcheck",
+            "OnBuild",
+            "Shell",
+        ] {
+            if ours_config.get(key) != theirs_config.get(key) {
+                failures.push(format!(
+                    "{name}: config {key}: rbuild {:?}, buildkit {:?}",
+                    ours_config.get(key),
+                    theirs_config.get(key)
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} differences:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

@@ -1,0 +1,204 @@
+//! The image store against the real tools users already have: dockerd (Debian's docker.io),
+//! skopeo and umoci. Each peer is required: a missing one fails the test.
+
+mod common;
+
+use std::process::Command;
+
+use common::{busybox_archive, inspect, ok, rbuild};
+use conformance::peers::{require, run_ok, Dockerd};
+use oci::archive::ArchiveFormat;
+
+/// `rbuild save --format docker` is accepted by `docker load` and runs there; `docker save`
+/// output loads into rbuild with identical layer digests and config.
+#[test]
+fn docker_load_and_save_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let dockerd = Dockerd::start().expect("start dockerd");
+
+    let archive = busybox_archive(tmp.path(), "rbuild-test/busybox:1", ArchiveFormat::Oci);
+    ok(rbuild(&root).args(["load", "-i"]).arg(&archive));
+    let ours = inspect(&root, "rbuild-test/busybox:1");
+    let saved = tmp.path().join("docker-format.tar");
+    ok(rbuild(&root)
+        .args(["save", "--format", "docker", "-o"])
+        .arg(&saved)
+        .arg("rbuild-test/busybox:1"));
+
+    let out = run_ok(dockerd.docker().arg("load").arg("-i").arg(&saved)).unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Loaded image: rbuild-test/busybox:1"));
+    let docker_id = run_ok(dockerd.docker().args([
+        "image",
+        "inspect",
+        "--format",
+        "{{.Id}}",
+        "rbuild-test/busybox:1",
+    ]))
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&docker_id.stdout).trim(),
+        ours["Id"].as_str().unwrap()
+    );
+    let run = run_ok(dockerd.docker().args([
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "rbuild-test/busybox:1",
+        "sh",
+        "-c",
+        "echo hello; id -u; ls /bin/sh",
+    ]))
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&run.stdout), "hello\n0\n/bin/sh\n");
+
+    // An image docker made itself (a build step adds a layer and deletes a file).
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM rbuild-test/busybox:1\nRUN echo hi > /hello && rm /bin/ash\nENV FOO=bar\n",
+    )
+    .unwrap();
+    run_ok(
+        dockerd
+            .docker()
+            .env("DOCKER_BUILDKIT", "0")
+            .args(["build", "--network", "host", "-q", "-t", "from-docker:2"])
+            .arg(&ctx),
+    )
+    .unwrap();
+    let docker_saved = tmp.path().join("from-docker.tar");
+    run_ok(
+        dockerd
+            .docker()
+            .args(["save", "-o"])
+            .arg(&docker_saved)
+            .arg("from-docker:2"),
+    )
+    .unwrap();
+    ok(rbuild(&root).args(["load", "-i"]).arg(&docker_saved));
+    let loaded = inspect(&root, "from-docker:2");
+    let docker_view = run_ok(dockerd.docker().args(["image", "inspect", "from-docker:2"])).unwrap();
+    let docker_view: serde_json::Value = serde_json::from_slice(&docker_view.stdout).unwrap();
+    let docker_view = &docker_view[0];
+    assert_eq!(
+        loaded["Id"], docker_view["Id"],
+        "same config bytes, same image ID"
+    );
+    assert_eq!(loaded["RootFS"]["Layers"], docker_view["RootFS"]["Layers"]);
+    let layer_digests: Vec<&serde_json::Value> = loaded["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| &l["digest"])
+        .collect();
+    let docker_layers: Vec<&serde_json::Value> = docker_view["RootFS"]["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(
+        layer_digests, docker_layers,
+        "docker save writes uncompressed layers, kept as they are"
+    );
+    assert_eq!(loaded["Config"]["Env"], docker_view["Config"]["Env"]);
+    assert_eq!(loaded["Config"]["Cmd"], docker_view["Config"]["Cmd"]);
+}
+
+/// `rbuild save --format oci` is accepted by skopeo and unpacked by umoci without warnings;
+/// skopeo's own OCI output loads into rbuild.
+#[test]
+fn skopeo_and_umoci_read_our_oci_archives() {
+    let skopeo = require("skopeo");
+    let umoci = require("umoci");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let archive = busybox_archive(tmp.path(), "bb:oci", ArchiveFormat::Docker);
+    ok(rbuild(&root).args(["load", "-i"]).arg(&archive));
+    let manifest_digest = inspect(&root, "bb:oci")["Descriptor"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ours = tmp.path().join("ours.tar");
+    ok(rbuild(&root)
+        .args(["save", "--format", "oci", "-o"])
+        .arg(&ours)
+        .arg("bb:oci"));
+
+    let layout = tmp.path().join("layout");
+    run_ok(
+        Command::new(&skopeo)
+            .arg("copy")
+            .arg(format!("oci-archive:{}", ours.display()))
+            .arg(format!("oci:{}:copied", layout.display())),
+    )
+    .unwrap();
+    let raw = run_ok(
+        Command::new(&skopeo)
+            .args(["inspect", "--raw"])
+            .arg(format!("oci:{}:copied", layout.display())),
+    )
+    .unwrap();
+    assert_eq!(
+        oci::Digest::sha256_of(&raw.stdout).as_str(),
+        manifest_digest,
+        "skopeo kept our manifest bytes"
+    );
+
+    let bundle = tmp.path().join("bundle");
+    let unpack = run_ok(
+        Command::new(&umoci)
+            .args(["unpack", "--image"])
+            .arg(format!("{}:copied", layout.display()))
+            .arg(&bundle),
+    )
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&unpack.stderr).to_lowercase();
+    assert!(!stderr.contains("warn"), "umoci warned: {stderr}");
+    assert!(bundle.join("rootfs/bin/busybox").is_file());
+    assert_eq!(
+        std::fs::read_link(bundle.join("rootfs/bin/sh")).unwrap(),
+        std::path::Path::new("/bin/busybox")
+    );
+
+    // skopeo writes an OCI archive; rbuild loads it with the same manifest.
+    let theirs = tmp.path().join("theirs.tar");
+    run_ok(
+        Command::new(&skopeo)
+            .arg("copy")
+            .arg(format!("oci:{}:copied", layout.display()))
+            .arg(format!(
+                "oci-archive:{}:docker.io/library/fromskopeo:3",
+                theirs.display()
+            )),
+    )
+    .unwrap();
+    let root2 = tmp.path().join("store2");
+    assert_eq!(
+        ok(rbuild(&root2).args(["load", "-i"]).arg(&theirs)),
+        "Loaded image: fromskopeo:3\n"
+    );
+    assert_eq!(
+        inspect(&root2, "fromskopeo:3")["Descriptor"]["digest"],
+        manifest_digest.as_str()
+    );
+    // And a docker-archive written by skopeo.
+    let docker_archive = tmp.path().join("skopeo-docker.tar");
+    run_ok(
+        Command::new(&skopeo)
+            .arg("copy")
+            .arg(format!("oci:{}:copied", layout.display()))
+            .arg(format!(
+                "docker-archive:{}:skopeo/da:1",
+                docker_archive.display()
+            )),
+    )
+    .unwrap();
+    ok(rbuild(&root2).args(["load", "-i"]).arg(&docker_archive));
+    assert_eq!(
+        inspect(&root2, "skopeo/da:1")["Id"],
+        inspect(&root, "bb:oci")["Id"]
+    );
+}
