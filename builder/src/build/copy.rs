@@ -1,10 +1,12 @@
 //! COPY, ADD and WORKDIR: steps that put files into the stage's filesystem from the build
-//! context, another stage, or inline heredocs.
+//! context, another stage or image, or inline heredocs.
 //!
-//! The copy runs on the host, into the step's overlay snapshot mounted in a private mount
-//! namespace (see `snapshot`), so that copying into existing directories behaves exactly as
-//! in the image: parent directories keep their attributes (overlayfs copies them up) and
-//! symlinks in the destination path resolve inside the image, never on the host.
+//! Sources are resolved by the build context (`crate::context`: .dockerignore, wildcards,
+//! `--exclude`, `--parents`, confinement to the context) and checksummed for the cache key
+//! without timestamps. The copy runs on the host, into the step's overlay snapshot mounted in a
+//! private mount namespace (see `snapshot`), so that copying into existing directories behaves
+//! exactly as in the image: parent directories keep their attributes (overlayfs copies them
+//! up) and symlinks in the destination path resolve inside the image, never on the host.
 
 use std::collections::HashMap;
 use std::fs;
@@ -15,11 +17,11 @@ use std::path::{Component, Path, PathBuf};
 use super::snapshot::{commit_upper, lower_dirs, with_merged, Workspace};
 use super::stage::{step_error, Layer, Solver, StageState};
 use super::{key_of, BuildError};
+use crate::context::{BuildContext, ContextError, CopyEntry, CopySources, FileKind};
 use crate::dockerfile::instructions::{Files, Located};
 use crate::dockerfile::{Chmod, Instruction};
 use crate::image_config::{join_workdir, Scope};
 
-/// A COPY or ADD after variable expansion.
 /// Where `COPY --from` takes its files.
 pub(crate) enum FromSource {
     Stage(usize),
@@ -27,20 +29,22 @@ pub(crate) enum FromSource {
     Image((Vec<Layer>, oci::Digest)),
 }
 
+/// A COPY or ADD after variable expansion.
 pub(crate) struct CopyPlan {
-    /// Absolute paths of the sources on the host (in the context or a stage's snapshot).
-    sources: Vec<PathBuf>,
+    /// What to copy from the context (empty with `--from`: resolved once that is mounted).
+    entries: Vec<CopyEntry>,
     inline: Vec<(String, String)>,
     /// Destination inside the image, absolute; a trailing `/` kept.
     dest: String,
-    /// The stage or image to copy from, if any.
     from_source: Option<FromSource>,
     chown: Option<String>,
     chmod: Option<Chmod>,
     link: bool,
+    parents: bool,
+    excludes: Vec<String>,
     /// ADD: unpack local archives.
     unpack_archives: bool,
-    /// What the sources are named in the Dockerfile, for the cache key and errors.
+    /// The sources as written, after expansion.
     source_names: Vec<String>,
 }
 
@@ -57,17 +61,10 @@ pub(crate) fn cache_key(
             solver.solve(*stage)?.fs_key.to_string() + &plan.source_names.join("\0")
         }
         Some(FromSource::Image((_, digest))) => digest.to_string() + &plan.source_names.join("\0"),
-        None => {
-            let mut sums = Vec::new();
-            for name in &plan.source_names {
-                sums.push(
-                    context_checksum(solver, name)
-                        .map_err(|e| step_error(at, e))?
-                        .to_string(),
-                );
-            }
-            sums.join("\0")
-        }
+        None => solver
+            .checksum(&plan.entries)
+            .map_err(|e| step_error(at, e))?
+            .to_string(),
     };
     let inline: Vec<String> = plan
         .inline
@@ -79,36 +76,59 @@ pub(crate) fn cache_key(
     } else {
         state.fs_key.to_string()
     };
+    let flags = format!(
+        "{:?}{:?}{}{}{:?}",
+        plan.chown, plan.chmod, plan.unpack_archives, plan.parents, plan.excludes
+    );
     Ok(key_of(&[
         b"copy",
         parent.as_bytes(),
         sources.as_bytes(),
         inline.join("\0").as_bytes(),
         plan.dest.as_bytes(),
-        format!("{:?}{:?}{}", plan.chown, plan.chmod, plan.unpack_archives).as_bytes(),
+        flags.as_bytes(),
     ]))
 }
 
-/// Expands a COPY/ADD and finds its sources.
+/// Expands a COPY/ADD and resolves its context sources.
 pub(crate) fn plan(
     solver: &Solver,
     index: usize,
     state: &StageState,
     at: &Located<Instruction>,
 ) -> Result<CopyPlan, BuildError> {
-    let (files, from, chown, chmod, link, unpack): (&Files, Option<&String>, _, _, bool, bool) =
-        match &at.value {
-            Instruction::Copy(c) => (&c.files, c.from.as_ref(), &c.chown, &c.chmod, c.link, false),
-            Instruction::Add(a) => (
-                &a.files,
-                None,
-                &a.chown,
-                &a.chmod,
-                a.link,
-                a.unpack.unwrap_or(true),
-            ),
-            _ => return Err(step_error(at, "not a COPY or ADD")),
-        };
+    let (files, from, chown, chmod, link, unpack, parents, excludes): (
+        &Files,
+        _,
+        _,
+        _,
+        _,
+        _,
+        _,
+        _,
+    ) = match &at.value {
+        Instruction::Copy(c) => (
+            &c.files,
+            c.from.as_ref(),
+            &c.chown,
+            &c.chmod,
+            c.link,
+            false,
+            c.parents,
+            &c.exclude,
+        ),
+        Instruction::Add(a) => (
+            &a.files,
+            None,
+            &a.chown,
+            &a.chmod,
+            a.link,
+            a.unpack.unwrap_or(true),
+            false,
+            &a.exclude,
+        ),
+        _ => return Err(step_error(at, "not a COPY or ADD")),
+    };
     let scope = Scope::new(&state.config, &state.args);
     let expand = |w: &str| {
         solver
@@ -153,12 +173,23 @@ pub(crate) fn plan(
         }
         source_names.push(s);
     }
-    let mut sources = Vec::new();
-    if from_source.is_none() {
-        for name in &source_names {
-            sources.push(context_path(solver, name).map_err(|e| step_error(at, e))?);
-        }
-    }
+    let excludes = excludes
+        .iter()
+        .map(|e| expand(e))
+        .collect::<Result<Vec<_>, _>>()?;
+    let entries = if from_source.is_none() && !source_names.is_empty() {
+        let spec = CopySources {
+            sources: &source_names,
+            excludes: &excludes,
+            parents,
+        };
+        solver
+            .context
+            .resolve_sources(&spec)
+            .map_err(|e| step_error(at, copy_failed(e)))?
+    } else {
+        Vec::new()
+    };
     let inline = files
         .inline
         .iter()
@@ -185,13 +216,15 @@ pub(crate) fn plan(
         None => None,
     };
     Ok(CopyPlan {
-        sources,
+        entries,
         inline,
         dest,
         from_source,
         chown,
         chmod,
         link,
+        parents,
+        excludes,
         unpack_archives: unpack,
         source_names,
     })
@@ -219,43 +252,30 @@ pub(crate) fn execute(
         Some(FromSource::Image((layers, _))) => Some(lower_dirs(store, layers, &ws)?),
         None => None,
     };
-    let multiple = plan.source_names.len() + plan.inline.len() > 1;
     with_merged(&ws, &lower, |root| {
-        let (sources, preserve_owner) = match &from_lower {
+        // With --from, the other filesystem is mounted read-only beside ours and resolved like
+        // a context without ignore patterns.
+        let (source_root, entries, preserve_owner) = match &from_lower {
             Some(from_lower) => {
-                // The other stage's filesystem, mounted read-only beside ours.
                 let from_root = ws.path("from");
-                fs::create_dir_all(&from_root).map_err(BuildError::other)?;
-                let data = format!(
-                    "lowerdir={}",
-                    from_lower
-                        .iter()
-                        .rev()
-                        .map(|p| p.to_string_lossy().into_owned())
-                        .collect::<Vec<_>>()
-                        .join(":")
-                );
-                let data = if from_lower.len() == 1 {
-                    format!("{data}:{}", ws.path("empty").display())
-                } else {
-                    data
+                mount_read_only(from_lower, &from_root, &ws.path("empty"))?;
+                let context = BuildContext::with_ignore_patterns(&from_root, &[] as &[&str])
+                    .map_err(|e| step_error(at, e))?;
+                let spec = CopySources {
+                    sources: &plan.source_names,
+                    excludes: &plan.excludes,
+                    parents: plan.parents,
                 };
-                nix::mount::mount(
-                    Some("overlay"),
-                    &from_root,
-                    Some("overlay"),
-                    nix::mount::MsFlags::MS_RDONLY,
-                    Some(data.as_str()),
-                )
-                .map_err(|e| BuildError::other(format!("mount source stage: {e}")))?;
-                let mut sources = Vec::new();
-                for name in &plan.source_names {
-                    sources
-                        .push(resolve_confined(&from_root, name).map_err(|e| step_error(at, e))?);
-                }
-                (sources, true)
+                let entries = context
+                    .resolve_sources(&spec)
+                    .map_err(|e| step_error(at, copy_failed(e)))?;
+                (context.root().to_path_buf(), entries, true)
             }
-            None => (plan.sources.clone(), false),
+            None => (
+                solver.context.root().to_path_buf(),
+                plan.entries.clone(),
+                false,
+            ),
         };
         let owner = match &plan.chown {
             Some(spec) => {
@@ -271,57 +291,50 @@ pub(crate) fn execute(
             chmod: plan.chmod.clone(),
             hardlinks: HashMap::new(),
         };
-        for (src, name) in sources.iter().zip(&plan.source_names) {
-            let meta = fs::metadata(src).map_err(|_| {
-                step_error(at, format!("failed to compute cache key: \"{name}\": not found (in the build context or excluded by .dockerignore)"))
-            })?;
-            let into_dir = plan.dest.ends_with('/') || multiple || meta.is_dir();
-            if plan.unpack_archives && meta.is_file() && is_archive(src) {
-                let target = ensure_dir(root, &plan.dest, owner)?;
-                let reader = fs::File::open(src).map_err(BuildError::other)?;
-                let mut head = [0u8; 4];
-                let n = io::Read::read(
-                    &mut fs::File::open(src).map_err(BuildError::other)?,
-                    &mut head,
-                )
-                .map_err(BuildError::other)?;
-                let compression = oci::compression::Compression::detect(&head[..n]);
-                oci::layer::apply(reader, compression, &target, oci::layer::ApplyMode::Merged)
-                    .map_err(|e| step_error(at, e))?;
+        // `COPY a.txt /dest` names the file itself unless /dest is a directory or ends in `/`;
+        // several sources (or a wildcard match) always go into a directory.
+        let top_level: Vec<&CopyEntry> = entries
+            .iter()
+            .filter(|e| e.dest.components().count() <= 1)
+            .collect();
+        let single_file = top_level.len() + plan.inline.len() == 1
+            && top_level.first().is_none_or(|e| e.kind != FileKind::Dir);
+        let rename = single_file && !plan.dest.ends_with('/') && !dest_is_dir(root, &plan.dest);
+        let (dest_dir, renamed) = if rename {
+            let dest = Path::new(&plan.dest);
+            let parent = dest
+                .parent()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (
+                ensure_dir(root, &parent, owner)?,
+                dest.file_name().map(PathBuf::from),
+            )
+        } else {
+            (ensure_dir(root, &plan.dest, owner)?, None)
+        };
+        for entry in &entries {
+            if entry.dest.as_os_str().is_empty() {
+                continue; // the destination directory itself, made above
+            }
+            let src = source_root.join(&entry.source);
+            let is_top = entry.dest.components().count() == 1;
+            if plan.unpack_archives && is_top && entry.kind == FileKind::File && is_archive(&src) {
+                extract_archive(&src, &dest_dir).map_err(|e| step_error(at, e))?;
                 continue;
             }
-            if meta.is_dir() {
-                let target = ensure_dir(root, &plan.dest, owner)?;
-                copier
-                    .copy_dir_contents(src, &target)
-                    .map_err(|e| step_error(at, e))?;
-            } else {
-                let target = if into_dir || dest_is_dir(root, &plan.dest) {
-                    ensure_dir(root, &plan.dest, owner)?.join(src.file_name().unwrap_or_default())
-                } else {
-                    let parent = Path::new(&plan.dest)
-                        .parent()
-                        .map(|p| p.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    ensure_dir(root, &parent, owner)?
-                        .join(Path::new(&plan.dest).file_name().unwrap_or_default())
-                };
-                copier
-                    .copy_entry(src, &target, true)
-                    .map_err(|e| step_error(at, e))?;
-            }
+            let target = match &renamed {
+                Some(name) => dest_dir.join(name),
+                None => dest_dir.join(&entry.dest),
+            };
+            copier
+                .copy_one(&src, &target, entry.kind)
+                .map_err(|e| step_error(at, format!("{}: {e}", entry.source.display())))?;
         }
         for (name, content) in &plan.inline {
-            // Like a file source: a lone heredoc to a path that is not a directory is that file.
-            let target = if plan.dest.ends_with('/') || multiple || dest_is_dir(root, &plan.dest) {
-                ensure_dir(root, &plan.dest, owner)?.join(name)
-            } else {
-                let parent = Path::new(&plan.dest)
-                    .parent()
-                    .map(|p| p.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                ensure_dir(root, &parent, owner)?
-                    .join(Path::new(&plan.dest).file_name().unwrap_or_default())
+            let target = match &renamed {
+                Some(file) => dest_dir.join(file),
+                None => dest_dir.join(name),
             };
             fs::write(&target, content).map_err(BuildError::other)?;
             copier
@@ -373,44 +386,68 @@ pub(crate) fn workdir(solver: &Solver, state: &StageState) -> Result<Option<Laye
 }
 
 /// The host path of `name` in the build context; never outside it.
+/// The host path of `name` in the build context; never outside it.
 pub(crate) fn context_path(solver: &Solver, name: &str) -> Result<PathBuf, String> {
-    resolve_confined(&solver.options.context, name)
+    let root = solver.context.root();
+    let rel = crate::context::scoped::resolve_in_root(root, Path::new(name), true)
+        .map_err(|e| format!("{name}: {e}"))?;
+    Ok(root.join(rel))
 }
 
-/// A checksum of the content of `name` in the build context, for cache keys: paths, types,
-/// modes, sizes, contents and link targets, but no timestamps.
+/// A checksum of what `name` in the build context holds, for cache keys.
 pub(crate) fn context_checksum(solver: &Solver, name: &str) -> Result<oci::Digest, String> {
-    let path = context_path(solver, name)?;
-    let mut digester = oci::Digester::new(oci::Algorithm::Sha256);
-    checksum_into(&path, Path::new(""), &mut digester).map_err(|e| format!("{name}: {e}"))?;
-    Ok(digester.finish())
+    let sources = [name.to_string()];
+    let spec = CopySources {
+        sources: &sources,
+        ..CopySources::default()
+    };
+    let entries = solver.context.resolve_sources(&spec).map_err(copy_failed)?;
+    solver.checksum(&entries).map_err(|e| e.to_string())
 }
 
-fn checksum_into(path: &Path, rel: &Path, d: &mut oci::Digester) -> io::Result<()> {
-    let meta = fs::symlink_metadata(path)?;
-    d.update(rel.as_os_str().as_encoded_bytes());
-    d.update(&[0]);
-    d.update(&meta.mode().to_le_bytes());
-    if meta.is_dir() {
-        let mut names: Vec<_> = fs::read_dir(path)?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<io::Result<_>>()?;
-        names.sort();
-        for n in names {
-            checksum_into(&path.join(&n), &rel.join(&n), d)?;
-        }
-    } else if meta.file_type().is_symlink() {
-        d.update(fs::read_link(path)?.as_os_str().as_encoded_bytes());
-    } else {
-        d.update(&meta.len().to_le_bytes());
-        io::copy(&mut fs::File::open(path)?, d)?;
+/// BuildKit's wording for a source that matches nothing.
+fn copy_failed(e: ContextError) -> String {
+    match e {
+        ContextError::NotFound { path } => format!(
+            "failed to compute cache key: file not found in build context or excluded by .dockerignore: stat {path}: file does not exist"
+        ),
+        other => other.to_string(),
     }
-    Ok(())
 }
 
-/// `root/name`, with `..` and symlinks resolved inside `root` (a symlink cannot lead out).
-fn resolve_confined(root: &Path, name: &str) -> Result<PathBuf, String> {
-    runtime_exec::paths::resolve_in_root(root, Path::new(name)).map_err(|e| format!("{name}: {e}"))
+/// Mounts the layers of another stage read-only at `target` (overlayfs needs two lower
+/// layers when it has no upper one, hence `empty`).
+fn mount_read_only(lower: &[PathBuf], target: &Path, empty: &Path) -> Result<(), BuildError> {
+    fs::create_dir_all(target).map_err(BuildError::other)?;
+    let mut dirs: Vec<String> = lower
+        .iter()
+        .rev()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    if dirs.len() == 1 {
+        dirs.push(empty.to_string_lossy().into_owned());
+    }
+    let data = format!("lowerdir={}", dirs.join(":"));
+    nix::mount::mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        nix::mount::MsFlags::MS_RDONLY,
+        Some(data.as_str()),
+    )
+    .map_err(|e| BuildError::other(format!("mount the source stage: {e}")))
+}
+
+/// ADD of a local tar archive: its contents land in the destination directory.
+fn extract_archive(src: &Path, dest_dir: &Path) -> Result<(), String> {
+    let mut head = [0u8; 4];
+    let mut file = fs::File::open(src).map_err(|e| e.to_string())?;
+    let n = io::Read::read(&mut file, &mut head).map_err(|e| e.to_string())?;
+    let compression = oci::compression::Compression::detect(&head[..n]);
+    let reader = fs::File::open(src).map_err(|e| e.to_string())?;
+    oci::layer::apply(reader, compression, dest_dir, oci::layer::ApplyMode::Merged)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 fn dest_is_dir(root: &Path, dest: &str) -> bool {
@@ -464,27 +501,12 @@ struct Copier {
 }
 
 impl Copier {
-    fn copy_dir_contents(&mut self, src: &Path, dest: &Path) -> io::Result<()> {
-        let mut names: Vec<_> = fs::read_dir(src)?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<io::Result<_>>()?;
-        names.sort();
-        for name in names {
-            self.copy_entry(&src.join(&name), &dest.join(&name), false)?;
-        }
-        Ok(())
-    }
-
-    /// Copies one entry; `follow` follows a symlink named directly as a source.
-    fn copy_entry(&mut self, src: &Path, dest: &Path, follow: bool) -> io::Result<()> {
-        let meta = if follow {
-            fs::metadata(src)?
-        } else {
-            fs::symlink_metadata(src)?
-        };
-        let ft = meta.file_type();
+    /// Copies one entry (a directory without its contents: they are entries of their own).
+    fn copy_one(&mut self, src: &Path, dest: &Path, kind: FileKind) -> io::Result<()> {
+        let meta = fs::symlink_metadata(src)?;
         if let Ok(existing) = fs::symlink_metadata(dest) {
-            if !(existing.is_dir() && ft.is_dir()) {
+            let both_dirs = existing.is_dir() && kind == FileKind::Dir;
+            if !both_dirs {
                 if existing.is_dir() {
                     fs::remove_dir_all(dest)?;
                 } else {
@@ -492,25 +514,25 @@ impl Copier {
                 }
             }
         }
-        if ft.is_dir() {
-            if !dest.is_dir() {
-                fs::create_dir(dest)?;
-            }
-            self.copy_dir_contents(src, dest)?;
-        } else if ft.is_symlink() {
-            symlink(fs::read_link(src)?, dest)?;
-        } else if ft.is_file() {
-            if meta.nlink() > 1 {
-                if let Some(first) = self.hardlinks.get(&(meta.dev(), meta.ino())) {
-                    return fs::hard_link(first, dest);
+        match kind {
+            FileKind::Dir => {
+                if !dest.is_dir() {
+                    fs::create_dir(dest)?;
                 }
-                self.hardlinks
-                    .insert((meta.dev(), meta.ino()), dest.to_path_buf());
             }
-            fs::copy(src, dest)?;
-        } else {
+            FileKind::Symlink => symlink(fs::read_link(src)?, dest)?,
+            FileKind::File => {
+                if meta.nlink() > 1 {
+                    if let Some(first) = self.hardlinks.get(&(meta.dev(), meta.ino())) {
+                        return fs::hard_link(first, dest);
+                    }
+                    self.hardlinks
+                        .insert((meta.dev(), meta.ino()), dest.to_path_buf());
+                }
+                fs::copy(src, dest)?;
+            }
             // Devices, fifos and sockets in a context are not copied, as BuildKit skips them.
-            return Ok(());
+            FileKind::Other => return Ok(()),
         }
         self.finish_attributes_from(dest, &meta)
     }

@@ -100,6 +100,7 @@ pub fn build(
     let solver = stage::Solver::new(store, dockerfile, options, progress)?;
     let target = solver.target_stage()?;
     let state = solver.solve(target)?;
+    solver.save_stat_cache()?;
     export::export(store, &state, options, progress)
 }
 

@@ -2,7 +2,7 @@
 //! (RUN, COPY/ADD, WORKDIR) with their cache keys.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use image_store::{CacheRecord, CachedLayer, Store};
 use oci::image::{History, ImageConfig};
@@ -10,6 +10,7 @@ use oci::{Descriptor, Digest};
 
 use super::progress::{Progress, Step, StepStatus};
 use super::{key_of, BuildError, BuildOptions};
+use crate::context::{BuildContext, ContextError, CopyEntry, StatCache};
 use crate::dockerfile::instructions::{ArgDef, Located, Run};
 use crate::dockerfile::shell::Lex;
 use crate::dockerfile::{Dockerfile, Instruction};
@@ -76,6 +77,10 @@ pub(crate) struct Solver<'a> {
     pub options: &'a BuildOptions,
     pub progress: &'a Progress,
     pub lex: Lex,
+    /// The build context, with its .dockerignore.
+    pub context: BuildContext,
+    /// Content hashes of context files, kept between builds (shared by parallel stages).
+    stat_cache: Mutex<StatCache>,
     /// Global ARG values, for FROM lines and for stage ARGs without a default.
     global_args: BTreeMap<String, String>,
     /// Each stage solved at most once, whoever needs it first.
@@ -110,15 +115,39 @@ impl<'a> Solver<'a> {
             }
         }
         let results = dockerfile.stages.iter().map(|_| OnceLock::new()).collect();
+        let context = BuildContext::open(&options.context, Some(&options.dockerfile_path))
+            .map_err(|e| BuildError::Other(e.to_string()))?;
+        let stat_cache = StatCache::open(&store.root().join("cache").join("context"))
+            .map_err(|e| BuildError::Other(e.to_string()))?;
         Ok(Solver {
             store,
             dockerfile,
             options,
             progress,
             lex,
+            context,
+            stat_cache: Mutex::new(stat_cache),
             global_args,
             results,
         })
+    }
+
+    /// The content checksum of context entries, through the stat cache.
+    pub fn checksum(&self, entries: &[CopyEntry]) -> Result<Digest, ContextError> {
+        let mut cache = self
+            .stat_cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.context.checksum(entries, &mut cache)
+    }
+
+    /// Keeps the hashes computed by this build for the next one.
+    pub fn save_stat_cache(&self) -> Result<(), BuildError> {
+        let mut cache = self
+            .stat_cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        cache.save().map_err(|e| BuildError::Other(e.to_string()))
     }
 
     /// The stage `--target` names, or the last one.
