@@ -83,6 +83,11 @@ pub struct BuildArgs {
     /// RUN's default network: `host` (the default) or `none`
     #[arg(long, default_value = "host")]
     network: String,
+    /// Push the image to its registry under every `-t` name (same as `--output type=registry`)
+    #[arg(long)]
+    push: bool,
+    #[command(flatten)]
+    registry: crate::registry_cmds::RegistryFlags,
 }
 
 pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
@@ -115,6 +120,18 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
             .with_context(|| format!("invalid platform {p:?}: expected os/arch[/variant]"))?,
         None => Platform::host(),
     };
+    // `type=registry` is a push after the build; the other outputs are the builder's.
+    let mut push = args.push;
+    let mut outputs = Vec::new();
+    for spec in &args.outputs {
+        match parse_output(spec)? {
+            Some(output) => outputs.push(output),
+            None => push = true,
+        }
+    }
+    if push && args.tags.is_empty() {
+        bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY:TAG");
+    }
     let options = BuildOptions {
         context: args
             .context
@@ -138,21 +155,18 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
             CompressionFlag::Zstd => Compression::Zstd,
             CompressionFlag::Uncompressed => Compression::None,
         },
-        outputs: args
-            .outputs
-            .iter()
-            .map(|o| parse_output(o))
-            .collect::<Result<_>>()?,
+        outputs,
         secrets: parse_secrets(&args.secrets)?,
     };
     let quiet = args.quiet || matches!(args.progress, ProgressFlag::Quiet);
-    let mode = if quiet {
-        ProgressMode::Quiet
-    } else {
-        ProgressMode::Plain
+    // BuildKit's rule: a live view on a terminal, plain lines otherwise (CI logs).
+    let mode = match args.progress {
+        _ if quiet => ProgressMode::Quiet,
+        ProgressFlag::Plain => ProgressMode::Plain,
+        ProgressFlag::Tty => ProgressMode::Tty,
+        _ if std::io::stderr().is_terminal() => ProgressMode::Tty,
+        _ => ProgressMode::Plain,
     };
-    // Plain lines whether or not stderr is a terminal, for now: the live view is tty-only sugar.
-    let _ = std::io::stderr().is_terminal();
     let stage_names = dockerfile
         .stages
         .iter()
@@ -160,7 +174,9 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
         .map(|(i, s)| s.name.clone().unwrap_or_else(|| format!("stage-{i}")))
         .collect();
     let progress = Progress::new(mode, stage_names, Box::new(std::io::stderr()));
-    let result = match build(store, &dockerfile, &options, &progress) {
+    let result = build(store, &dockerfile, &options, &progress);
+    progress.finish();
+    let result = match result {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ERROR: {e}");
@@ -185,6 +201,12 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
         println!("{id}");
     } else {
         eprintln!("writing image {id} done");
+    }
+    if push {
+        for tag in &options.tags {
+            let name = tag.to_string();
+            crate::registry_cmds::push_to(store, &name, &name, &[], &args.registry)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -228,7 +250,8 @@ fn options_of(spec: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn parse_output(spec: &str) -> Result<Output> {
+/// An `--output`; `None` for `type=registry`, which is a push rather than a builder output.
+fn parse_output(spec: &str) -> Result<Option<Output>> {
     let opts = options_of(spec);
     let dest = || -> Result<PathBuf> {
         opts.get("dest")
@@ -236,14 +259,15 @@ fn parse_output(spec: &str) -> Result<Output> {
             .with_context(|| format!("--output {spec:?}: dest= is required"))
     };
     match opts.get("type").map(String::as_str) {
-        Some("oci") => Ok(Output::Oci(dest()?)),
-        Some("docker") => Ok(Output::Docker(dest()?)),
-        Some("local") => Ok(Output::Local(dest()?)),
-        Some("image") | None if opts.is_empty() => {
-            bail!("--output {spec:?}: expected type=oci|docker|local,dest=PATH")
+        Some("oci") => Ok(Some(Output::Oci(dest()?))),
+        Some("docker") => Ok(Some(Output::Docker(dest()?))),
+        Some("local") => Ok(Some(Output::Local(dest()?))),
+        Some("registry") => Ok(None),
+        Some("image") if opts.get("push").map(String::as_str) == Some("true") => Ok(None),
+        Some(other) => {
+            bail!("--output type={other} is not supported (oci, docker, local, registry)")
         }
-        Some(other) => bail!("--output type={other} is not supported (oci, docker, local)"),
-        None => bail!("--output {spec:?}: type= is required"),
+        None => bail!("--output {spec:?}: type= is required (oci, docker, local, registry)"),
     }
 }
 

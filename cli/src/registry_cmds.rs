@@ -58,12 +58,30 @@ pub struct PushArgs {
 }
 
 pub fn push(store: &Store, args: PushArgs) -> Result<ExitCode> {
-    let target_text = args.target.as_deref().unwrap_or(&args.source);
+    let target = args.target.as_deref().unwrap_or(&args.source);
+    push_to(
+        store,
+        &args.source,
+        target,
+        &args.mount_from,
+        &args.registry,
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Pushes local image `source` as `target`; also `rbuild build --push`.
+pub fn push_to(
+    store: &Store,
+    source: &str,
+    target_text: &str,
+    extra_mount_from: &[String],
+    registry: &RegistryFlags,
+) -> Result<()> {
     let target =
         Reference::parse(target_text).with_context(|| format!("push target {target_text:?}"))?;
-    let image = store.resolve(&args.source)?;
+    let image = store.resolve(source)?;
     // Other names of this image on the same registry are where its blobs most likely are.
-    let mut mount_from = args.mount_from.clone();
+    let mut mount_from = extra_mount_from.to_vec();
     for name in &image.names {
         if name.registry == target.registry
             && name.repository != target.repository
@@ -72,13 +90,13 @@ pub fn push(store: &Store, args: PushArgs) -> Result<ExitCode> {
             mount_from.push(name.repository.clone());
         }
     }
-    let client = args.registry.client()?;
+    let client = registry.client()?;
     let progress: Arc<dyn Progress> = Arc::new(Console::new());
     println!("The push refers to repository [{}]", target.name());
     let pushed = push_image(
         &client,
         store,
-        &args.source,
+        source,
         &target,
         &PushOptions { mount_from },
         &progress,
@@ -89,7 +107,7 @@ pub fn push(store: &Store, args: PushArgs) -> Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| pushed.digest.to_string());
     println!("{tag}: digest: {} size: {}", pushed.digest, pushed.size);
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 #[derive(Args)]
