@@ -88,7 +88,8 @@ rbuild_reset()  { "$bin/rbuild" rmi bench:1 >/dev/null 2>&1 || true; rm -rf "$RB
 buildkit_reset() { $docker rmi -f bench:1 >/dev/null 2>&1 || true; $docker builder prune -af >/dev/null; }
 buildah_reset() { buildah rmi -f bench:1 >/dev/null 2>&1 || true; buildah rmi --prune >/dev/null 2>&1 || true; }
 rbuild_export()  { "$bin/rbuild" save --format oci -o "$work/out-rbuild.tar" bench:1; }
-buildkit_export() { DOCKER_BUILDKIT=1 $docker build --network host -q -o "type=oci,dest=$work/out-buildkit.tar" "$1"; }
+# docker 20.10's BuildKit cannot write OCI archives (that needs buildx): `docker save` it is.
+buildkit_export() { $docker save -o "$work/out-buildkit.tar" bench:1; }
 buildah_export() { buildah push -q bench:1 "oci-archive:$work/out-buildah.tar"; }
 
 printf '%-8s %-14s %10s %10s %10s %12s %12s\n' workload scenario rbuild buildkit buildah "r/buildkit" "r/buildah"

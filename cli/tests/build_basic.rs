@@ -22,6 +22,7 @@ fn build(root: &Path, context: &Path, extra: &[&str]) -> (String, String) {
         .args(extra)
         .arg(context)
         .env("SOURCE_DATE_EPOCH", "1700000000")
+        .env("RBUILD_TEST_TOKEN", "token-123")
         .output()
         .expect("spawn");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -283,4 +284,105 @@ fn errors_name_the_line_and_the_step() {
             .arg(&ctx),
     );
     assert!(err.contains("type=tarball"), "{err}");
+}
+
+/// ADD from a URL (a local HTTP server) with `--checksum`, secrets as environment variables,
+/// and RUN --mount=type=bind,from=STAGE.
+#[test]
+fn add_url_secret_env_and_bind_from_stage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = store_with_busybox(tmp.path(), "store");
+    let served = tmp.path().join("served");
+    fs::create_dir_all(&served).unwrap();
+    fs::write(served.join("payload.txt"), "downloaded\n").unwrap();
+    let port = conformance::peers::free_port();
+    let mut server = conformance::peers::PeerProcess::spawn(
+        "python3 http.server",
+        std::process::Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(&served),
+        &tmp.path().join("http.log"),
+    )
+    .unwrap();
+    conformance::peers::wait_until("http server", std::time::Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .unwrap();
+    let sum = oci::Digest::sha256_of(b"downloaded\n");
+    let ctx = tmp.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    let url = format!("http://127.0.0.1:{port}/payload.txt");
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM bb:1 AS tools\nRUN mkdir /tools && echo tool > /tools/t\n\
+             FROM bb:1\nADD --checksum={sum} {url} /dl/\nADD {url} /renamed.txt\n\
+             RUN --mount=type=secret,id=token,env=TOKEN echo \"${{#TOKEN}}\" > /token-length\n\
+             RUN --mount=type=bind,from=tools,source=/tools,target=/mnt cat /mnt/t > /from-tools\n"
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    build(
+        &root,
+        &ctx,
+        &[
+            "--secret",
+            "id=token,env=RBUILD_TEST_TOKEN",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+        ],
+    );
+    assert_eq!(
+        fs::read_to_string(out.join("dl/payload.txt")).unwrap(),
+        "downloaded\n"
+    );
+    assert_eq!(
+        fs::read_to_string(out.join("renamed.txt")).unwrap(),
+        "downloaded\n"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(out.join("renamed.txt"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert_eq!(
+        fs::read_to_string(out.join("token-length")).unwrap().trim(),
+        "9"
+    );
+    assert_eq!(
+        fs::read_to_string(out.join("from-tools")).unwrap(),
+        "tool\n"
+    );
+    assert!(!out.join("mnt").exists(), "the bind target stub stayed");
+
+    // A wrong checksum fails the step and names the URL.
+    let wrong = oci::Digest::sha256_of(b"other");
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM bb:1\nADD --checksum={wrong} {url} /x\n"),
+    )
+    .unwrap();
+    let failed = rbuild(&root)
+        .args(["build", "--progress", "plain"])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("digest mismatch") && stderr.contains(&url),
+        "{stderr}"
+    );
+    server.stop();
 }

@@ -62,6 +62,8 @@ pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool
 pub struct PeerProcess {
     child: Child,
     name: String,
+    /// Set once the child is reaped: its PID may belong to another process after that.
+    reaped: bool,
 }
 
 impl PeerProcess {
@@ -76,6 +78,7 @@ impl PeerProcess {
         Ok(PeerProcess {
             child,
             name: name.to_string(),
+            reaped: false,
         })
     }
 
@@ -92,18 +95,27 @@ impl PeerProcess {
     }
 
     pub fn stop(&mut self) {
+        if self.reaped {
+            return;
+        }
+        if let Ok(Some(_)) = self.child.try_wait() {
+            self.reaped = true;
+            return;
+        }
         let pid = self.child.id() as libc::pid_t;
         // SAFETY: signalling a child we spawned and have not reaped yet.
         unsafe { libc::kill(pid, libc::SIGTERM) };
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(15) {
             if let Ok(Some(_)) = self.child.try_wait() {
+                self.reaped = true;
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.reaped = true;
     }
 }
 
@@ -180,6 +192,27 @@ impl Dockerd {
 
     pub fn pid(&self) -> u32 {
         self.process.pid()
+    }
+}
+
+impl Drop for Dockerd {
+    /// dockerd leaves a few mounts (its network namespace files) under its exec root; they are
+    /// detached so that the state directory can be removed.
+    fn drop(&mut self) {
+        self.process.stop();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut below: Vec<PathBuf> = mountinfo
+            .lines()
+            .filter_map(|line| line.split(' ').nth(4).map(PathBuf::from))
+            .filter(|mount_point| mount_point.starts_with(self.dir.path()))
+            .collect();
+        below.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for mount_point in below {
+            if let Ok(c_path) = std::ffi::CString::new(mount_point.as_os_str().as_encoded_bytes()) {
+                // SAFETY: a valid path; MNT_DETACH never blocks.
+                unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
     }
 }
 

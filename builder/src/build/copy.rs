@@ -14,7 +14,7 @@ use std::io;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use super::snapshot::{commit_upper, lower_dirs, with_merged, Workspace};
+use super::snapshot::{commit_upper, lower_dirs, mount_read_only, with_merged, Workspace};
 use super::stage::{step_error, Layer, Solver, StageState};
 use super::{key_of, BuildError};
 use crate::context::{BuildContext, ContextError, CopyEntry, CopySources, FileKind};
@@ -44,8 +44,19 @@ pub(crate) struct CopyPlan {
     excludes: Vec<String>,
     /// ADD: unpack local archives.
     unpack_archives: bool,
-    /// The sources as written, after expansion.
+    /// The sources as written, after expansion (URLs excluded).
     source_names: Vec<String>,
+    /// ADD of URLs: fetched while planning, since their content is part of the cache key.
+    downloads: Vec<Download>,
+}
+
+/// A file ADD fetched from a URL.
+pub(crate) struct Download {
+    url: String,
+    file: tempfile::NamedTempFile,
+    digest: oci::Digest,
+    /// From Last-Modified, as BuildKit sets the file's mtime.
+    modified: Option<std::time::SystemTime>,
 }
 
 /// The cache key of a COPY/ADD: its parent (none with --link), the sources' content, and
@@ -70,6 +81,11 @@ pub(crate) fn cache_key(
         .inline
         .iter()
         .map(|(n, c)| format!("{n}\0{c}"))
+        .chain(
+            plan.downloads
+                .iter()
+                .map(|d| format!("{}\0{}", d.url, d.digest)),
+        )
         .collect();
     let parent = if plan.link {
         "link".to_string()
@@ -162,16 +178,36 @@ pub(crate) fn plan(
         }
         None => None,
     };
+    let checksum = match &at.value {
+        Instruction::Add(a) => a.checksum.as_ref().map(|c| expand(c)).transpose()?,
+        _ => None,
+    };
     let mut source_names = Vec::new();
+    let mut downloads = Vec::new();
     for s in &files.sources {
         let s = expand(s)?;
-        if s.starts_with("http://") || s.starts_with("https://") || s.starts_with("git@") {
+        let is_url = s.starts_with("http://") || s.starts_with("https://");
+        if s.starts_with("git@") || s.ends_with(".git") || (is_url && s.contains(".git#")) {
             return Err(step_error(
                 at,
-                format!("{s}: remote sources (URLs, git) are not supported yet"),
+                format!("{s}: git sources are not supported yet"),
             ));
         }
-        source_names.push(s);
+        if is_url {
+            if matches!(at.value, Instruction::Copy(_)) {
+                return Err(step_error(
+                    at,
+                    format!("{s}: COPY cannot take a URL; use ADD"),
+                ));
+            }
+            downloads
+                .push(download(solver, &s, checksum.as_deref()).map_err(|e| step_error(at, e))?);
+        } else {
+            source_names.push(s);
+        }
+    }
+    if checksum.is_some() && downloads.is_empty() {
+        return Err(step_error(at, "--checksum applies to URL sources only"));
     }
     let excludes = excludes
         .iter()
@@ -227,6 +263,7 @@ pub(crate) fn plan(
         excludes,
         unpack_archives: unpack,
         source_names,
+        downloads,
     })
 }
 
@@ -297,7 +334,7 @@ pub(crate) fn execute(
             .iter()
             .filter(|e| e.dest.components().count() <= 1)
             .collect();
-        let single_file = top_level.len() + plan.inline.len() == 1
+        let single_file = top_level.len() + plan.inline.len() + plan.downloads.len() == 1
             && top_level.first().is_none_or(|e| e.kind != FileKind::Dir);
         let rename = single_file && !plan.dest.ends_with('/') && !dest_is_dir(root, &plan.dest);
         let (dest_dir, renamed) = if rename {
@@ -330,6 +367,25 @@ pub(crate) fn execute(
             copier
                 .copy_one(&src, &target, entry.kind)
                 .map_err(|e| step_error(at, format!("{}: {e}", entry.source.display())))?;
+        }
+        for d in &plan.downloads {
+            let target = match &renamed {
+                Some(file) => dest_dir.join(file),
+                None => dest_dir.join(url_file_name(&d.url)),
+            };
+            fs::copy(d.file.path(), &target)
+                .map_err(|e| step_error(at, format!("{}: {e}", d.url)))?;
+            // BuildKit gives downloaded files mode 0600 and the server's Last-Modified time.
+            copier
+                .finish_attributes(&target, 0o600, false)
+                .map_err(|e| step_error(at, e))?;
+            if let Some(modified) = d.modified {
+                fs::File::options()
+                    .write(true)
+                    .open(&target)
+                    .and_then(|f| f.set_modified(modified))
+                    .map_err(|e| step_error(at, e))?;
+            }
         }
         for (name, content) in &plan.inline {
             let target = match &renamed {
@@ -405,6 +461,95 @@ pub(crate) fn context_checksum(solver: &Solver, name: &str) -> Result<oci::Diges
     solver.checksum(&entries).map_err(|e| e.to_string())
 }
 
+/// Fetches `url` into the store's scratch space, checking `--checksum` when given.
+fn download(solver: &Solver, url: &str, checksum: Option<&str>) -> Result<Download, String> {
+    let expected = checksum
+        .map(|c| {
+            c.parse::<oci::Digest>()
+                .map_err(|e| format!("--checksum: {e}"))
+        })
+        .transpose()?;
+    let dir = solver.store.root().join("tmp");
+    fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut file = tempfile::Builder::new()
+        .prefix("download-")
+        .tempfile_in(&dir)
+        .map_err(|e| e.to_string())?;
+    let mut response = reqwest::blocking::get(url)
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| format!("{url}: {e}"))?;
+    let modified = response
+        .headers()
+        .get(reqwest::header::LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_http_date);
+    let algorithm = expected
+        .as_ref()
+        .map_or(oci::Algorithm::Sha256, |d| d.algorithm());
+    let mut hashing = HashingFile {
+        file: file.as_file_mut(),
+        digester: oci::Digester::new(algorithm),
+    };
+    io::copy(&mut response, &mut hashing).map_err(|e| format!("{url}: {e}"))?;
+    let digest = hashing.digester.finish();
+    if let Some(expected) = expected {
+        if expected != digest {
+            return Err(format!(
+                "{url}: digest mismatch: --checksum says {expected}, the download is {digest}"
+            ));
+        }
+    }
+    Ok(Download {
+        url: url.to_string(),
+        file,
+        digest,
+        modified,
+    })
+}
+
+/// Writes to a file while hashing what is written.
+struct HashingFile<'a> {
+    file: &'a mut fs::File,
+    digester: oci::Digester,
+}
+
+impl io::Write for HashingFile<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.digester.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// The file name ADD gives a URL's content: the last segment of its path.
+fn url_file_name(url: &str) -> String {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    match path.rsplit('/').next() {
+        Some(name) if !name.is_empty() => name.to_string(),
+        _ => "__unnamed__".to_string(),
+    }
+}
+
+/// An HTTP date (RFC 7231 IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`).
+fn parse_http_date(text: &str) -> Option<std::time::SystemTime> {
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| m == month)?
+        + 1;
+    let secs = oci::timestamp::parse_rfc3339(&format!("{year}-{month:02}-{day:0>2}T{time}Z"))?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).ok()?))
+}
+
 /// BuildKit's wording for a source that matches nothing.
 fn copy_failed(e: ContextError) -> String {
     match e {
@@ -413,29 +558,6 @@ fn copy_failed(e: ContextError) -> String {
         ),
         other => other.to_string(),
     }
-}
-
-/// Mounts the layers of another stage read-only at `target` (overlayfs needs two lower
-/// layers when it has no upper one, hence `empty`).
-fn mount_read_only(lower: &[PathBuf], target: &Path, empty: &Path) -> Result<(), BuildError> {
-    fs::create_dir_all(target).map_err(BuildError::other)?;
-    let mut dirs: Vec<String> = lower
-        .iter()
-        .rev()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect();
-    if dirs.len() == 1 {
-        dirs.push(empty.to_string_lossy().into_owned());
-    }
-    let data = format!("lowerdir={}", dirs.join(":"));
-    nix::mount::mount(
-        Some("overlay"),
-        target,
-        Some("overlay"),
-        nix::mount::MsFlags::MS_RDONLY,
-        Some(data.as_str()),
-    )
-    .map_err(|e| BuildError::other(format!("mount the source stage: {e}")))
 }
 
 /// ADD of a local tar archive: its contents land in the destination directory.

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use runtime_exec::{ContainerStdio, OverlayRootfs, RunOptions};
 use serde_json::{json, Value};
 
-use super::snapshot::{commit_upper, exists_in_lowers, lower_dirs, with_merged, Workspace};
+use super::snapshot::{
+    commit_upper, enter_private_mount_namespace, exists_in_lowers, lower_dirs, mount_read_only,
+    with_merged, Workspace,
+};
 use super::stage::{step_error, Layer, Solver, StageState, PROXY_ARGS};
 use super::{key_of, BuildError};
 use crate::dockerfile::instructions::{CommandLine, Located, NetworkMode, Run, RunScript};
@@ -95,7 +98,12 @@ pub(crate) fn plan(
     })
 }
 
-pub(crate) fn cache_key(solver: &Solver, state: &StageState, plan: &Plan) -> oci::Digest {
+pub(crate) fn cache_key(
+    solver: &Solver,
+    state: &StageState,
+    plan: &Plan,
+    at: &Located<Instruction>,
+) -> Result<oci::Digest, BuildError> {
     // Proxy settings and secret values never enter a key (reference.md, "Predefined ARGs").
     let env: Vec<&str> = plan
         .env
@@ -110,19 +118,22 @@ pub(crate) fn cache_key(solver: &Solver, state: &StageState, plan: &Plan) -> oci
         .as_ref()
         .map(|(n, c)| format!("{n}\0{c}"))
         .unwrap_or_default();
-    // A bind mount of the context makes the step depend on the context's content.
-    let context_sum = plan
-        .mounts
-        .iter()
-        .filter(|m| m.kind == MountType::Bind && m.from.is_none())
-        .map(|m| {
-            super::copy::context_checksum(solver, m.source.as_deref().unwrap_or("."))
-                .map(|d| d.to_string())
-                .unwrap_or_default()
-        })
-        .collect::<Vec<_>>()
-        .join(",");
-    key_of(&[
+    // A bind mount makes the step depend on what it binds: the context's content, or the
+    // state of the stage or image it comes from.
+    let mut bound = Vec::new();
+    for m in plan.mounts.iter().filter(|m| m.kind == MountType::Bind) {
+        let sum = match &m.from {
+            None => super::copy::context_checksum(solver, m.source.as_deref().unwrap_or("."))
+                .map_err(|e| step_error(at, e))?,
+            Some(from) => match solver.stage_index(from, usize::MAX) {
+                Some(stage) => solver.solve(stage)?.fs_key.clone(),
+                None => solver.image_layers(from).map_err(|e| step_error(at, e))?.1,
+            },
+        };
+        bound.push(sum.to_string());
+    }
+    let context_sum = bound.join(",");
+    Ok(key_of(&[
         b"run",
         state.fs_key.as_str().as_bytes(),
         plan.args.join("\0").as_bytes(),
@@ -133,7 +144,7 @@ pub(crate) fn cache_key(solver: &Solver, state: &StageState, plan: &Plan) -> oci
         mounts.join("\0").as_bytes(),
         script.as_bytes(),
         context_sum.as_bytes(),
-    ])
+    ]))
 }
 
 /// Runs the planned command and returns its layer (`None` when it changed nothing).
@@ -184,7 +195,25 @@ pub(crate) fn execute(
         extra_mounts.push(json!({ "destination": format!("/dev/pipes/{name}"), "type": "bind", "source": path, "options": ["rbind", "ro"] }));
     }
     for (n, m) in plan.mounts.iter().enumerate() {
-        extra_mounts.push(mount_json(solver, &ws, n, m, at)?);
+        if let Some(mount) = mount_json(solver, &ws, n, m, at)? {
+            extra_mounts.push(mount);
+        }
+        // `--mount=type=secret,env=NAME`: the secret as an environment variable of this run
+        // only; it is not in the plan, so it never reaches the cache key.
+        if let (MountType::Secret, Some(var)) = (m.kind, &m.env) {
+            let id = m.id.clone().unwrap_or_default();
+            if let Some(secret) = solver.options.secrets.get(&id) {
+                let entry = format!("{var}={}", String::from_utf8_lossy(secret));
+                if let Some(env) = value["process"]["env"].as_array_mut() {
+                    env.push(json!(entry));
+                }
+            } else if m.required {
+                return Err(step_error(
+                    at,
+                    format!("secret {id} not found (pass it with --secret id={id},env=VAR)"),
+                ));
+            }
+        }
     }
     if let Some(mounts) = value["mounts"].as_array_mut() {
         mounts.extend(extra_mounts.iter().cloned());
@@ -203,13 +232,39 @@ pub(crate) fn execute(
         upper: ws.upper(),
         work: ws.path("work"),
     });
+    // Stages and images that RUN --mount=type=bind,from= reads, mounted read-only in a private
+    // mount namespace that the executor's helper process inherits.
+    let mut bind_sources = Vec::new();
+    for (n, m) in plan.mounts.iter().enumerate() {
+        if let (MountType::Bind, Some(from)) = (m.kind, &m.from) {
+            let layers = match solver.stage_index(from, usize::MAX) {
+                Some(stage) => solver.solve(stage)?.layers.clone(),
+                None => solver.image_layers(from).map_err(|e| step_error(at, e))?.0,
+            };
+            bind_sources.push((
+                lower_dirs(store, &layers, &ws)?,
+                ws.path(&format!("bind-{n}")),
+            ));
+        }
+    }
     let tail = std::thread::scope(|scope| {
-        let reader = scope.spawn(|| relay_output(read_end, step));
-        let status = runtime_exec::run_with_stdio(&spec, &options, stdio);
-        let tail = reader.join().unwrap_or_default();
-        status.map(|s| (s, tail))
+        scope
+            .spawn(|| {
+                if !bind_sources.is_empty() {
+                    enter_private_mount_namespace()?;
+                    for (lower, target) in &bind_sources {
+                        mount_read_only(lower, target, &ws.path("empty"))?;
+                    }
+                }
+                let reader = scope.spawn(|| relay_output(read_end, step));
+                let status = runtime_exec::run_with_stdio(&spec, &options, stdio);
+                let tail = reader.join().unwrap_or_default();
+                status.map(|s| (s, tail)).map_err(|e| step_error(at, e))
+            })
+            .join()
+            .map_err(|_| BuildError::other("a build thread panicked"))?
     });
-    let (status, tail) = tail.map_err(|e| step_error(at, e))?;
+    let (status, tail) = tail?;
     if !status.success() {
         let mut message = format!(
             "process {:?} did not complete successfully: exit code: {}",
@@ -253,10 +308,10 @@ fn mount_json(
     n: usize,
     m: &Mount,
     at: &Located<Instruction>,
-) -> Result<Value, BuildError> {
+) -> Result<Option<Value>, BuildError> {
     let target = m.target.clone().unwrap_or_default();
     let ro = if m.read_only { "ro" } else { "rw" };
-    Ok(match m.kind {
+    Ok(Some(match m.kind {
         MountType::Cache => {
             // Cache mounts persist in the store between builds and never enter an image.
             let id = m.id.clone().unwrap_or_else(|| target.clone());
@@ -294,12 +349,13 @@ fn mount_json(
                         format!("secret {id} not found (pass it with --secret id={id},src=FILE)"),
                     ));
                 }
-                return Ok(
+                return Ok(Some(
                     json!({ "destination": target, "type": "tmpfs", "source": "tmpfs", "options": ["ro", "size=4k"] }),
-                );
+                ));
             };
-            if m.env.is_some() {
-                return Err(step_error(at, "secrets as environment variables (env=) are not supported yet; mount them as files"));
+            if m.env.is_some() && m.target.is_none() {
+                // Only an environment variable: added by `execute`, nothing to mount.
+                return Ok(None);
             }
             let path = ws.path(&format!("secret-{n}"));
             fs::write(&path, secret).map_err(BuildError::other)?;
@@ -314,17 +370,22 @@ fn mount_json(
             json!({ "destination": target, "type": "bind", "source": path, "options": ["rbind", "ro"] })
         }
         MountType::Bind => {
-            if m.from.is_some() {
-                return Err(step_error(at, "RUN --mount=type=bind,from=… is not supported yet; COPY --from the files instead"));
-            }
-            let source = super::copy::context_path(solver, m.source.as_deref().unwrap_or("."))
-                .map_err(|e| step_error(at, e))?;
-            // A writable bind of the context must not write into the context: BuildKit
-            // discards such writes, so a read-only bind is the honest equivalent.
+            // A writable bind must not write into its source: BuildKit discards such writes,
+            // so a read-only bind is the honest equivalent.
+            let source = match &m.from {
+                // Mounted at ws/bind-N by `run_container` before the container starts.
+                Some(_) => {
+                    let root = ws.path(&format!("bind-{n}"));
+                    let rel = m.source.as_deref().unwrap_or("/").trim_start_matches('/');
+                    root.join(rel)
+                }
+                None => super::copy::context_path(solver, m.source.as_deref().unwrap_or("."))
+                    .map_err(|e| step_error(at, e))?,
+            };
             json!({ "destination": target, "type": "bind", "source": source, "options": ["rbind", "ro"] })
         }
         MountType::Ssh => return Err(step_error(at, "RUN --mount=type=ssh is not supported yet")),
-    })
+    }))
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), BuildError> {

@@ -190,3 +190,30 @@ fn is_opaque(dir: &Path) -> bool {
     };
     n == 1 && value[0] == b'y'
 }
+
+/// Mounts the layers of another stage or image read-only at `target` (overlayfs needs two lower
+/// layers when it has no upper one, hence `empty`).
+pub(crate) fn mount_read_only(
+    lower: &[PathBuf],
+    target: &Path,
+    empty: &Path,
+) -> Result<(), BuildError> {
+    fs::create_dir_all(target).map_err(BuildError::other)?;
+    let mut dirs: Vec<String> = lower
+        .iter()
+        .rev()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    if dirs.len() == 1 {
+        dirs.push(empty.to_string_lossy().into_owned());
+    }
+    let data = format!("lowerdir={}", dirs.join(":"));
+    nix::mount::mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        nix::mount::MsFlags::MS_RDONLY,
+        Some(data.as_str()),
+    )
+    .map_err(|e| BuildError::other(format!("mount a stage read-only: {e}")))
+}

@@ -336,7 +336,7 @@ impl<'a> Solver<'a> {
             }
             Instruction::Run(run) => {
                 let plan = super::run::plan(self, state, run, at)?;
-                let key = super::run::cache_key(self, state, &plan);
+                let key = super::run::cache_key(self, state, &plan, at)?;
                 let output = self.fs_step(index, at, key, |step| {
                     super::run::execute(self, state, &plan, at, step)
                 })?;
