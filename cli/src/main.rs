@@ -13,6 +13,7 @@ mod image_cmds;
 mod oci_runtime;
 mod output;
 mod registry_cmds;
+mod run_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +57,8 @@ enum Command {
     Login(registry_cmds::LoginArgs),
     /// Log out from a registry
     Logout(registry_cmds::LogoutArgs),
+    /// Run a command in a new container from an image
+    Run(Box<run_cmd::RunArgs>),
     /// Run an OCI bundle like `runc run --bundle DIR ID` (tests and benchmarks)
     #[command(hide = true)]
     OciRuntime(oci_runtime::Args),
@@ -64,7 +67,21 @@ enum Command {
 fn main() -> ExitCode {
     // The executor re-executes this binary as its single-threaded namespace helper.
     runtime_exec::run_helper_if_requested();
-    let cli = Cli::parse_from(with_default_subcommand(std::env::args_os().collect()));
+    let args = with_default_subcommand(std::env::args_os().collect());
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            // `docker run` exits 125 when its own flags are wrong, so scripts can tell that
+            // apart from the container's exit codes.
+            let code = if err.use_stderr() && args.iter().any(|a| a == "run") {
+                125
+            } else {
+                err.exit_code()
+            };
+            return ExitCode::from(u8::try_from(code).unwrap_or(1));
+        }
+    };
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -122,6 +139,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pull(args) => registry_cmds::pull(&store()?, args),
         Command::Login(args) => registry_cmds::login(args),
         Command::Logout(args) => registry_cmds::logout(args),
+        Command::Run(args) => Ok(run_cmd::run(store(), *args)),
         Command::OciRuntime(args) => oci_runtime::oci_runtime(args),
     }
 }
