@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use oci::archive::{
-    reachable_blobs, resolve_platform, ArchiveError, ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME,
+    index_entries, reachable_blobs, resolve_platform, ArchiveError, ANNOTATION_IMAGE_NAME,
 };
 use oci::content::{ContentError, ContentStore};
 use oci::image::{to_json_bytes, ImageConfig, ImageJsonError, Index, Manifest};
@@ -424,21 +424,9 @@ fn records_of(index: &Index) -> Vec<ImageRecord> {
 fn index_of(records: &[ImageRecord]) -> Index {
     let mut index = Index::oci(Vec::new());
     for record in records {
-        if record.names.is_empty() {
-            index.manifests.push(record.descriptor.clone());
-        }
-        for name in &record.names {
-            let mut entry = record.descriptor.clone();
-            entry
-                .annotations
-                .insert(ANNOTATION_IMAGE_NAME.into(), name.to_string());
-            if let Some(tag) = &name.tag {
-                entry
-                    .annotations
-                    .insert(ANNOTATION_REF_NAME.into(), tag.clone());
-            }
-            index.manifests.push(entry);
-        }
+        index
+            .manifests
+            .extend(index_entries(&record.descriptor, &record.names));
     }
     index
 }

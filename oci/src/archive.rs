@@ -186,26 +186,11 @@ pub fn write_archive(
         for blob in reachable_blobs(store, &root)? {
             blobs.insert(blob.digest.clone(), blob);
         }
-        let entry_names: Vec<Option<&Reference>> = if image.names.is_empty() {
-            vec![None]
-        } else {
-            image.names.iter().map(Some).collect()
-        };
-        for name in entry_names {
-            let mut entry = root.clone();
-            entry.platform = None;
-            if let Some(name) = name {
-                entry
-                    .annotations
-                    .insert(ANNOTATION_IMAGE_NAME.into(), name.to_string());
-                if let Some(tag) = &name.tag {
-                    entry
-                        .annotations
-                        .insert(ANNOTATION_REF_NAME.into(), tag.clone());
-                }
-            }
-            index.manifests.push(entry);
-        }
+        let mut root_entry = root.clone();
+        root_entry.platform = None;
+        index
+            .manifests
+            .extend(index_entries(&root_entry, &image.names));
         if format == ArchiveFormat::Docker {
             let manifest = Manifest::parse(&store.read(&root.digest)?)?;
             docker_manifest.push(DockerManifestEntry {
@@ -247,6 +232,29 @@ pub fn write_archive(
     }
     tar.into_inner()?.flush()?;
     Ok(())
+}
+
+/// The index.json entries of an image: one per name (annotated as containerd, BuildKit and
+/// Docker 25 annotate them), or one without a name when it has none.
+pub fn index_entries(descriptor: &Descriptor, names: &[Reference]) -> Vec<Descriptor> {
+    if names.is_empty() {
+        return vec![descriptor.clone()];
+    }
+    names
+        .iter()
+        .map(|name| {
+            let mut entry = descriptor.clone();
+            entry
+                .annotations
+                .insert(ANNOTATION_IMAGE_NAME.into(), name.to_string());
+            if let Some(tag) = &name.tag {
+                entry
+                    .annotations
+                    .insert(ANNOTATION_REF_NAME.into(), tag.clone());
+            }
+            entry
+        })
+        .collect()
 }
 
 fn file_header(size: u64) -> tar::Header {
