@@ -202,3 +202,63 @@ fn skopeo_and_umoci_read_our_oci_archives() {
         inspect(&root, "bb:oci")["Id"]
     );
 }
+
+/// An image rbuild built loads and runs in podman, from both archive formats.
+#[test]
+fn podman_runs_rbuild_built_images() {
+    let podman = require("podman");
+    require("runc");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let base = busybox_archive(tmp.path(), "bb:1", ArchiveFormat::Oci);
+    ok(rbuild(&root).args(["load", "-q", "-i"]).arg(&base));
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM bb:1\nRUN echo built-by-rbuild > /msg\nCMD [\"cat\", \"/msg\"]\n",
+    )
+    .unwrap();
+    ok(rbuild(&root)
+        .args(["build", "-q", "-t", "rbuild-built:1"])
+        .arg(&ctx));
+    // A private podman: its own storage, cgroupfs, and no default ulimits (this sandbox may not
+    // raise limits); Debian's crun refuses cgroup-hybrid hosts, so runc runs the container.
+    let conf = tmp.path().join("containers.conf");
+    std::fs::write(&conf, "[containers]\ndefault_ulimits = []\n").unwrap();
+    let podman_cmd = || {
+        let mut cmd = Command::new(&podman);
+        cmd.env("CONTAINERS_CONF", &conf)
+            .arg("--root")
+            .arg(tmp.path().join("podman-root"))
+            .arg("--runroot")
+            .arg(tmp.path().join("podman-run"))
+            .args([
+                "--cgroup-manager",
+                "cgroupfs",
+                "--events-backend",
+                "file",
+                "--runtime",
+                "runc",
+            ]);
+        cmd
+    };
+    for format in ["oci", "docker"] {
+        let archive = tmp.path().join(format!("built-{format}.tar"));
+        ok(rbuild(&root)
+            .args(["save", "--format", format, "-o"])
+            .arg(&archive)
+            .arg("rbuild-built:1"));
+        run_ok(podman_cmd().args(["load", "-q", "-i"]).arg(&archive)).unwrap();
+        let out = run_ok(podman_cmd().args(["run", "--rm", "--network", "host", "rbuild-built:1"]))
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "built-by-rbuild\n",
+            "{format}"
+        );
+        run_ok(podman_cmd().args(["rmi", "-f", "rbuild-built:1"])).unwrap();
+    }
+    // Podman's overlay storage leaves its mounts to the namespace that made them.
+    let _ = podman_cmd().args(["system", "reset", "-f"]).output();
+}
