@@ -24,7 +24,11 @@ dockerd --bridge=none --iptables=false --ip-masq=false --host "unix://$dockerd_d
   --data-root "$dockerd_dir/data" --exec-root "$dockerd_dir/exec" --pidfile "$dockerd_dir/pid" \
   >"$dockerd_dir/log" 2>&1 &
 dockerd_pid=$!
-cleanup() { kill "$dockerd_pid" 2>/dev/null; wait "$dockerd_pid" 2>/dev/null || true; buildah rm --all >/dev/null 2>&1 || true; }
+cleanup() {
+  kill "$dockerd_pid" 2>/dev/null; wait "$dockerd_pid" 2>/dev/null || true
+  grep -o " $dockerd_dir[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l
+  buildah rm --all >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
 export DOCKER_HOST=unix://$dockerd_dir/sock
 for _ in $(seq 150); do /usr/bin/docker version >/dev/null 2>&1 && break; sleep 0.2; done

@@ -40,7 +40,12 @@ dockerd --bridge=none --iptables=false --ip-masq=false --host "unix://$dockerd_d
   --data-root "$dockerd_dir/data" --exec-root "$dockerd_dir/exec" --pidfile "$dockerd_dir/pid" \
   >"$dockerd_dir/log" 2>&1 &
 dockerd_pid=$!
-trap 'kill $dockerd_pid 2>/dev/null; wait $dockerd_pid 2>/dev/null' EXIT
+# dockerd leaves its netns mount behind; detach it so that $work can be removed.
+stop_dockerd() {
+  kill "$dockerd_pid" 2>/dev/null; wait "$dockerd_pid" 2>/dev/null || true
+  grep -o " $dockerd_dir[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l
+}
+trap stop_dockerd EXIT
 export DOCKER_HOST=unix://$dockerd_dir/sock
 for _ in $(seq 100); do /usr/bin/docker version >/dev/null 2>&1 && break; sleep 0.2; done
 /usr/bin/docker load -i "$work/demo-app.docker.tar"
