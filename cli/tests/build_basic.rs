@@ -386,3 +386,62 @@ fn add_url_secret_env_and_bind_from_stage() {
     );
     server.stop();
 }
+
+/// A build killed in the middle of a RUN leaves no process, no mount and a consistent store:
+/// the next commands work and `prune` removes the step's scratch space.
+#[test]
+fn killed_build_leaves_store_consistent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = store_with_busybox(tmp.path(), "store");
+    let ctx = tmp.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM bb:1\nRUN echo started > /started && sleep 31.25\n",
+    )
+    .unwrap();
+    let marker = "31.25";
+    let running = || {
+        fs::read_dir("/proc").unwrap().flatten().any(|p| {
+            fs::read(p.path().join("cmdline"))
+                .map(|c| c.split(|b| *b == 0).any(|arg| arg == marker.as_bytes()))
+                .unwrap_or(false)
+        })
+    };
+    let mut child = rbuild(&root)
+        .args(["build", "-q", "-t", "killed:1"])
+        .arg(&ctx)
+        .spawn()
+        .unwrap();
+    conformance::peers::wait_until("the RUN step", std::time::Duration::from_secs(20), running)
+        .unwrap();
+    // SAFETY: signalling the child we spawned.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+    child.wait().unwrap();
+    conformance::peers::wait_until(
+        "the container to die with rbuild",
+        std::time::Duration::from_secs(10),
+        || !running(),
+    )
+    .unwrap();
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mountinfo.contains(root.to_str().unwrap()),
+        "a mount outlived the build:\n{mountinfo}"
+    );
+    // The store still works; nothing half-made is visible.
+    let images = ok(rbuild(&root).args(["images", "--format", "json"]));
+    assert!(!images.contains("killed"), "{images}");
+    ok(rbuild(&root).arg("prune"));
+    assert!(
+        !root.join("tmp").exists(),
+        "prune left the killed build's scratch space"
+    );
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM bb:1\nRUN echo finished > /finished\n",
+    )
+    .unwrap();
+    build(&root, &ctx, &["-t", "after:1"]);
+    assert!(inspect(&root, "after:1")["Id"].is_string());
+}
