@@ -61,6 +61,27 @@ impl Store {
         }
     }
 
+    /// Takes `dir` — a directory already in the unpacked-layer format (an overlayfs upper
+    /// directory: whiteouts as char 0:0 devices, opaque directories marked) holding exactly the
+    /// layer `diff_id` — as that layer's unpacked form, so that it is not extracted again from
+    /// its blob. Leaves `dir` where it is when the layer is unpacked already.
+    pub fn adopt_unpacked_layer(
+        &self,
+        diff_id: &Digest,
+        dir: &std::path::Path,
+    ) -> Result<(), StoreError> {
+        let target = self.root().join("layers").join(diff_id.encoded());
+        if target.exists() {
+            return Ok(());
+        }
+        match fs::rename(dir, &target) {
+            Ok(()) => Ok(()),
+            // Another process adopted or unpacked it first: theirs is as good.
+            Err(_) if target.is_dir() => Ok(()),
+            Err(e) => Err(io_err(&target)(e)),
+        }
+    }
+
     /// Removes every unpacked layer not named in `keep` (diff ID hex), and unfinished ones.
     pub(crate) fn remove_unpacked_except(
         &self,

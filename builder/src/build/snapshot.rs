@@ -139,6 +139,10 @@ pub(crate) fn commit_upper(
     let info = create(&upper, SourceKind::OverlayUpper, &opts, &mut writer)
         .map_err(|e| BuildError::other(format!("create layer: {e}")))?;
     let (digest, size) = writer.commit().map_err(image_store::StoreError::from)?;
+    // The upper directory is the layer in overlay form already: the next step mounts it
+    // instead of extracting the blob again (overlay features that would make it differ, such
+    // as redirect_dir or metacopy, make `create` fail above).
+    store.adopt_unpacked_layer(&info.diff_id, &upper)?;
     Ok(Some(Layer {
         descriptor: oci::Descriptor::new(media_type::oci_layer(options.compression), digest, size),
         diff_id: info.diff_id,
