@@ -26,7 +26,7 @@ dockerd --bridge=none --iptables=false --ip-masq=false --host "unix://$dockerd_d
 dockerd_pid=$!
 cleanup() {
   kill "$dockerd_pid" 2>/dev/null; wait "$dockerd_pid" 2>/dev/null || true
-  grep -o " $dockerd_dir[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l
+  grep -o " $dockerd_dir[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l || true
   buildah rm --all >/dev/null 2>&1 || true
 }
 trap cleanup EXIT

@@ -43,7 +43,7 @@ dockerd_pid=$!
 # dockerd leaves its netns mount behind; detach it so that $work can be removed.
 stop_dockerd() {
   kill "$dockerd_pid" 2>/dev/null; wait "$dockerd_pid" 2>/dev/null || true
-  grep -o " $dockerd_dir[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l
+  grep -o " $dockerd_dir[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l || true
 }
 trap stop_dockerd EXIT
 export DOCKER_HOST=unix://$dockerd_dir/sock

@@ -141,6 +141,22 @@ fn dockerfile_cases_match_buildkit() {
         for target in read_lines(&case.join("target")) {
             flags.extend(["--target".to_string(), target]);
         }
+        for base in read_lines(&case.join("base-image")) {
+            let file = case.join("Dockerfile.base");
+            ok(rbuild(&root)
+                .args(["build", "-q", "-t", &base, "-f"])
+                .arg(&file)
+                .arg(case));
+            run_ok(
+                dockerd
+                    .docker()
+                    .env("DOCKER_BUILDKIT", "1")
+                    .args(["build", "--network", "host", "-q", "-t", &base, "-f"])
+                    .arg(&file)
+                    .arg(case),
+            )
+            .unwrap();
+        }
         ok(rbuild(&root)
             .args(["build", "-q", "-t", &tag])
             .args(&flags)
