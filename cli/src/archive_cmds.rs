@@ -1,14 +1,14 @@
 //! `rbuild import`, `load` and `save`: images in and out of the store as files.
 
 use std::fs::File;
-use std::io::{self, IsTerminal, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{self, IsTerminal, Read};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use image_store::Store;
-use oci::archive::{read_archive, write_archive, ArchiveFormat, ArchiveImage};
+use oci::archive::{read_archive, write_archive, write_archive_file, ArchiveFormat, ArchiveImage};
 use oci::compression::Compression;
 use oci::image::{to_json_bytes, History, ImageConfig, Manifest};
 use oci::timestamp::{format_rfc3339, now_unix};
@@ -193,9 +193,8 @@ pub fn save(store: &Store, args: SaveArgs) -> Result<ExitCode> {
         SaveFormat::Oci => ArchiveFormat::Oci,
     };
     match &args.output {
-        Some(path) => write_file_atomically(path, |out| {
-            Ok(write_archive(store.content(), &images, format, out)?)
-        })?,
+        Some(path) => write_archive_file(store.content(), &images, format, path)
+            .with_context(|| format!("write {}", path.display()))?,
         None => {
             if io::stdout().is_terminal() {
                 bail!("refusing to write an archive to a terminal: use -o FILE or redirect standard output");
@@ -210,29 +209,4 @@ pub fn save(store: &Store, args: SaveArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Writes through a temporary file beside `path` and renames it into place, so that a failed
-/// or interrupted save never leaves a partial archive under the requested name.
-fn write_file_atomically(
-    path: &Path,
-    write: impl FnOnce(&mut dyn Write) -> Result<()>,
-) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".rbuild-save-")
-        .tempfile_in(dir)
-        .with_context(|| format!("create a file in {}", dir.display()))?;
-    {
-        let mut out = io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-        write(&mut out)?;
-        out.flush()?;
-    }
-    tmp.as_file().sync_all()?;
-    tmp.persist(path)
-        .with_context(|| format!("write {}", path.display()))?;
-    Ok(())
 }

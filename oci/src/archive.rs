@@ -257,6 +257,32 @@ pub fn index_entries(descriptor: &Descriptor, names: &[Reference]) -> Vec<Descri
         .collect()
 }
 
+/// Writes `images` as an archive file at `path` through a temporary file beside it, renamed
+/// into place only when complete: a failed or interrupted write never leaves a partial
+/// archive under that name.
+pub fn write_archive_file(
+    store: &ContentStore,
+    images: &[ArchiveImage],
+    format: ArchiveFormat,
+    path: &Path,
+) -> Result<(), ArchiveError> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".rbuild-archive-")
+        .tempfile_in(dir)?;
+    {
+        let mut out = io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+        write_archive(store, images, format, &mut out)?;
+        out.flush()?;
+    }
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
 fn file_header(size: u64) -> tar::Header {
     // Fixed metadata so that the same images give the same archive bytes.
     let mut header = tar::Header::new_gnu();

@@ -2,11 +2,10 @@
 //! outputs (`-t` names in the local store, OCI or docker archives, a local directory).
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use image_store::Store;
-use oci::archive::{write_archive, ArchiveFormat, ArchiveImage};
+use oci::archive::{write_archive_file, ArchiveFormat, ArchiveImage};
 use oci::image::{to_json_bytes, Manifest};
 use oci::layer::{apply, ApplyMode};
 use oci::media_type::{self, Kind};
@@ -100,9 +99,8 @@ pub(crate) fn export(
                     names: options.tags.clone(),
                     descriptor: descriptor.clone(),
                 };
-                write_atomically(path, |out| {
-                    write_archive(store.content(), &[image], format, out).map_err(BuildError::other)
-                })?;
+                write_archive_file(store.content(), &[image], format, path)
+                    .map_err(|e| BuildError::other(format!("{}: {e}", path.display())))?;
                 step.finish(super::progress::StepStatus::Done);
             }
             Output::Local(dir) => {
@@ -138,29 +136,5 @@ fn export_local(store: &Store, state: &StageState, dir: &Path) -> Result<(), Bui
         apply(blob, compression, dir, ApplyMode::Merged)
             .map_err(|e| BuildError::other(format!("{}: {e}", dir.display())))?;
     }
-    Ok(())
-}
-
-/// Writes through a temporary file beside `path`, renamed into place only when complete.
-fn write_atomically(
-    path: &Path,
-    write: impl FnOnce(&mut dyn Write) -> Result<(), BuildError>,
-) -> Result<(), BuildError> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let io = |e: std::io::Error| BuildError::other(format!("{}: {e}", path.display()));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".rbuild-export-")
-        .tempfile_in(dir)
-        .map_err(io)?;
-    {
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-        write(&mut out)?;
-        out.flush().map_err(io)?;
-    }
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(())
 }
