@@ -579,7 +579,8 @@ fn prepare_rootfs(
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                enter_private_mount_namespace()?;
+                runtime_exec::overlay::enter_private_mount_namespace()
+                    .context("private mount namespace for the image view")?;
                 runtime_exec::overlay::mount_overlay(lower, upper, work, merged)
                     .context("mount the container's root filesystem")?;
                 let (uid, gid, groups) = if user.is_empty() {
@@ -612,28 +613,6 @@ struct ProcessUser {
     gid: u32,
     groups: Vec<u32>,
     home: String,
-}
-
-/// Moves the calling thread into a new mount namespace whose mounts do not propagate back;
-/// unshare(CLONE_NEWNS) only affects this thread's fs context.
-fn enter_private_mount_namespace() -> anyhow::Result<()> {
-    // SAFETY: plain syscalls with constant or NUL-terminated arguments.
-    unsafe {
-        if libc::unshare(libc::CLONE_NEWNS) != 0 {
-            return Err(std::io::Error::last_os_error()).context("unshare the mount namespace");
-        }
-        if libc::mount(
-            std::ptr::null(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(std::io::Error::last_os_error()).context("make mounts private");
-        }
-    }
-    Ok(())
 }
 
 /// HOME as docker sets it: the user's home from the image's /etc/passwd, else `/`.

@@ -66,3 +66,21 @@ pub fn unmount_overlay(target: &Path) -> Result<()> {
     umount2(target, MntFlags::empty())
         .map_err(|e| Error::sys(format!("unmount {}", target.display()), e))
 }
+
+/// Moves the calling thread into a new mount namespace whose mounts do not propagate back to
+/// the host, so that overlays the caller mounts there vanish with the thread (and with the
+/// process, if it is killed). unshare(CLONE_NEWNS) implies CLONE_FS, which only this thread's
+/// fs context needs: the process's other threads keep the host's namespace. Processes the
+/// thread spawns (the executor's helper) inherit the namespace and see its mounts.
+pub fn enter_private_mount_namespace() -> Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| Error::sys("unshare the mount namespace", e))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| Error::sys("make mounts private", e))
+}

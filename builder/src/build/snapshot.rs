@@ -11,8 +11,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use image_store::Store;
-use nix::mount::{mount, MsFlags};
-use nix::sched::{unshare, CloneFlags};
 use oci::compression::CompressOptions;
 use oci::content::Expected;
 use oci::layer::{create, CreateOptions, SourceKind};
@@ -96,20 +94,9 @@ pub(crate) fn with_merged<T: Send>(
     })
 }
 
-/// Moves the calling thread into a new mount namespace whose mounts do not propagate back.
-/// unshare(CLONE_NEWNS) implies CLONE_FS, which only this thread's fs context needs: the
-/// other threads of the process keep the host's namespace.
+/// The private mount namespace of a snapshot thread (see the module comment).
 pub(crate) fn enter_private_mount_namespace() -> Result<(), BuildError> {
-    unshare(CloneFlags::CLONE_NEWNS)
-        .map_err(|e| BuildError::other(format!("unshare mount namespace: {e}")))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|e| BuildError::other(format!("make mounts private: {e}")))
+    runtime_exec::overlay::enter_private_mount_namespace().map_err(BuildError::other)
 }
 
 /// Turns the workspace's upper directory into a layer blob; `None` when the step changed
