@@ -18,20 +18,10 @@ work=$(mktemp -d /var/tmp/rbuild-bench-builder.XXXXXX)
 workloads=${BENCH_WORKLOADS:-files apt}
 
 export RBUILD_ROOT=$work/rbuild-store
-dockerd_dir=$work/dockerd
-mkdir -p "$dockerd_dir"
-dockerd --bridge=none --iptables=false --ip-masq=false --host "unix://$dockerd_dir/sock" \
-  --data-root "$dockerd_dir/data" --exec-root "$dockerd_dir/exec" --pidfile "$dockerd_dir/pid" \
-  >"$dockerd_dir/log" 2>&1 &
-dockerd_pid=$!
-cleanup() {
-  kill "$dockerd_pid" 2>/dev/null; wait "$dockerd_pid" 2>/dev/null || true
-  grep -o " $dockerd_dir[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l || true
-  buildah rm --all >/dev/null 2>&1 || true
-}
+source scripts/dockerd.sh
+cleanup() { stop_dockerd; buildah rm --all >/dev/null 2>&1 || true; }
 trap cleanup EXIT
-export DOCKER_HOST=unix://$dockerd_dir/sock
-for _ in $(seq 150); do /usr/bin/docker version >/dev/null 2>&1 && break; sleep 0.2; done
+start_dockerd "$work/dockerd"
 docker=/usr/bin/docker
 
 # Base images, the same bytes in all three tools.

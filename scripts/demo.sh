@@ -34,20 +34,9 @@ echo "--- rebuilt with no change (every step CACHED):"
 "$bin/rbuild" save --format docker -o "$work/demo-app.docker.tar" demo-app:1
 
 echo "--- running it with docker:"
-dockerd_dir=$work/dockerd
-mkdir -p "$dockerd_dir"
-dockerd --bridge=none --iptables=false --ip-masq=false --host "unix://$dockerd_dir/sock" \
-  --data-root "$dockerd_dir/data" --exec-root "$dockerd_dir/exec" --pidfile "$dockerd_dir/pid" \
-  >"$dockerd_dir/log" 2>&1 &
-dockerd_pid=$!
-# dockerd leaves its netns mount behind; detach it so that $work can be removed.
-stop_dockerd() {
-  kill "$dockerd_pid" 2>/dev/null; wait "$dockerd_pid" 2>/dev/null || true
-  grep -o " $dockerd_dir[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l || true
-}
+source scripts/dockerd.sh
 trap stop_dockerd EXIT
-export DOCKER_HOST=unix://$dockerd_dir/sock
-for _ in $(seq 100); do /usr/bin/docker version >/dev/null 2>&1 && break; sleep 0.2; done
+start_dockerd "$work/dockerd"
 /usr/bin/docker load -i "$work/demo-app.docker.tar"
 /usr/bin/docker run --rm --network host demo-app:1
 echo "demo files are in $work"
