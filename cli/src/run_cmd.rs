@@ -102,6 +102,10 @@ pub struct RunArgs {
     /// Run an init as PID 1 that forwards signals and reaps processes
     #[arg(long)]
     init: bool,
+    /// Security options: seccomp=unconfined|PROFILE.json (docker's profile format; default:
+    /// docker's default profile), no-new-privileges[=true|false]
+    #[arg(long = "security-opt", value_name = "OPT")]
+    security_opt: Vec<String>,
     /// Image name or ID
     image: String,
     /// Command and arguments (replace the image's CMD)
@@ -174,6 +178,8 @@ fn execute(prepared: &Prepared) -> runtime_exec::Result<runtime_exec::ExitStatus
 fn prepare(store: &Store, args: RunArgs) -> anyhow::Result<Prepared> {
     let limits = Limits::parse(&args)?;
     let capabilities = runtime_exec::capabilities::docker_set(&args.cap_add, &args.cap_drop)?;
+    let security = SecurityOptions::parse(&args.security_opt)?;
+    let seccomp = security.seccomp_profile(&capabilities)?;
     let binds = args
         .volume
         .iter()
@@ -234,6 +240,7 @@ fn prepare(store: &Store, args: RunArgs) -> anyhow::Result<Prepared> {
     value["hostname"] = json!(hostname);
     value["root"]["readonly"] = json!(args.read_only);
     value["process"]["terminal"] = json!(args.tty);
+    value["process"]["noNewPrivileges"] = json!(security.no_new_privileges);
     value["process"]["env"] = json!(env);
     value["process"]["cwd"] = json!(cwd);
     value["process"]["user"] = json!({ "uid": uid, "gid": gid, "additionalGids": groups });
@@ -262,6 +269,10 @@ fn prepare(store: &Store, args: RunArgs) -> anyhow::Result<Prepared> {
         )));
         spec.set_process(Some(process));
     }
+    if let Some(mut linux) = spec.linux().clone() {
+        linux.set_seccomp(seccomp);
+        spec.set_linux(Some(linux));
+    }
 
     let mut options = RunOptions::new(match &args.name {
         Some(name) => format!("rbuild-{name}-{}", &id[..12]),
@@ -277,6 +288,67 @@ fn prepare(store: &Store, args: RunArgs) -> anyhow::Result<Prepared> {
         _run_dir: run_dir,
         _lock: lock,
     })
+}
+
+/// `--security-opt` (docker run reference, "Security configuration"): the options rbuild
+/// applies; any other (apparmor, label, ...) is refused rather than ignored.
+struct SecurityOptions {
+    seccomp: SeccompChoice,
+    no_new_privileges: bool,
+}
+
+enum SeccompChoice {
+    /// Docker's default profile (embedded in runtime-exec).
+    Default,
+    Unconfined,
+    File(PathBuf),
+}
+
+impl SecurityOptions {
+    fn parse(options: &[String]) -> anyhow::Result<SecurityOptions> {
+        let mut parsed = SecurityOptions {
+            seccomp: SeccompChoice::Default,
+            no_new_privileges: false,
+        };
+        for option in options {
+            // Docker also takes the older `key:value` form.
+            let (key, value) = match option.split_once(['=', ':']) {
+                Some((k, v)) => (k, Some(v)),
+                None => (option.as_str(), None),
+            };
+            match (key, value) {
+                ("seccomp", Some("unconfined")) => parsed.seccomp = SeccompChoice::Unconfined,
+                ("seccomp", Some(file)) if !file.is_empty() => {
+                    parsed.seccomp = SeccompChoice::File(PathBuf::from(file))
+                }
+                ("no-new-privileges", None | Some("true")) => parsed.no_new_privileges = true,
+                ("no-new-privileges", Some("false")) => parsed.no_new_privileges = false,
+                _ => bail!(
+                    "invalid --security-opt {option:?}: rbuild applies seccomp=unconfined|FILE and no-new-privileges[=true|false]"
+                ),
+            }
+        }
+        Ok(parsed)
+    }
+
+    /// The Spec's `linux.seccomp` for a container with these capabilities.
+    fn seccomp_profile(
+        &self,
+        capabilities: &runtime_exec::spec::Capabilities,
+    ) -> anyhow::Result<Option<runtime_exec::spec::LinuxSeccomp>> {
+        use runtime_exec::seccomp::profile;
+        let resolved = match &self.seccomp {
+            SeccompChoice::Unconfined => return Ok(None),
+            SeccompChoice::Default => profile::resolve(profile::DEFAULT_PROFILE, capabilities)?,
+            SeccompChoice::File(path) => {
+                let json = fs::read_to_string(path)
+                    .with_context(|| format!("read seccomp profile {}", path.display()))?;
+                profile::resolve(&json, capabilities)
+                    .with_context(|| format!("seccomp profile {}", path.display()))?
+            }
+        };
+        Ok(Some(resolved))
+    }
 }
 
 /// Docker's rule (docker run reference, "ENTRYPOINT", "CMD"): `--entrypoint` replaces the

@@ -99,6 +99,7 @@ fn run_cli() {
     network_hostname_and_etc_files(&f);
     limits(&f);
     capabilities_and_read_only(&f);
+    security_options_and_tty(&f);
 
     // Other tests on this machine mount and unmount at the same time: only new mounts that
     // touch this test's directory (rootfs, overlay layers, binds) can be ours.
@@ -468,6 +469,76 @@ fn capabilities_and_read_only(f: &Fixture) {
             "touch /tmp/x && echo ok >> /etc/hosts",
         ],
     );
+}
+
+/// Docker's default seccomp profile is on unless `--security-opt seccomp=unconfined`; a
+/// profile file replaces it; options rbuild does not apply are refused; `-t` gives the
+/// container a pty of its own devpts, as docker does.
+fn security_options_and_tty(f: &Fixture) {
+    let seccomp_mode = |args: &[&str]| {
+        let status = [
+            args,
+            &[
+                "bb:1",
+                "grep",
+                "-E",
+                "^(Seccomp|NoNewPrivs):",
+                "/proc/self/status",
+            ],
+        ]
+        .concat();
+        run_ok(f, &status).replace('\t', " ")
+    };
+    assert_eq!(seccomp_mode(&[]), "NoNewPrivs: 0\nSeccomp: 2\n");
+    assert_eq!(
+        seccomp_mode(&["--security-opt", "seccomp=unconfined"]),
+        "NoNewPrivs: 0\nSeccomp: 0\n"
+    );
+    assert_eq!(
+        seccomp_mode(&["--security-opt", "no-new-privileges"]),
+        "NoNewPrivs: 1\nSeccomp: 2\n"
+    );
+
+    let profile = f.dir.join("no-mkdir.json");
+    fs::write(
+        &profile,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}"#,
+    )
+    .unwrap();
+    let opt = format!("seccomp={}", profile.display());
+    let o = run(f, &["--security-opt", &opt, "bb:1", "mkdir", "/tmp/d"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("Operation not permitted"),
+        "{}",
+        stderr(&o)
+    );
+
+    let bad = run(
+        f,
+        &["--security-opt", "apparmor=unconfined", "bb:1", "true"],
+    );
+    assert_eq!(code(&bad), 125);
+    assert!(stderr(&bad).contains("--security-opt"), "{}", stderr(&bad));
+    let missing = run(
+        f,
+        &[
+            "--security-opt",
+            "seccomp=/nonexistent.json",
+            "bb:1",
+            "true",
+        ],
+    );
+    assert_eq!(code(&missing), 125);
+    assert!(
+        stderr(&missing).contains("/nonexistent.json"),
+        "{}",
+        stderr(&missing)
+    );
+
+    let tty = run_ok(f, &["-t", "bb:1", "tty"]);
+    assert_eq!(tty.trim_end(), "/dev/pts/0");
 }
 
 /// A flag `rbuild run` does not know is rbuild's error, not the container's: exit 125.

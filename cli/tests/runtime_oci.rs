@@ -219,12 +219,116 @@ fn sigterm_is_forwarded_to_the_container() {
 #[test]
 fn terminal_true_gives_the_container_a_pty() {
     let dir = tempfile::tempdir().unwrap();
-    let script = "test -t 0 && echo stdin-is-tty; test -t 1 && echo stdout-is-tty; ls -l /dev/console | cut -c1";
+    // As under runc and docker: the pty comes from the container's own devpts, stdio is its
+    // slave (so `tty` names /dev/pts/0), and /dev/console is that slave bound.
+    let script = "test -t 0 && echo stdin-is-tty; test -t 1 && echo stdout-is-tty; tty; \
+                  ls -l /dev/console | cut -c1; stat -c %t:%T /dev/console /dev/pts/0";
     let b = bundle(dir.path(), &["sh", "-c", script], true);
     let out = ours(&b, &id("tty"));
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
-    assert_eq!(text, "stdin-is-tty\nstdout-is-tty\nc\n");
+    // Without \r (the pty's output processing) and script(1)'s echo of its empty stdin.
+    let text = |o: &Output| {
+        String::from_utf8_lossy(&o.stdout)
+            .replace('\r', "")
+            .replace("^@", "")
+    };
+    let expected = "stdin-is-tty\nstdout-is-tty\n/dev/pts/0\nc\n88:0\n88:0\n";
+    assert_eq!(text(&out), expected);
+    // runc wants a terminal of its own (it opens /dev/tty): both run under script(1)'s pty.
+    let under_script = |command: String| {
+        Command::new(require("script"))
+            .args(["-q", "-e", "-c", &command, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let bundle_arg = b.display();
+    let reference = under_script(format!(
+        "{} run --bundle {bundle_arg} {}",
+        require("runc").display(),
+        id("tty-runc")
+    ));
+    let got = under_script(format!(
+        "{RBUILD} oci-runtime run --bundle {bundle_arg} {}",
+        id("tty-script")
+    ));
+    assert_eq!(text(&reference), expected, "runc: {reference:?}");
+    assert_eq!(text(&got), expected, "ours under script: {got:?}");
+}
+
+/// A static test program: the outcome of a syscall docker's default profile refuses
+/// (add_key), of personality(2) with two arguments, and of mkdir.
+const SYSCALL_PROBE: &str = r#"
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static void report(const char *what, long rc) {
+    printf("%s: %s\n", what, rc < 0 ? strerror(errno) : "ok");
+}
+int main(void) {
+    report("add_key", syscall(SYS_add_key, "user", "rbuild", "v", 1, -2));
+    report("personality(query)", syscall(SYS_personality, 0xffffffffUL));
+    report("personality(PER_LINUX32)", syscall(SYS_personality, 8UL));
+    report("mkdir", mkdir("/probe-dir", 0755));
+    return 0;
+}
+"#;
+
+/// The same bundle with a seccomp profile, under runc (libseccomp) and under ours (our own
+/// BPF compiler): docker's default profile as podman ships it, and a small profile whose
+/// rule depends on an argument.
+#[test]
+fn seccomp_profiles_match_runc() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bundle(dir.path(), &["/probe"], false);
+    std::fs::write(dir.path().join("probe.c"), SYSCALL_PROBE).unwrap();
+    conformance::peers::run_ok(
+        Command::new(require("gcc"))
+            .args(["-static", "-O", "-o"])
+            .arg(b.join("rootfs/probe"))
+            .arg(dir.path().join("probe.c")),
+    )
+    .unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(b.join("config.json")).unwrap()).unwrap();
+    let caps: runtime_exec::spec::Capabilities =
+        serde_json::from_value(config["process"]["capabilities"]["bounding"].clone()).unwrap();
+    let docker_default = runtime_exec::seccomp::profile::resolve(
+        runtime_exec::seccomp::profile::DEFAULT_PROFILE,
+        &caps,
+    )
+    .unwrap();
+    let by_argument = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [
+            {"names": ["personality"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13,
+             "args": [{"index": 0, "value": 4294967295u64, "op": "SCMP_CMP_NE"}]},
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}
+        ]
+    });
+    // runc's spec makes the root read-only: mkdir meets EROFS unless the filter stops it first.
+    let expected = [
+        "add_key: Function not implemented\npersonality(query): ok\npersonality(PER_LINUX32): ok\nmkdir: Read-only file system\n",
+        "add_key: ok\npersonality(query): ok\npersonality(PER_LINUX32): Permission denied\nmkdir: Operation not permitted\n",
+    ];
+    let profiles = [serde_json::to_value(&docker_default).unwrap(), by_argument];
+    for (i, (profile, expected)) in profiles.into_iter().zip(expected).enumerate() {
+        let path = b.join("config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        config["linux"]["seccomp"] = profile;
+        std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        let reference = runc(&b, &id(&format!("seccomp{i}-runc")));
+        let got = ours(&b, &id(&format!("seccomp{i}")));
+        let text = |o: &Output| String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(reference.status.success(), "runc: {reference:?}");
+        assert!(got.status.success(), "ours: {got:?}");
+        assert_eq!(text(&got), text(&reference), "profile {i}");
+        assert_eq!(text(&got), expected, "profile {i}");
+    }
 }
 
 /// Directories named `<prefix>…` anywhere under the cgroup hierarchies we use.

@@ -28,6 +28,8 @@ pub(crate) struct ChildContext<'a> {
     pub rootfs: &'a Path,
     pub overlay: Option<&'a str>,
     pub init: bool,
+    /// The Spec's seccomp profile, compiled by the helper.
+    pub seccomp: Option<&'a crate::seccomp::Filter>,
     pub new_cgroup_ns: bool,
     /// A new user namespace was cloned; the helper writes its id maps before "go".
     pub new_user_ns: bool,
@@ -36,6 +38,8 @@ pub(crate) struct ChildContext<'a> {
     /// Namespaces to join (setns) instead of creating: (CLONE_NEW* flag, open namespace file).
     pub join: &'a [(nix::sched::CloneFlags, OwnedFd)],
     pub sync: &'a OwnedFd,
+    /// With `process.terminal`: where the pty master goes (to the caller).
+    pub console: Option<&'a OwnedFd>,
 }
 
 /// Never returns: execs the user's process or exits after reporting the failure.
@@ -89,7 +93,7 @@ fn run(ctx: &ChildContext<'_>) -> Result<Never> {
         .as_ref()
         .ok_or_else(|| SetupError::other("the Spec has no process"))?;
     let terminal = process.terminal() == Some(true);
-    let host = HostView::read(terminal);
+    let host = HostView::read();
     let masks = Masks::from_spec(process.capabilities().as_ref());
     let has_mount_ns = ctx
         .spec
@@ -118,6 +122,19 @@ fn run(ctx: &ChildContext<'_>) -> Result<Never> {
         Ok(())
     };
     mounts::prepare_rootfs(ctx.spec, ctx.rootfs, ctx.overlay, &host, &mut in_cgroup_ns)?;
+    if terminal {
+        // After pivot_root, so the pty comes from the container's own devpts (runc's order).
+        let console = ctx
+            .console
+            .ok_or_else(|| SetupError::other("process.terminal without a console socket"))?;
+        let (rows, cols) = process
+            .console_size()
+            .map_or((24, 80), |b| (b.height() as u16, b.width() as u16));
+        let master = crate::terminal::open_console(rows, cols)
+            .map_err(|e| fail("set up the terminal", e))?;
+        crate::terminal::send_master(console, &master)
+            .map_err(|e| fail("send the terminal to the caller", e))?;
+    }
     if let Some(hostname) = ctx.spec.hostname() {
         nix::unistd::sethostname(hostname).map_err(|e| fail("sethostname", e))?;
     }
@@ -166,14 +183,14 @@ fn run(ctx: &ChildContext<'_>) -> Result<Never> {
             return Err(fail("no_new_privs", std::io::Error::last_os_error()));
         }
     }
-    if ctx
-        .spec
-        .linux()
-        .as_ref()
-        .is_some_and(|l| l.seccomp().is_some())
-    {
-        // validate.rs refuses such Specs before we get here; never run without the filter.
-        return Err(SetupError::other("seccomp profiles are not supported"));
+    // runc's order: with no_new_privs the filter goes on last, so that it never has to allow
+    // the init's own setup syscalls; without, it needs CAP_SYS_ADMIN, so it goes on before
+    // the capabilities are dropped (and must then allow setuid/capset, as docker's does).
+    let no_new_privs = process.no_new_privileges() == Some(true);
+    if let (Some(filter), false) = (ctx.seccomp, no_new_privs) {
+        filter
+            .install()
+            .map_err(|e| fail("install the seccomp filter", e))?;
     }
     masks
         .drop_bounding()
@@ -191,6 +208,11 @@ fn run(ctx: &ChildContext<'_>) -> Result<Never> {
         )
     })?;
 
+    if let (Some(filter), true) = (ctx.seccomp, no_new_privs) {
+        filter
+            .install()
+            .map_err(|e| fail("install the seccomp filter", e))?;
+    }
     if ctx.init {
         crate::reaper::become_reaper(ctx.sync);
     }

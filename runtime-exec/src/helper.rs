@@ -23,6 +23,9 @@ use crate::status::ExitStatus;
 
 /// Set in the helper's environment to the fd number of its socket to the caller.
 pub(crate) const HELPER_FD_ENV: &str = "_RBUILD_RUNTIME_HELPER_FD";
+/// Set to the fd number of the console socket when the container has a terminal: its init
+/// sends the pty master to the caller through it.
+pub(crate) const CONSOLE_FD_ENV: &str = "_RBUILD_RUNTIME_CONSOLE_FD";
 /// The caller's pid: a helper whose parent is already someone else must not start anything.
 pub(crate) const PARENT_ENV: &str = "_RBUILD_RUNTIME_PARENT";
 
@@ -48,18 +51,28 @@ pub fn run_helper_if_requested() {
     let parent = std::env::var(PARENT_ENV)
         .ok()
         .and_then(|v| v.parse::<i32>().ok());
+    let console = std::env::var(CONSOLE_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok());
     std::env::remove_var(HELPER_FD_ENV);
     std::env::remove_var(PARENT_ENV);
-    // SAFETY: the caller passed this fd to us open and for our exclusive use.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let _ = nix::fcntl::fcntl(
-        &socket,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    );
-    std::process::exit(helper_main(socket, parent.unwrap_or(0)))
+    std::env::remove_var(CONSOLE_FD_ENV);
+    let inherited = |fd: i32| {
+        // SAFETY: the caller passed this fd to us open and for our exclusive use.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Close-on-exec: the user's process must not inherit it.
+        let _ = nix::fcntl::fcntl(
+            &fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+        fd
+    };
+    let socket = inherited(fd);
+    let console = console.map(inherited);
+    std::process::exit(helper_main(socket, console, parent.unwrap_or(0)))
 }
 
-fn helper_main(socket: OwnedFd, parent: i32) -> i32 {
+fn helper_main(socket: OwnedFd, console: Option<OwnedFd>, parent: i32) -> i32 {
     // Block before anything else: from here on every signal is read from a signalfd, so the
     // caller's death (SIGTERM via PDEATHSIG) cannot kill us before the cleanup.
     let mut mask = SigSet::empty();
@@ -91,7 +104,7 @@ fn helper_main(socket: OwnedFd, parent: i32) -> i32 {
             return 1;
         }
     };
-    let report = match supervise(&request, &mask, &socket, parent) {
+    let report = match supervise(&request, &mask, &socket, console, parent) {
         Ok(status) => Report::Exited { status },
         Err(error) => Report::Failed { error },
     };
@@ -120,6 +133,7 @@ fn supervise(
     request: &Request,
     mask: &SigSet,
     socket: &OwnedFd,
+    console: Option<OwnedFd>,
     parent: i32,
 ) -> Result<ExitStatus, SetupError> {
     let spec = &request.spec;
@@ -151,6 +165,12 @@ fn supervise(
         ),
         None => None,
     };
+    let seccomp = match linux.and_then(|l| l.seccomp().as_ref()) {
+        Some(profile) => {
+            Some(crate::seccomp::compile(profile).map_err(|e| SetupError::other(e.to_string()))?)
+        }
+        None => None,
+    };
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -167,14 +187,18 @@ fn supervise(
             rootfs: &rootfs,
             overlay: overlay.as_deref(),
             init: options.init,
+            seccomp: seccomp.as_ref(),
             new_cgroup_ns: plan.new_cgroup_ns,
             new_net_ns: plan.clone_flags.contains(CloneFlags::CLONE_NEWNET),
             new_user_ns: plan.clone_flags.contains(CloneFlags::CLONE_NEWUSER),
             join: &plan.join,
             sync: &theirs,
+            console: console.as_ref(),
         });
     }
     drop(theirs);
+    // The init has its copy; the caller must see EOF if the init dies before sending.
+    drop(console);
     let child = Pid::from_raw(child);
     let started = start_child(
         child,

@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
@@ -11,7 +11,7 @@ use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use oci_spec::runtime::Spec;
 
 use crate::error::{Error, Result};
-use crate::helper::{FORWARDED_SIGNALS, HELPER_FD_ENV, PARENT_ENV};
+use crate::helper::{CONSOLE_FD_ENV, FORWARDED_SIGNALS, HELPER_FD_ENV, PARENT_ENV};
 use crate::options::RunOptions;
 use crate::protocol::{self, Report, Request};
 use crate::status::ExitStatus;
@@ -107,15 +107,34 @@ pub fn run_with_stdio(
     root.set_path(rootfs);
     spec.set_root(Some(root));
 
-    let process = spec
+    let mut process = spec
         .process()
-        .as_ref()
+        .clone()
         .ok_or_else(|| Error::InvalidSpec("no process".into()))?;
-    let pty = if process.terminal() == Some(true) {
-        let console = process
-            .console_size()
-            .map(|b| (b.height() as u16, b.width() as u16));
-        Some(terminal::open(console)?)
+    let terminal = process.terminal() == Some(true);
+    if terminal {
+        // The init sizes the pty it allocates like our terminal, else like the Spec says.
+        if let Some(size) = terminal::stdin_size() {
+            let console = oci_spec::runtime::BoxBuilder::default()
+                .height(u64::from(size.ws_row))
+                .width(u64::from(size.ws_col))
+                .build()
+                .map_err(|e| Error::InvalidSpec(e.to_string()))?;
+            process.set_console_size(Some(console));
+        }
+        spec.set_process(Some(process));
+    }
+    // The container's init sends its pty master back over this socket.
+    let console = if terminal {
+        Some(
+            socketpair(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            )
+            .map_err(|e| Error::sys("socketpair", e))?,
+        )
     } else {
         None
     };
@@ -132,21 +151,14 @@ pub fn run_with_stdio(
         .arg0("rbuild-runtime-helper")
         .env(HELPER_FD_ENV, theirs.as_raw_fd().to_string())
         .env(PARENT_ENV, std::process::id().to_string());
-    if let Some(pty) = &pty {
-        if stdio.stdin.is_some() || stdio.stdout.is_some() || stdio.stderr.is_some() {
-            return Err(Error::InvalidSpec(
-                "process.terminal relays the caller's own stdio; do not pass other streams".into(),
-            ));
-        }
-        let slave = |fd: &OwnedFd| {
-            fd.try_clone()
-                .map(Stdio::from)
-                .map_err(|e| Error::io("dup pty slave", e))
-        };
-        command
-            .stdin(slave(&pty.slave)?)
-            .stdout(slave(&pty.slave)?)
-            .stderr(slave(&pty.slave)?);
+    if terminal && (stdio.stdin.is_some() || stdio.stdout.is_some() || stdio.stderr.is_some()) {
+        return Err(Error::InvalidSpec(
+            "process.terminal relays the caller's own stdio; do not pass other streams".into(),
+        ));
+    }
+    let console_fd = console.as_ref().map(|(_, theirs)| theirs.as_raw_fd());
+    if let Some(fd) = console_fd {
+        command.env(CONSOLE_FD_ENV, fd.to_string());
     }
     if let Some(fd) = stdio.stdin {
         command.stdin(fd);
@@ -161,8 +173,10 @@ pub fn run_with_stdio(
     // SAFETY: between fork and exec only fcntl(2), which is async-signal-safe, is called.
     unsafe {
         command.pre_exec(move || {
-            if libc::fcntl(helper_fd, libc::F_SETFD, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
+            for fd in std::iter::once(helper_fd).chain(console_fd) {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -173,7 +187,7 @@ pub fn run_with_stdio(
     } else {
         Vec::new()
     };
-    if pty.is_some() {
+    if terminal {
         forwarded.push(Signal::SIGWINCH);
     }
     let _handlers = SignalForwarding::install(&forwarded);
@@ -182,18 +196,13 @@ pub fn run_with_stdio(
         .map_err(|e| Error::io("start the executor helper (/proc/self/exe)", e))?;
     HELPER_PID.store(helper.id() as i32, Ordering::Relaxed);
     drop(theirs);
-    // Our copies of the slave must close, or the output relay would never see EIO.
     drop(command);
-
-    let (raw_mode, output) = match pty {
-        Some(pty) => {
-            drop(pty.slave);
-            let raw =
-                terminal::is_terminal(std::io::stdin().as_fd()).then(terminal::RawMode::enter);
-            (raw, Some(terminal::relay(pty.master)?))
-        }
-        None => (None, None),
-    };
+    // Only the helper and the init may hold the console socket's other end now, so that a
+    // failure before the pty exists ends the wait for it with EOF.
+    let console = console.map(|(ours, theirs)| {
+        drop(theirs);
+        ours
+    });
 
     let request = Request {
         spec: spec.clone(),
@@ -201,7 +210,21 @@ pub fn run_with_stdio(
     };
     let sent = protocol::send_request(&ours, &request);
     let mut outcome: Option<Result<ExitStatus>> = None;
-    if sent.is_ok() {
+    let mut killed = false;
+    let (raw_mode, output) = match (&console, &sent) {
+        (Some(console), Ok(())) => match start_terminal(console) {
+            Ok(relay) => relay,
+            Err(e) => {
+                // No terminal, no container: its helper's death takes the init along.
+                let _ = helper.kill();
+                killed = true;
+                outcome = Some(Err(e));
+                (None, None)
+            }
+        },
+        _ => (None, None),
+    };
+    if sent.is_ok() && outcome.is_none() {
         let read = protocol::read_reports(ours, |report| match report {
             Report::Started { .. } => {}
             Report::Exited { status } => outcome = Some(Ok(status)),
@@ -217,6 +240,9 @@ pub fn run_with_stdio(
         let _ = output.join();
     }
     drop(raw_mode);
+    if killed {
+        cleanup_cgroup(&spec, options);
+    }
 
     match outcome {
         Some(result) => result,
@@ -233,6 +259,21 @@ pub fn run_with_stdio(
             })))
         }
     }
+}
+
+/// Waits for the pty master from the container's init and starts relaying it: our terminal
+/// in raw mode, the relay threads. Nothing when the init failed before its terminal existed.
+fn start_terminal(
+    console: &OwnedFd,
+) -> Result<(
+    Option<terminal::RawMode>,
+    Option<std::thread::JoinHandle<()>>,
+)> {
+    let Some(master) = terminal::receive_master(console)? else {
+        return Ok((None, None));
+    };
+    let raw = terminal::is_terminal(std::io::stdin().as_fd()).then(terminal::RawMode::enter);
+    Ok((raw, Some(terminal::relay(master)?)))
 }
 
 fn cleanup_cgroup(spec: &Spec, options: &RunOptions) {

@@ -7,8 +7,9 @@
 //! - the helper (`helper.rs`), entered through [`run_helper_if_requested`] at the top of
 //!   `main`: single-threaded; creates the cgroup (`cgroups/`), clones the container init into
 //!   new namespaces, forwards signals, reaps it, reports, removes the cgroup;
-//! - the container init (`container.rs`, `mounts.rs`): mounts, pivot_root, /dev, masked
-//!   paths, hostname, rlimits, user, capabilities, then execve of the user's process.
+//! - the container init (`container.rs`, `mounts.rs`): mounts, pivot_root, the pty
+//!   (`terminal.rs`), /dev, masked paths, hostname, rlimits, user, capabilities, the seccomp
+//!   filter ([`seccomp`], compiled by the helper), then execve of the user's process.
 //!
 //! [`Spec`]: oci_spec::runtime::Spec
 
@@ -25,6 +26,7 @@ pub mod overlay;
 pub mod paths;
 mod protocol;
 mod reaper;
+pub mod seccomp;
 mod status;
 mod terminal;
 pub mod user;

@@ -106,12 +106,10 @@ struct CgroupMount {
 /// What the container init needs to know about the host before it pivots away from it.
 pub(crate) struct HostView {
     cgroup_mounts: Vec<CgroupMount>,
-    /// The pty slave the caller gave as stdin, bound on /dev/console.
-    console: Option<PathBuf>,
 }
 
 impl HostView {
-    pub(crate) fn read(terminal: bool) -> HostView {
+    pub(crate) fn read() -> HostView {
         let cgroup_mounts = std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()
             .lines()
@@ -133,13 +131,7 @@ impl HostView {
                 })
             })
             .collect();
-        let console = terminal
-            .then(|| std::fs::read_link("/proc/self/fd/0").ok())
-            .flatten();
-        HostView {
-            cgroup_mounts,
-            console,
-        }
+        HostView { cgroup_mounts }
     }
 }
 
@@ -224,18 +216,6 @@ pub(crate) fn prepare_rootfs(
     }
     for device in &devices {
         create_device(rootfs, device)?;
-    }
-    if let Some(console) = &host.console {
-        let target = rootfs.join("dev/console");
-        touch(&target)?;
-        mount(
-            Some(console.as_path()),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(|e| fail("bind the terminal on /dev/console", e))?;
     }
     if !in_cgroup {
         in_cgroup_ns()?;

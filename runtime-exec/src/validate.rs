@@ -59,10 +59,9 @@ pub(crate) fn check(spec: &Spec) -> Result<()> {
             "no linux section: namespaces are required".into(),
         ));
     };
-    if linux.seccomp().is_some() {
-        return unsupported(
-            "linux.seccomp: this executor does not build seccomp filters yet and will not run a container without the filter its Spec asks for; remove the profile to run unconfined",
-        );
+    if let Some(seccomp) = linux.seccomp() {
+        // Compiled here too so that a bad profile is reported before anything starts.
+        crate::seccomp::compile(seccomp)?;
     }
     if linux.intel_rdt().is_some()
         || linux.personality().is_some()

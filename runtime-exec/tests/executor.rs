@@ -3,112 +3,19 @@
 //! bad input. `harness = false`: `main` must first give the executor's helper its chance
 //! (the helper is a re-exec of this very binary), then runs the tests one after another.
 
-use std::io::Read;
-use std::os::fd::OwnedFd;
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::{busybox_rootfs, run_spec, set_resources, sh, status, unique_id};
 
 use runtime_exec::spec::{
     LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder, Spec,
 };
 use runtime_exec::{
-    capabilities, defaults, run_with_stdio, CgroupChoice, ContainerStdio, Error, ExitStatus,
-    OverlayRootfs, RunOptions, SetupErrorKind,
+    capabilities, defaults, CgroupChoice, Error, ExitStatus, OverlayRootfs, RunOptions,
+    SetupErrorKind,
 };
-
-/// A busybox image: /bin/busybox from Debian's busybox-static plus its applet links.
-fn busybox_rootfs(dir: &Path) -> PathBuf {
-    let busybox = conformance::peers::require("busybox");
-    let rootfs = dir.join("rootfs");
-    for sub in ["bin", "etc", "tmp", "root"] {
-        std::fs::create_dir_all(rootfs.join(sub)).unwrap();
-    }
-    std::fs::copy(&busybox, rootfs.join("bin/busybox")).unwrap();
-    let list = std::process::Command::new(&busybox)
-        .arg("--list")
-        .output()
-        .unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-        }
-    }
-    std::fs::write(
-        rootfs.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33::/tmp:/bin/sh\n",
-    )
-    .unwrap();
-    std::fs::write(
-        rootfs.join("etc/group"),
-        "root:x:0:\nwww:x:33:\nwheel:x:10:www\n",
-    )
-    .unwrap();
-    rootfs
-}
-
-struct Outcome {
-    result: Result<ExitStatus, Error>,
-    stdout: String,
-    stderr: String,
-}
-
-fn capture() -> (OwnedFd, std::fs::File) {
-    let file = tempfile::tempfile().unwrap();
-    (OwnedFd::from(file.try_clone().unwrap()), file)
-}
-
-fn read_all(mut file: std::fs::File) -> String {
-    use std::io::Seek;
-    file.rewind().unwrap();
-    let mut text = String::new();
-    file.read_to_string(&mut text).unwrap();
-    text
-}
-
-fn unique_id(name: &str) -> String {
-    format!("t-{name}-{}", std::process::id())
-}
-
-fn run_spec(spec: &Spec, options: &RunOptions) -> Outcome {
-    let (out_fd, out) = capture();
-    let (err_fd, err) = capture();
-    let stdio = ContainerStdio {
-        stdin: None,
-        stdout: Some(out_fd),
-        stderr: Some(err_fd),
-    };
-    let result = run_with_stdio(spec, options, stdio);
-    Outcome {
-        result,
-        stdout: read_all(out),
-        stderr: read_all(err),
-    }
-}
-
-/// `sh -c script` in a docker-like Spec over a fresh busybox rootfs, after `adjust`.
-fn sh(name: &str, script: &str, adjust: impl FnOnce(&mut Spec, &Path)) -> Outcome {
-    let dir = tempfile::tempdir().unwrap();
-    let rootfs = busybox_rootfs(dir.path());
-    let args = vec!["sh".to_string(), "-c".to_string(), script.to_string()];
-    let mut spec = defaults::docker_spec(&rootfs, &args).unwrap();
-    adjust(&mut spec, &rootfs);
-    run_spec(&spec, &RunOptions::new(unique_id(name)))
-}
-
-fn set_resources(spec: &mut Spec, resources: runtime_exec::spec::LinuxResources) {
-    let mut linux = spec.linux().clone().unwrap();
-    linux.set_resources(Some(resources));
-    spec.set_linux(Some(linux));
-}
-
-fn status(o: &Outcome) -> ExitStatus {
-    match &o.result {
-        Ok(s) => *s,
-        Err(e) => panic!(
-            "run failed: {e}\nstdout: {}\nstderr: {}",
-            o.stdout, o.stderr
-        ),
-    }
-}
 
 fn pid1_hostname_and_isolation() {
     let o = sh(
@@ -316,12 +223,17 @@ fn bad_input_gets_clear_errors() {
     });
     assert!(matches!(no_rootfs.result, Err(Error::MissingRootfs(_))));
 
-    let seccomp = sh("seccomp", "true", |spec, _| {
-        let mut linux = spec.linux().clone().unwrap();
-        linux.set_seccomp(Some(Default::default()));
-        spec.set_linux(Some(linux));
+    let notify = sh("seccomp", "true", |spec, _| {
+        set_seccomp(
+            spec,
+            serde_json::json!({"defaultAction": "SCMP_ACT_NOTIFY"}),
+        );
     });
-    assert!(matches!(&seccomp.result, Err(Error::Unsupported(m)) if m.contains("seccomp")));
+    assert!(
+        matches!(&notify.result, Err(Error::Unsupported(m)) if m.contains("NOTIFY")),
+        "{:?}",
+        notify.result
+    );
 
     let bad_mount = sh("badmount", "true", |spec, _| {
         let mut mounts = spec.mounts().clone().unwrap();
@@ -334,6 +246,43 @@ fn bad_input_gets_clear_errors() {
     });
     let err = bad_mount.result.unwrap_err();
     assert!(err.to_string().contains("/nonexistent/rbuild-src"), "{err}");
+}
+
+fn set_seccomp(spec: &mut Spec, profile: serde_json::Value) {
+    let mut linux = spec.linux().clone().unwrap();
+    linux.set_seccomp(Some(serde_json::from_value(profile).unwrap()));
+    spec.set_linux(Some(linux));
+}
+
+/// A small profile in the kernel: an ERRNO rule, a KILL_PROCESS rule, everything else
+/// allowed; with and without no_new_privileges (the filter goes on at different points).
+fn seccomp_profile_is_enforced() {
+    let profile = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"},
+            {"names": ["sethostname"], "action": "SCMP_ACT_KILL_PROCESS"}
+        ]
+    });
+    for no_new_privileges in [false, true] {
+        let script = "mkdir /tmp/d; echo mkdir=$?; sh -c 'hostname x'; echo hostname=$?; \
+                      grep Seccomp: /proc/self/status | tr -d '\t'";
+        let o = sh("seccomp", script, |spec, _| {
+            set_seccomp(spec, profile.clone());
+            let mut process = spec.process().clone().unwrap();
+            process.set_no_new_privileges(Some(no_new_privileges));
+            spec.set_process(Some(process));
+        });
+        assert_eq!(status(&o), ExitStatus::Exited(0), "{}", o.stderr);
+        // 159 = 128 + SIGSYS: the kernel killed the process that called sethostname.
+        assert_eq!(
+            o.stdout, "mkdir=1\nhostname=159\nSeccomp:2\n",
+            "{}",
+            o.stderr
+        );
+        assert!(o.stderr.contains("Operation not permitted"), "{}", o.stderr);
+    }
 }
 
 fn init_option_reaps_orphans() {
@@ -513,7 +462,7 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let tests: [(&str, fn()); 15] = [
+    let tests: [(&str, fn()); 16] = [
         (
             "overlay_helpers_mount_and_unmount",
             overlay_helpers_mount_and_unmount,
@@ -539,6 +488,7 @@ fn main() {
             user_and_groups_from_the_image,
         ),
         ("bad_input_gets_clear_errors", bad_input_gets_clear_errors),
+        ("seccomp_profile_is_enforced", seccomp_profile_is_enforced),
         ("init_option_reaps_orphans", init_option_reaps_orphans),
         (
             "overlay_rootfs_lives_only_in_the_container",
