@@ -19,20 +19,25 @@ workloads=${BENCH_WORKLOADS:-files apt}
 
 export RBUILD_ROOT=$work/rbuild-store
 source scripts/dockerd.sh
-cleanup() { stop_dockerd; buildah rm --all >/dev/null 2>&1 || true; }
+cleanup() {
+  stop_dockerd
+  buildah rm --all >/dev/null 2>&1 || true
+  buildah rmi -f bench:1 >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 start_dockerd "$work/dockerd"
 docker=/usr/bin/docker
 
 # Base images, the same bytes in all three tools.
 "$bin/rbuild-fixtures" busybox --format docker --name bench-base:busybox -o "$work/busybox.tar" >/dev/null
-load_base() { # archive
+load_base() { # archive name
   "$bin/rbuild" load -q -i "$1"
   $docker load -q -i "$1" >/dev/null
-  buildah pull -q "docker-archive:$1" >/dev/null
+  # Tagged by the ID the pull prints: with several images, "the first one listed" is a guess.
+  buildah tag "$(buildah pull -q "docker-archive:$1")" "$2"
 }
-load_base "$work/busybox.tar"
-buildah tag "$(buildah images -q | head -1)" bench-base:busybox 2>/dev/null || true
+load_base "$work/busybox.tar" bench-base:busybox
 
 # The "files" workload.
 files=$work/files
@@ -63,8 +68,7 @@ apt=$work/apt
 mkdir -p "$apt"
 if [[ " $workloads " == *" apt "* ]]; then
   "$bin/rbuild-fixtures" debian --format docker --name bench-base:debian -o "$work/debian.tar" >/dev/null
-  load_base "$work/debian.tar"
-  buildah tag "$(buildah images -q | head -1)" bench-base:debian 2>/dev/null || true
+  load_base "$work/debian.tar" bench-base:debian
   cat > "$apt/Dockerfile" <<'DF'
 FROM bench-base:debian
 RUN apt-get update && apt-get install -y --no-install-recommends curl ca-certificates jq && rm -rf /var/lib/apt/lists/*
@@ -78,7 +82,9 @@ time_of() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1 || { echo "FAILED:
 rbuild_build()  { "$bin/rbuild" build -q -t bench:1 "$1"; }
 buildkit_build() { DOCKER_BUILDKIT=1 $docker build --network host -q -t bench:1 "$1"; }
 buildah_build() { buildah bud --layers --isolation chroot --network host -q -t bench:1 "$1"; }
-rbuild_reset()  { "$bin/rbuild" rmi bench:1 >/dev/null 2>&1 || true; rm -rf "$RBUILD_ROOT/build-cache" "$RBUILD_ROOT/layers"/*; "$bin/rbuild" prune >/dev/null; }
+# Like the peers' resets, rbuild's keeps the base images unpacked: prune's GC removes every
+# unpacked layer that neither an image nor the (removed) build cache needs.
+rbuild_reset()  { "$bin/rbuild" rmi bench:1 >/dev/null 2>&1 || true; rm -rf "$RBUILD_ROOT/build-cache"; "$bin/rbuild" prune >/dev/null; }
 buildkit_reset() { $docker rmi -f bench:1 >/dev/null 2>&1 || true; $docker builder prune -af >/dev/null; }
 buildah_reset() { buildah rmi -f bench:1 >/dev/null 2>&1 || true; buildah rmi --prune >/dev/null 2>&1 || true; }
 rbuild_export()  { "$bin/rbuild" save --format oci -o "$work/out-rbuild.tar" bench:1; }

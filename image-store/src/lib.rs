@@ -10,7 +10,9 @@
 //!                         org.opencontainers.image.ref.name), untagged images without a name
 //!   blobs/sha256/…        content, written only through oci::content (verify, fsync, rename)
 //!   ingest/               blobs being written; leftovers of killed writers are pruned
-//!   layers/<diff-id hex>/ unpacked layers, each ready to be an overlayfs lowerdir
+//!   layers/<diff-id hex>/ unpacked layers, each ready to be an overlayfs lowerdir; a build
+//!                         step's layer exists only here until an image needs its blob
+//!   layer-blobs/<diff-id hex>.<compression>.json  the blob made late for such a layer
 //!   index.lock            held exclusively while index.json is read-modified-written
 //!   build-cache/<key>.json  the builder's step cache: key → layer (GC roots)
 //!   cache-mounts/<id>/    RUN --mount=type=cache directories
@@ -23,10 +25,15 @@
 
 mod build_cache;
 mod ingest;
+mod layer_blobs;
 mod lock;
 mod store;
 mod unpacked;
 
-pub use build_cache::{CacheRecord, CachedLayer};
+pub use build_cache::{
+    CacheBackend, CacheBackendError, CacheConfig, CacheRecord, CachedLayer, ExportedRecord,
+    CACHE_ARTIFACT_TYPE, CACHE_CONFIG_MEDIA_TYPE,
+};
+pub use layer_blobs::unpacked_only_descriptor;
 pub use lock::{LockError, StoreLock};
 pub use store::{ImageRecord, PruneReport, RemoveOutcome, Store, StoreError};

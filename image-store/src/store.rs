@@ -360,6 +360,8 @@ impl Store {
             live.insert(layer.descriptor.digest);
             live_layers.insert(layer.diff_id.encoded().to_string());
         }
+        // Blobs made late for kept layers stay with them (layer_blobs.rs).
+        live.extend(self.layer_blobs_to_keep(&live_layers)?);
         let mut report = PruneReport::default();
         for digest in self.content.list()? {
             if !live.contains(&digest) {

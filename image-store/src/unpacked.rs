@@ -14,6 +14,11 @@ use oci::{Descriptor, Digest};
 use crate::store::{io_err, Store, StoreError};
 
 impl Store {
+    /// Where the layer `diff_id` is (or would be) unpacked.
+    pub(crate) fn unpacked_dir(&self, diff_id: &Digest) -> PathBuf {
+        self.root().join("layers").join(diff_id.encoded())
+    }
+
     /// The directory holding `layer` unpacked, extracting it on first use. The caller holds
     /// [`Store::writer_lock`] so that GC cannot remove the directory while it is used.
     pub fn unpacked_layer(
@@ -21,8 +26,7 @@ impl Store {
         layer: &Descriptor,
         diff_id: &Digest,
     ) -> Result<PathBuf, StoreError> {
-        let layers = self.root().join("layers");
-        let dir = layers.join(diff_id.encoded());
+        let dir = self.unpacked_dir(diff_id);
         if dir.is_dir() {
             return Ok(dir);
         }
@@ -38,6 +42,7 @@ impl Store {
                 })
             }
         };
+        let layers = self.root().join("layers");
         let tmp = tempfile::Builder::new()
             .prefix(".tmp-")
             .tempdir_in(&layers)
@@ -70,7 +75,7 @@ impl Store {
         diff_id: &Digest,
         dir: &std::path::Path,
     ) -> Result<(), StoreError> {
-        let target = self.root().join("layers").join(diff_id.encoded());
+        let target = self.unpacked_dir(diff_id);
         if target.exists() {
             return Ok(());
         }

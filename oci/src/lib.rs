@@ -14,6 +14,7 @@ pub mod image;
 pub mod layer;
 pub mod media_type;
 pub mod reference;
+pub mod registry_auth;
 pub mod timestamp;
 
 pub use descriptor::{Descriptor, Platform};

@@ -8,11 +8,12 @@
 //! exactly as in the image: parent directories keep their attributes (overlayfs copies them
 //! up) and symlinks in the destination path resolve inside the image, never on the host.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
-use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{symlink, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::snapshot::{commit_upper, lower_dirs, mount_read_only, with_merged, Workspace};
 use super::stage::{step_error, Layer, Solver, StageState};
@@ -323,11 +324,7 @@ pub(crate) fn execute(
             None if preserve_owner => None,
             None => Some((0, 0)),
         };
-        let mut copier = Copier {
-            owner,
-            chmod: plan.chmod.clone(),
-            hardlinks: HashMap::new(),
-        };
+        let mut copier = Copier::new(owner, plan.chmod.clone());
         // `COPY a.txt /dest` names the file itself unless /dest is a directory or ends in `/`;
         // several sources (or a wildcard match) always go into a directory.
         let top_level: Vec<&CopyEntry> = entries
@@ -357,6 +354,7 @@ pub(crate) fn execute(
             let src = source_root.join(&entry.source);
             let is_top = entry.dest.components().count() == 1;
             if plan.unpack_archives && is_top && entry.kind == FileKind::File && is_archive(&src) {
+                copier.flush().map_err(|e| step_error(at, e))?;
                 extract_archive(&src, &dest_dir).map_err(|e| step_error(at, e))?;
                 continue;
             }
@@ -365,9 +363,10 @@ pub(crate) fn execute(
                 None => dest_dir.join(&entry.dest),
             };
             copier
-                .copy_one(&src, &target, entry.kind)
-                .map_err(|e| step_error(at, format!("{}: {e}", entry.source.display())))?;
+                .copy_one(&src, &target, entry.kind, &entry.source)
+                .map_err(|e| step_error(at, e))?;
         }
+        copier.flush().map_err(|e| step_error(at, e))?;
         for d in &plan.downloads {
             let target = match &renamed {
                 Some(file) => dest_dir.join(file),
@@ -397,7 +396,7 @@ pub(crate) fn execute(
                 .finish_attributes(&target, 0o644, false)
                 .map_err(|e| step_error(at, e))?;
         }
-        Ok(())
+        copier.finish_dirs().map_err(|e| step_error(at, e))
     })?;
     commit_upper(store, &ws, solver.options)
 }
@@ -613,62 +612,211 @@ fn is_archive(path: &Path) -> bool {
     }
 }
 
+/// Regular files queued by [`Copier`] are copied by this many threads at most: the work is
+/// mostly per-file system calls, which run in parallel.
+const COPY_THREADS: usize = 4;
+/// Fewer queued files than this are copied on the calling thread.
+const PARALLEL_COPY_MIN_FILES: usize = 64;
+
 /// Copies files with the step's ownership and mode rules, keeping hardlinks together.
+///
+/// Entries come parent first. Directories, symlinks and hardlinked files are made at once, in
+/// order; plain regular files are queued and copied on several threads by [`Copier::flush`]
+/// (their directories exist by then). The order of entries still decides when two of them
+/// land on the same path: a path met twice flushes the queue first. Directory attributes are
+/// set by [`Copier::finish_dirs`], after everything inside them is written, since every new
+/// entry changes its directory's mtime (BuildKit's copy sets them last too).
 struct Copier {
     /// `None` keeps each file's owner (COPY --from), else every file gets this owner.
     owner: Option<(u32, u32)>,
     chmod: Option<Chmod>,
     /// (dev, inode) of a source already copied → where it went.
     hardlinks: HashMap<(u64, u64), PathBuf>,
+    /// Regular files waiting for [`Copier::flush`].
+    queued: Vec<QueuedFile>,
+    /// Every destination of this copy so far.
+    targets: HashSet<PathBuf>,
+    /// Directories whose attributes [`Copier::finish_dirs`] sets, with their source's metadata.
+    dirs: Vec<(PathBuf, fs::Metadata)>,
+}
+
+struct QueuedFile {
+    src: PathBuf,
+    dest: PathBuf,
+    meta: fs::Metadata,
+    /// The source as the step names it, for errors.
+    name: PathBuf,
 }
 
 impl Copier {
-    /// Copies one entry (a directory without its contents: they are entries of their own).
-    fn copy_one(&mut self, src: &Path, dest: &Path, kind: FileKind) -> io::Result<()> {
-        let meta = fs::symlink_metadata(src)?;
+    fn new(owner: Option<(u32, u32)>, chmod: Option<Chmod>) -> Copier {
+        Copier {
+            owner,
+            chmod,
+            hardlinks: HashMap::new(),
+            queued: Vec::new(),
+            targets: HashSet::new(),
+            dirs: Vec::new(),
+        }
+    }
+
+    /// Copies (or queues) one entry: a directory without its contents, which are entries of
+    /// their own. `name` is the source as the step names it, for errors.
+    fn copy_one(
+        &mut self,
+        src: &Path,
+        dest: &Path,
+        kind: FileKind,
+        name: &Path,
+    ) -> Result<(), String> {
+        let failed = |e: io::Error| format!("{}: {e}", name.display());
+        if !self.targets.insert(dest.to_path_buf()) {
+            // A second entry for one path: the earlier one must be on disk to be replaced.
+            self.flush()?;
+        }
+        let meta = fs::symlink_metadata(src).map_err(failed)?;
+        if kind == FileKind::File && meta.nlink() == 1 {
+            self.queued.push(QueuedFile {
+                src: src.to_path_buf(),
+                dest: dest.to_path_buf(),
+                meta,
+                name: name.to_path_buf(),
+            });
+            return Ok(());
+        }
         if let Ok(existing) = fs::symlink_metadata(dest) {
             let both_dirs = existing.is_dir() && kind == FileKind::Dir;
             if !both_dirs {
-                if existing.is_dir() {
-                    fs::remove_dir_all(dest)?;
-                } else {
-                    fs::remove_file(dest)?;
-                }
+                remove_existing(dest, &existing).map_err(failed)?;
             }
         }
         match kind {
             FileKind::Dir => {
                 if !dest.is_dir() {
-                    fs::create_dir(dest)?;
+                    fs::create_dir(dest).map_err(failed)?;
                 }
+                self.dirs.push((dest.to_path_buf(), meta));
+                return Ok(());
             }
-            FileKind::Symlink => symlink(fs::read_link(src)?, dest)?,
+            FileKind::Symlink => {
+                symlink(fs::read_link(src).map_err(failed)?, dest).map_err(failed)?
+            }
             FileKind::File => {
-                if meta.nlink() > 1 {
-                    if let Some(first) = self.hardlinks.get(&(meta.dev(), meta.ino())) {
-                        return fs::hard_link(first, dest);
-                    }
-                    self.hardlinks
-                        .insert((meta.dev(), meta.ino()), dest.to_path_buf());
+                if let Some(first) = self.hardlinks.get(&(meta.dev(), meta.ino())) {
+                    return fs::hard_link(first, dest).map_err(failed);
                 }
-                fs::copy(src, dest)?;
+                self.hardlinks
+                    .insert((meta.dev(), meta.ino()), dest.to_path_buf());
+                self.copy_file(src, dest, &meta).map_err(failed)?;
+                return Ok(());
             }
             // Devices, fifos and sockets in a context are not copied, as BuildKit skips them.
             FileKind::Other => return Ok(()),
         }
-        self.finish_attributes_from(dest, &meta)
+        self.finish_attributes_from(dest, &meta).map_err(failed)
+    }
+
+    /// Copies the queued files, on several threads when there are many.
+    fn flush(&mut self) -> Result<(), String> {
+        let queued = std::mem::take(&mut self.queued);
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(COPY_THREADS);
+        if queued.len() < PARALLEL_COPY_MIN_FILES || threads == 1 {
+            return queued.iter().try_for_each(|f| self.copy_queued(f));
+        }
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let this = &*self;
+        std::thread::scope(|scope| {
+            // The threads share this thread's mount namespace, where the snapshot is mounted.
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        while !failed.load(Ordering::Relaxed) {
+                            let Some(file) = queued.get(next.fetch_add(1, Ordering::Relaxed))
+                            else {
+                                break;
+                            };
+                            if let Err(e) = this.copy_queued(file) {
+                                failed.store(true, Ordering::Relaxed);
+                                return Err(e);
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            workers.into_iter().try_for_each(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err("a copy thread panicked".to_string()))
+            })
+        })
+    }
+
+    fn copy_queued(&self, file: &QueuedFile) -> Result<(), String> {
+        self.copy_file(&file.src, &file.dest, &file.meta)
+            .map_err(|e| format!("{}: {e}", file.name.display()))
+    }
+
+    /// Copies a regular file's content (copy_file_range: no bytes through user space), owner,
+    /// mode and times, through file descriptors: no path is looked up twice.
+    fn copy_file(&self, src: &Path, dest: &Path, meta: &fs::Metadata) -> io::Result<()> {
+        // The context checked what `src` was; it must not have become a symlink since.
+        let mut from = fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(src)?;
+        let create = || {
+            fs::File::options()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(dest)
+        };
+        let mut to = match create() {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // Something of the lower layers (or of an ADD'ed archive) is replaced.
+                remove_existing(dest, &fs::symlink_metadata(dest)?)?;
+                create()?
+            }
+            other => other?,
+        };
+        io::copy(&mut from, &mut to)?;
+        let (uid, gid) = self.owner.unwrap_or((meta.uid(), meta.gid()));
+        std::os::unix::fs::fchown(&to, Some(uid), Some(gid))?;
+        // After chown, which clears setuid/setgid bits.
+        to.set_permissions(fs::Permissions::from_mode(self.mode_of(meta)))?;
+        to.set_times(
+            fs::FileTimes::new()
+                .set_accessed(meta.accessed()?)
+                .set_modified(meta.modified()?),
+        )
+    }
+
+    /// The mode of a copy of a file with `meta`: its own, or what --chmod makes of it.
+    fn mode_of(&self, meta: &fs::Metadata) -> u32 {
+        match &self.chmod {
+            Some(c) => c.apply(meta.mode() & 0o7777, meta.is_dir()),
+            None => meta.mode() & 0o7777,
+        }
+    }
+
+    /// Sets the attributes of the copied directories, once nothing is added to them any more.
+    fn finish_dirs(&mut self) -> Result<(), String> {
+        for (dir, meta) in std::mem::take(&mut self.dirs).iter().rev() {
+            self.finish_attributes_from(dir, meta)
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        Ok(())
     }
 
     fn finish_attributes_from(&self, dest: &Path, meta: &fs::Metadata) -> io::Result<()> {
         let (uid, gid) = self.owner.unwrap_or((meta.uid(), meta.gid()));
         std::os::unix::fs::lchown(dest, Some(uid), Some(gid))?;
         if !meta.file_type().is_symlink() {
-            let mode = match &self.chmod {
-                Some(c) => c.apply(meta.mode() & 0o7777, meta.is_dir()),
-                None => meta.mode() & 0o7777,
-            };
             // After chown, which clears setuid/setgid bits.
-            fs::set_permissions(dest, fs::Permissions::from_mode(mode))?;
+            fs::set_permissions(dest, fs::Permissions::from_mode(self.mode_of(meta)))?;
         }
         let times = [
             libc::timespec {
@@ -706,5 +854,14 @@ impl Copier {
             None => mode,
         };
         fs::set_permissions(dest, fs::Permissions::from_mode(mode))
+    }
+}
+
+/// Removes what is at `path` (described by `existing`) so that a copied entry can take its place.
+fn remove_existing(path: &Path, existing: &fs::Metadata) -> io::Result<()> {
+    if existing.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
     }
 }

@@ -11,10 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use image_store::Store;
-use oci::compression::CompressOptions;
-use oci::content::Expected;
-use oci::layer::{create, CreateOptions, SourceKind};
-use oci::media_type;
+use oci::layer::{diff_id, SourceKind};
 
 use super::stage::Layer;
 use super::{BuildError, BuildOptions};
@@ -99,8 +96,13 @@ pub(crate) fn enter_private_mount_namespace() -> Result<(), BuildError> {
     runtime_exec::overlay::enter_private_mount_namespace().map_err(BuildError::other)
 }
 
-/// Turns the workspace's upper directory into a layer blob; `None` when the step changed
+/// Turns the workspace's upper directory into the step's layer; `None` when the step changed
 /// nothing (BuildKit records such steps as empty layers and leaves them out).
+///
+/// The upper directory is the layer in overlay form already: it is adopted as the layer's
+/// unpacked directory, which the next step mounts, and only its tar's diff ID is computed. The
+/// compressed blob is made when an image needs the layer ([`image_layers`]): most step layers,
+/// such as an intermediate stage's big COPY, never reach an image (image-store layer_blobs.rs).
 pub(crate) fn commit_upper(
     store: &Store,
     ws: &Workspace,
@@ -114,26 +116,37 @@ pub(crate) fn commit_upper(
     if empty {
         return Ok(None);
     }
-    let opts = CreateOptions {
-        compression: options.compression,
-        compress: CompressOptions::default(),
-        source_date_epoch: options.source_date_epoch.map(|t| t.max(0) as u64),
-    };
-    let mut writer = store
-        .content()
-        .writer(Expected::default())
-        .map_err(image_store::StoreError::from)?;
-    let info = create(&upper, SourceKind::OverlayUpper, &opts, &mut writer)
-        .map_err(|e| BuildError::other(format!("create layer: {e}")))?;
-    let (digest, size) = writer.commit().map_err(image_store::StoreError::from)?;
-    // The upper directory is the layer in overlay form already: the next step mounts it
-    // instead of extracting the blob again (overlay features that would make it differ, such
-    // as redirect_dir or metacopy, make `create` fail above).
-    store.adopt_unpacked_layer(&info.diff_id, &upper)?;
+    let layer_error = |e| BuildError::other(format!("create layer: {e}"));
+    if let Some(epoch) = options.source_date_epoch {
+        // In the directory itself, so that the blob made from it later has this diff ID.
+        oci::layer::clamp_mtimes(&upper, epoch.max(0) as u64).map_err(layer_error)?;
+    }
+    // Overlay features that would make the upper dir differ from the diff, such as redirect_dir
+    // or metacopy, make this fail.
+    let (diff_id, size) = diff_id(&upper, SourceKind::OverlayUpper).map_err(layer_error)?;
+    store.adopt_unpacked_layer(&diff_id, &upper)?;
     Ok(Some(Layer {
-        descriptor: oci::Descriptor::new(media_type::oci_layer(options.compression), digest, size),
-        diff_id: info.diff_id,
+        descriptor: image_store::unpacked_only_descriptor(&diff_id, size),
+        diff_id,
     }))
+}
+
+/// `layers` with a stored blob each, for an image's manifest: blobs of step layers that exist
+/// only unpacked are made now, in the build's compression.
+pub(crate) fn image_layers(
+    store: &Store,
+    layers: &[Layer],
+    options: &BuildOptions,
+) -> Result<Vec<Layer>, BuildError> {
+    layers
+        .iter()
+        .map(|l| {
+            Ok(Layer {
+                descriptor: store.layer_blob(&l.descriptor, &l.diff_id, options.compression)?,
+                diff_id: l.diff_id.clone(),
+            })
+        })
+        .collect()
 }
 
 /// Whether `rel` (a path inside the image, without leading `/`) exists in the merged view of

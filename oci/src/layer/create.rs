@@ -78,36 +78,12 @@ pub fn create<W: Write + Send>(
     opts: &CreateOptions,
     out: W,
 ) -> Result<LayerInfo, LayerError> {
-    let source_error = |source_err| LayerError::Source {
-        path: source.to_path_buf(),
-        source: source_err,
-    };
-    if !fs::symlink_metadata(source).map_err(source_error)?.is_dir() {
-        return Err(LayerError::UnsupportedSource {
-            path: source.to_path_buf(),
-            reason: "not a directory".into(),
-        });
-    }
+    check_source(source)?;
     let blob = HashingWriter::new(out);
     let compressor =
         Compressor::new(blob, opts.compression, &opts.compress).map_err(LayerError::Output)?;
-    // This thread walks and reads the source; a helper hashes and compresses the tar.
-    let ((), tar) = write_behind(
-        HashingWriter::new(compressor),
-        |tar| {
-            let mut walker = Walker {
-                kind,
-                source_date_epoch: opts.source_date_epoch,
-                first_links: HashMap::new(),
-                tar,
-                copy_buf: vec![0; 1 << 20],
-            };
-            walker.walk_dir(source, b"")?;
-            tar_writer::write_end(walker.tar).map_err(LayerError::Output)
-        },
-        LayerError::Output,
-    )?;
-    let (compressor, diff_id, uncompressed_size) = tar.finish();
+    let (compressor, diff_id, uncompressed_size) =
+        write_tar(source, kind, opts.source_date_epoch, compressor)?;
     let blob = compressor.finish().map_err(LayerError::Output)?;
     let (_, digest, size) = blob.finish();
     Ok(LayerInfo {
@@ -117,6 +93,111 @@ pub fn create<W: Write + Send>(
         uncompressed_size,
         compression: opts.compression,
     })
+}
+
+/// The diff ID and size of the tar [`create`] makes of `source` (with no `source_date_epoch`),
+/// without compressing or storing it: how a builder names a layer it keeps unpacked and
+/// compresses only if an image needs it.
+pub fn diff_id(source: &Path, kind: SourceKind) -> Result<(Digest, u64), LayerError> {
+    check_source(source)?;
+    let (_, diff_id, size) = write_tar(source, kind, None, std::io::sink())?;
+    Ok((diff_id, size))
+}
+
+/// Lowers every mtime under `source` that is later than `epoch` to `epoch`, so that the
+/// directory itself holds what [`create`] with that `source_date_epoch` would record, and a tar
+/// made of it later without the option has the same diff ID.
+pub fn clamp_mtimes(source: &Path, epoch: u64) -> Result<(), LayerError> {
+    clamp_dir(source, i64::try_from(epoch).unwrap_or(i64::MAX))
+}
+
+fn clamp_dir(dir: &Path, epoch: i64) -> Result<(), LayerError> {
+    let source_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LayerError::Source { path, source }
+    };
+    for entry in fs::read_dir(dir).map_err(source_error(dir))? {
+        let path = entry.map_err(source_error(dir))?.path();
+        let md = fs::symlink_metadata(&path).map_err(source_error(&path))?;
+        if md.is_dir() {
+            clamp_dir(&path, epoch)?;
+        }
+        // Setting an entry's times changes its ctime only, never its parent's mtime.
+        if md.mtime() > epoch {
+            set_mtime(&path, epoch).map_err(source_error(&path))?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets the mtime of `path` (never following a symlink) and leaves its atime alone.
+fn set_mtime(path: &Path, secs: i64) -> std::io::Result<()> {
+    let c_path =
+        std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: secs,
+            tv_nsec: 0,
+        },
+    ];
+    // SAFETY: a valid NUL-terminated path and two timespecs, as utimensat(2) requires.
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn check_source(source: &Path) -> Result<(), LayerError> {
+    let md = fs::symlink_metadata(source).map_err(|e| LayerError::Source {
+        path: source.to_path_buf(),
+        source: e,
+    })?;
+    if !md.is_dir() {
+        return Err(LayerError::UnsupportedSource {
+            path: source.to_path_buf(),
+            reason: "not a directory".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Walks `source` into a tar that goes to `sink`, hashed on the way: returns the sink, the
+/// tar's sha256 (the diff ID) and its length. This thread walks and reads the source; a helper
+/// thread hashes (and, through `sink`, compresses) the tar.
+fn write_tar<W: Write + Send>(
+    source: &Path,
+    kind: SourceKind,
+    source_date_epoch: Option<u64>,
+    sink: W,
+) -> Result<(W, Digest, u64), LayerError> {
+    let ((), tar) = write_behind(
+        HashingWriter::new(sink),
+        |tar| {
+            let mut walker = Walker {
+                kind,
+                source_date_epoch,
+                first_links: HashMap::new(),
+                tar,
+                copy_buf: vec![0; 1 << 20],
+            };
+            walker.walk_dir(source, b"")?;
+            tar_writer::write_end(walker.tar).map_err(LayerError::Output)
+        },
+        LayerError::Output,
+    )?;
+    Ok(tar.finish())
 }
 
 struct Walker<'a> {
@@ -331,5 +412,66 @@ impl Walker<'_> {
             });
         }
         tar_writer::write_padding(self.tar, size).map_err(LayerError::Output)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        fs::write(dir.path().join("sub/a.txt"), b"alpha").unwrap();
+        fs::write(dir.path().join("b.txt"), vec![7u8; 3 << 20]).unwrap();
+        std::os::unix::fs::symlink("sub/a.txt", dir.path().join("link")).unwrap();
+        dir
+    }
+
+    fn created(dir: &Path, source_date_epoch: Option<u64>) -> LayerInfo {
+        let opts = CreateOptions {
+            source_date_epoch,
+            ..CreateOptions::default()
+        };
+        create(dir, SourceKind::Directory, &opts, std::io::sink()).unwrap()
+    }
+
+    #[test]
+    fn diff_id_is_the_diff_id_of_the_created_layer() {
+        let dir = tree();
+        let info = created(dir.path(), None);
+        let (diff_id, size) = diff_id(dir.path(), SourceKind::Directory).unwrap();
+        assert_eq!(diff_id, info.diff_id);
+        assert_eq!(size, info.uncompressed_size);
+    }
+
+    #[test]
+    fn a_clamped_directory_is_what_create_records_with_the_epoch() {
+        let dir = tree();
+        let epoch = 1_000_000_000;
+        let clamped_in_tar = created(dir.path(), Some(epoch));
+        assert_ne!(clamped_in_tar.diff_id, created(dir.path(), None).diff_id);
+        clamp_mtimes(dir.path(), epoch).unwrap();
+        assert_eq!(
+            diff_id(dir.path(), SourceKind::Directory).unwrap().0,
+            clamped_in_tar.diff_id
+        );
+        let link = fs::symlink_metadata(dir.path().join("link")).unwrap();
+        assert_eq!(link.mtime(), epoch as i64, "the symlink itself is clamped");
+        // Nothing later than the epoch moves again.
+        clamp_mtimes(dir.path(), epoch + 10).unwrap();
+        assert_eq!(
+            diff_id(dir.path(), SourceKind::Directory).unwrap().0,
+            clamped_in_tar.diff_id
+        );
+    }
+
+    #[test]
+    fn a_file_is_no_source() {
+        let dir = tree();
+        assert!(matches!(
+            diff_id(&dir.path().join("b.txt"), SourceKind::Directory),
+            Err(LayerError::UnsupportedSource { .. })
+        ));
     }
 }

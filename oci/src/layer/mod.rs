@@ -1,5 +1,6 @@
 //! Layer tars (image-spec layer.md): [`create`] turns a directory, or an overlayfs upper
-//! directory, into a deterministic compressed layer while hashing it; [`apply`] extracts a
+//! directory, into a deterministic compressed layer while hashing it ([`diff_id`] only hashes
+//! that tar, for layers kept unpacked until an image needs them); [`apply`] extracts a
 //! layer onto a directory without ever writing outside it.
 //!
 //! Module map: `create` walks the source and `tar_writer` encodes headers (ustar + PAX);
@@ -24,7 +25,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use apply::{apply, ApplyMode, ApplyStats};
-pub use create::{create, CreateOptions, LayerInfo, SourceKind};
+pub use create::{clamp_mtimes, create, diff_id, CreateOptions, LayerInfo, SourceKind};
 pub use whiteout::{OPAQUE_WHITEOUT, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX};
 
 /// Why creating or applying a layer failed. Errors about one tar entry carry its name.

@@ -1,0 +1,162 @@
+//! Blobs made late: the layers of build steps start out unpacked only, and get a compressed
+//! blob when an image needs one.
+//!
+//! A build step's changes are already a directory in unpacked-layer form (its overlay upper
+//! directory, adopted as `layers/<diff id>/`), and most of them never reach an image: the big
+//! `COPY` of an intermediate stage is read by the next step and that is all. So, as BuildKit
+//! does with its lazy blobs, a step only hashes its tar for the diff ID and records an
+//! *unpacked-only* descriptor — the uncompressed layer media type with the diff ID as digest
+//! and no blob behind it. [`Store::layer_blob`] compresses such a layer when an image is made
+//! of it, and `layer-blobs/<diff id hex>.<compression>.json` remembers the blob, so that the
+//! next export of the same layer compresses nothing.
+//!
+//! The directory stays the source of truth: it is never changed after its step (overlayfs
+//! never writes to a lower directory), and a tar of it is deterministic, so the blob made late
+//! has the diff ID the step recorded; [`Store::layer_blob`] checks that it does.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+
+use oci::compression::{CompressOptions, Compression};
+use oci::content::Expected;
+use oci::layer::{create, CreateOptions, SourceKind};
+use oci::{media_type, Descriptor, Digest};
+
+use crate::store::{io_err, write_atomic, Store, StoreError};
+
+/// The descriptor of a layer that exists only unpacked: the uncompressed media type, and the
+/// diff ID as digest (which is what the blob's digest would be, uncompressed).
+pub fn unpacked_only_descriptor(diff_id: &Digest, uncompressed_size: u64) -> Descriptor {
+    Descriptor::new(
+        media_type::oci_layer(Compression::None),
+        diff_id.clone(),
+        uncompressed_size,
+    )
+}
+
+impl Store {
+    fn layer_blobs_dir(&self) -> PathBuf {
+        self.root().join("layer-blobs")
+    }
+
+    fn layer_blob_record(&self, diff_id: &Digest, compression: Compression) -> PathBuf {
+        let suffix = match compression {
+            Compression::None => "tar",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        };
+        self.layer_blobs_dir()
+            .join(format!("{}.{suffix}.json", diff_id.encoded()))
+    }
+
+    /// Whether the layer can be used: its blob is stored, or it is unpacked (the only form of
+    /// a build step's layer until an image needs it).
+    pub fn has_layer(&self, layer: &Descriptor, diff_id: &Digest) -> bool {
+        self.content().contains(&layer.digest) || self.unpacked_dir(diff_id).is_dir()
+    }
+
+    /// A stored blob of `layer`: `layer` itself when its blob is stored, else a blob made in
+    /// `compression` from the unpacked directory (once; later calls find it again). The caller
+    /// holds [`Store::writer_lock`].
+    pub fn layer_blob(
+        &self,
+        layer: &Descriptor,
+        diff_id: &Digest,
+        compression: Compression,
+    ) -> Result<Descriptor, StoreError> {
+        if self.content().contains(&layer.digest) {
+            return Ok(layer.clone());
+        }
+        let record = self.layer_blob_record(diff_id, compression);
+        if let Some(made) = self.read_layer_blob_record(&record) {
+            return Ok(made);
+        }
+        let dir = self.unpacked_dir(diff_id);
+        if !dir.is_dir() {
+            return Err(StoreError::Io {
+                path: dir,
+                source: io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("layer {diff_id} is neither stored nor unpacked"),
+                ),
+            });
+        }
+        let opts = CreateOptions {
+            compression,
+            compress: CompressOptions::default(),
+            // The directory's mtimes are final already (see oci::layer::clamp_mtimes).
+            source_date_epoch: None,
+        };
+        let mut writer = self.content().writer(Expected::default())?;
+        // An overlay upper directory: its whiteouts and opaque markers become layer.md's.
+        let info =
+            create(&dir, SourceKind::OverlayUpper, &opts, &mut writer).map_err(|source| {
+                StoreError::Layer {
+                    digest: diff_id.clone(),
+                    source,
+                }
+            })?;
+        if &info.diff_id != diff_id {
+            // Dropping the writer discards the blob.
+            return Err(StoreError::Io {
+                path: dir,
+                source: io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the unpacked layer {diff_id} changed: its tar is now {}",
+                        info.diff_id
+                    ),
+                ),
+            });
+        }
+        let (digest, size) = writer.commit()?;
+        let made = Descriptor::new(media_type::oci_layer(compression), digest, size);
+        let dir = self.layer_blobs_dir();
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let bytes = serde_json::to_vec(&made).map_err(|e| io_err(&record)(e.into()))?;
+        write_atomic(&record, &bytes)?;
+        Ok(made)
+    }
+
+    /// The blob a record names, if it is still stored (GC may have taken it since).
+    fn read_layer_blob_record(&self, record: &std::path::Path) -> Option<Descriptor> {
+        let bytes = fs::read(record).ok()?;
+        let made: Descriptor = serde_json::from_slice(&bytes).ok()?;
+        self.content().contains(&made.digest).then_some(made)
+    }
+
+    /// For GC, which holds gc.lock exclusively: forgets the blobs made for layers that are no
+    /// longer kept (`live_layers`: diff ID hex), and returns the blobs made for the kept ones,
+    /// which stay as long as their layers do, as a cached step's blob always has.
+    pub(crate) fn layer_blobs_to_keep(
+        &self,
+        live_layers: &BTreeSet<String>,
+    ) -> Result<Vec<Digest>, StoreError> {
+        let dir = self.layer_blobs_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        let mut keep = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(io_err(&dir))?.path();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let diff_id = name.split('.').next().unwrap_or_default();
+            let made = fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Descriptor>(&b).ok());
+            match made {
+                Some(made) if live_layers.contains(diff_id) => keep.push(made.digest),
+                // A dead layer's record, a damaged one, or a write-atomic leftover.
+                _ => fs::remove_file(&path).map_err(io_err(&path))?,
+            }
+        }
+        Ok(keep)
+    }
+}
