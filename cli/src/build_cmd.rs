@@ -4,11 +4,17 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use builder::build::{build, BuildOptions, Output, Progress, ProgressMode};
+use builder::build::{
+    build, BuildOptions, CacheBackend, CacheExport, CacheMode, LocalCache, Output, Progress,
+    ProgressMode,
+};
 use builder::dockerfile::Dockerfile;
 use clap::{Args, ValueEnum};
+use distribution_client::cache::RegistryCache;
+use distribution_client::Client;
 use image_store::Store;
 use oci::compression::Compression;
 use oci::{Platform, Reference};
@@ -86,6 +92,14 @@ pub struct BuildArgs {
     /// Push the image to its registry under every `-t` name (same as `--output type=registry`)
     #[arg(long)]
     push: bool,
+    /// Use the build cache exported to `type=registry,ref=REPO:TAG` (or just `REPO:TAG`) or
+    /// `type=local,src=DIR`; repeatable
+    #[arg(long = "cache-from")]
+    cache_from: Vec<String>,
+    /// Export the build cache to `type=registry,ref=REPO:TAG` or `type=local,dest=DIR`, with
+    /// `mode=min` (the result's steps, the default) or `mode=max` (every stage's); repeatable
+    #[arg(long = "cache-to")]
+    cache_to: Vec<String>,
     #[command(flatten)]
     registry: crate::registry_cmds::RegistryFlags,
 }
@@ -132,6 +146,22 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
     if push && args.tags.is_empty() {
         bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY:TAG");
     }
+    // One client for every cache on a registry: sessions and tokens are shared.
+    let cache_client = if args.cache_from.is_empty() && args.cache_to.is_empty() {
+        None
+    } else {
+        Some(Arc::new(args.registry.client()?))
+    };
+    let cache_from = args
+        .cache_from
+        .iter()
+        .map(|spec| parse_cache_from(spec, cache_client.as_ref()))
+        .collect::<Result<Vec<_>>>()?;
+    let cache_to = args
+        .cache_to
+        .iter()
+        .map(|spec| parse_cache_to(spec, cache_client.as_ref()))
+        .collect::<Result<Vec<_>>>()?;
     let options = BuildOptions {
         context: args
             .context
@@ -157,6 +187,8 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
         },
         outputs,
         secrets: parse_secrets(&args.secrets)?,
+        cache_from,
+        cache_to,
     };
     let quiet = args.quiet || matches!(args.progress, ProgressFlag::Quiet);
     // BuildKit's rule: a live view on a terminal, plain lines otherwise (CI logs).
@@ -269,6 +301,64 @@ fn parse_output(spec: &str) -> Result<Option<Output>> {
         }
         None => bail!("--output {spec:?}: type= is required (oci, docker, local, registry)"),
     }
+}
+
+/// A `--cache-from`: `type=registry,ref=REF`, `type=local,src=DIR`, or a bare `REF`.
+fn parse_cache_from(spec: &str, client: Option<&Arc<Client>>) -> Result<Arc<dyn CacheBackend>> {
+    if !spec.contains('=') {
+        return registry_cache(spec, client);
+    }
+    let opts = options_of(spec);
+    match opts.get("type").map(String::as_str) {
+        Some("registry") => {
+            let reference = opts
+                .get("ref")
+                .with_context(|| format!("--cache-from {spec:?}: ref= is required"))?;
+            registry_cache(reference, client)
+        }
+        Some("local") => {
+            let src = opts
+                .get("src")
+                .with_context(|| format!("--cache-from {spec:?}: src= is required"))?;
+            Ok(Arc::new(LocalCache::new(src)))
+        }
+        Some(other) => bail!("--cache-from type={other} is not supported (registry, local)"),
+        None => bail!("--cache-from {spec:?}: type= is required (registry, local)"),
+    }
+}
+
+/// A `--cache-to`: `type=registry,ref=REF` or `type=local,dest=DIR`, with `mode=min|max`.
+fn parse_cache_to(spec: &str, client: Option<&Arc<Client>>) -> Result<CacheExport> {
+    let opts = options_of(spec);
+    let mode = match opts.get("mode").map(String::as_str) {
+        None | Some("min") => CacheMode::Min,
+        Some("max") => CacheMode::Max,
+        Some(other) => bail!("--cache-to {spec:?}: mode={other} is not min or max"),
+    };
+    let backend: Arc<dyn CacheBackend> = match opts.get("type").map(String::as_str) {
+        Some("registry") => {
+            let reference = opts
+                .get("ref")
+                .with_context(|| format!("--cache-to {spec:?}: ref= is required"))?;
+            registry_cache(reference, client)?
+        }
+        Some("local") => {
+            let dest = opts
+                .get("dest")
+                .with_context(|| format!("--cache-to {spec:?}: dest= is required"))?;
+            Arc::new(LocalCache::new(dest))
+        }
+        Some(other) => bail!("--cache-to type={other} is not supported (registry, local)"),
+        None => bail!("--cache-to {spec:?}: type= is required (registry, local)"),
+    };
+    Ok(CacheExport { backend, mode })
+}
+
+fn registry_cache(reference: &str, client: Option<&Arc<Client>>) -> Result<Arc<dyn CacheBackend>> {
+    let reference = Reference::parse(reference)
+        .with_context(|| format!("build cache reference {reference:?}"))?;
+    let client = client.context("a registry cache needs a registry client")?;
+    Ok(Arc::new(RegistryCache::new(client.clone(), reference)))
 }
 
 fn parse_secrets(items: &[String]) -> Result<BTreeMap<String, Vec<u8>>> {

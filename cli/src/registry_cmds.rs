@@ -35,7 +35,7 @@ impl RegistryFlags {
         Ok(options)
     }
 
-    fn client(&self) -> Result<Client> {
+    pub(crate) fn client(&self) -> Result<Client> {
         let config_path = DockerConfig::default_path();
         let config = DockerConfig::load(&config_path)?;
         Ok(Client::new(self.host_options()?, config))

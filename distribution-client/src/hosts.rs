@@ -64,7 +64,13 @@ impl HostOptions {
             registry.to_string()
         };
         let transport = if is_loopback(&host) {
-            Transport::Http
+            // A CA given for a loopback registry means it speaks TLS (a test registry with
+            // its own CA); without one, loopback is plain HTTP as dockerd's default allows.
+            if self.has_ca(&host) {
+                Transport::HttpsOrHttp
+            } else {
+                Transport::Http
+            }
         } else if self.is_insecure(&host) {
             Transport::InsecureHttps
         } else {
@@ -109,6 +115,11 @@ impl HostOptions {
         Ok(files)
     }
 
+    /// Whether a CA is configured for `host` (`--ca-cert` or certs.d).
+    fn has_ca(&self, host: &str) -> bool {
+        self.ca_files(host).is_ok_and(|files| !files.is_empty())
+    }
+
     /// `certs_dir/<host>/client.cert` and `client.key`, when both exist (docker's mTLS files).
     pub fn client_identity(&self, host: &str) -> Option<(PathBuf, PathBuf)> {
         let dir = self.certs_dir.join(host);
@@ -125,6 +136,9 @@ pub enum Transport {
     /// host does not speak TLS at all (dockerd does the same).
     InsecureHttps,
     Http,
+    /// A loopback registry with a CA configured: verified HTTPS, or plain HTTP when HTTPS
+    /// fails and the host answers plain HTTP.
+    HttpsOrHttp,
 }
 
 /// A registry as the client reaches it.
@@ -240,6 +254,15 @@ mod tests {
         );
         assert_eq!(options.endpoint("10.2.2.3").transport, Transport::Https);
         assert_eq!(options.endpoint("ghcr.io").config_key(), "ghcr.io");
+        let with_ca = HostOptions {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..HostOptions::default()
+        };
+        assert_eq!(
+            with_ca.endpoint("127.0.0.1:41000").transport,
+            Transport::HttpsOrHttp
+        );
+        assert_eq!(with_ca.endpoint("reg.internal").transport, Transport::Https);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! auth/        WWW-Authenticate challenges, bearer tokens cached per scope, docker config.json
 //! session      one registry: HTTP client, ping, auth on every request, retries with backoff
 //! pull / push  the two transfers, blobs in parallel, manifests as their exact bytes
+//! cache        a build cache (`--cache-to/--cache-from type=registry`) as a repository
 //! login        `rbuild login` / `logout`
 //! progress     what a transfer reports, and a console renderer (bars on a tty, lines otherwise)
 //! ```
@@ -17,6 +18,7 @@
 //! retry loops plain sequential code instead of async state machines bridged to sync writes.
 
 pub mod auth;
+pub mod cache;
 mod error;
 pub mod hosts;
 pub mod login;

@@ -185,6 +185,55 @@ pub fn pull(
     })
 }
 
+/// A manifest fetched by reference, as its exact bytes: what `rbuild build --cache-from
+/// type=registry` reads (an artifact, not an image, so nothing is stored or tagged). `None`
+/// when the registry has no such manifest (yet).
+pub fn fetch_manifest_bytes(
+    client: &Client,
+    reference: &Reference,
+) -> Result<Option<(Descriptor, Vec<u8>)>, ClientError> {
+    let session = client.session(&reference.registry)?;
+    let scopes = vec![repository_scope(&reference.repository, &["pull"])];
+    let root_ref = match (&reference.digest, &reference.tag) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(t)) => t.clone(),
+        (None, None) => "latest".to_string(),
+    };
+    match fetch_manifest(
+        &session,
+        &reference.repository,
+        &root_ref,
+        reference.digest.as_ref(),
+        &scopes,
+        &reference.to_string(),
+    ) {
+        Ok(fetched) => Ok(Some((fetched.descriptor, fetched.bytes))),
+        Err(ClientError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Downloads one blob of `reference`'s repository into the store's content store (verified,
+/// resumed like a pull's blobs); a blob already stored is not fetched again.
+pub fn fetch_blob(
+    client: &Client,
+    store: &Store,
+    reference: &Reference,
+    blob: &Descriptor,
+    progress: &dyn Progress,
+) -> Result<(), ClientError> {
+    let session = client.session(&reference.registry)?;
+    let scopes = vec![repository_scope(&reference.repository, &["pull"])];
+    download_blob(
+        &session,
+        &reference.repository,
+        blob,
+        store.content(),
+        &scopes,
+        progress,
+    )
+}
+
 /// The config and the layers a registry must have (non-distributable layers live elsewhere).
 fn manifest_blobs(manifest: &Manifest) -> impl Iterator<Item = &Descriptor> {
     std::iter::once(&manifest.config).chain(

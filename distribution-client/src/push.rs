@@ -60,8 +60,22 @@ pub fn push(
     progress: &Arc<dyn Progress>,
 ) -> Result<Pushed, ClientError> {
     let image = store.resolve(source)?;
+    push_descriptor(client, store, &image.descriptor, target, options, progress)
+}
+
+/// Pushes the manifest or index `root` from the store's content store, with every blob it
+/// reaches: an image, or an artifact such as rbuild's build cache (`--cache-to
+/// type=registry`), which has no name in the local store.
+pub fn push_descriptor(
+    client: &Client,
+    store: &Store,
+    root: &Descriptor,
+    target: &Reference,
+    options: &PushOptions,
+    progress: &Arc<dyn Progress>,
+) -> Result<Pushed, ClientError> {
     let content = store.content();
-    let reachable = reachable_blobs(content, &image.descriptor)?;
+    let reachable = reachable_blobs(content, root)?;
     let (manifests, blobs): (Vec<Descriptor>, Vec<Descriptor>) = reachable
         .into_iter()
         .filter(|d| !media_type::is_non_distributable(&d.media_type))
@@ -107,7 +121,7 @@ pub fn push(
     // reachable_blobs lists a parent before its children: push in reverse, the root last and
     // under the tag (or by digest when the target has none).
     for manifest in manifests.iter().rev() {
-        let is_root = manifest.digest == image.descriptor.digest;
+        let is_root = manifest.digest == root.digest;
         let reference = match (&target.tag, is_root) {
             (Some(tag), true) => tag.clone(),
             _ => manifest.digest.to_string(),
@@ -117,9 +131,9 @@ pub fn push(
     }
     let count = |f: fn(&Outcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
     Ok(Pushed {
-        digest: image.descriptor.digest.clone(),
-        size: image.descriptor.size,
-        media_type: image.descriptor.media_type.clone(),
+        digest: root.digest.clone(),
+        size: root.size,
+        media_type: root.media_type.clone(),
         uploaded: count(|o| *o == Outcome::Pushed),
         existing: count(|o| *o == Outcome::AlreadyExists),
         mounted: count(|o| matches!(o, Outcome::Mounted { .. })),

@@ -17,6 +17,8 @@ use crate::auth::token::{self, TokenCache, TokenServer};
 use crate::error::{registry_error_detail, ClientError};
 use crate::hosts::{Endpoint, HostOptions, Transport};
 
+pub use oci::registry_auth::AuthScheme;
+
 const MAX_ATTEMPTS: u32 = 6;
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(8);
@@ -68,37 +70,6 @@ impl Client {
     }
 }
 
-/// How a registry wants requests authorized, learnt from its challenge.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuthScheme {
-    Anonymous,
-    Basic,
-    Bearer(TokenServer),
-}
-
-impl AuthScheme {
-    /// The scheme of the first challenge we can answer; Bearer is preferred (token.md).
-    fn from_challenges(challenges: &[Challenge]) -> Option<AuthScheme> {
-        let bearer = challenges
-            .iter()
-            .find(|c| c.scheme == "bearer")
-            .and_then(|c| {
-                c.param("realm").map(|realm| {
-                    AuthScheme::Bearer(TokenServer {
-                        realm: realm.to_string(),
-                        service: c.param("service").map(str::to_string),
-                    })
-                })
-            });
-        bearer.or_else(|| {
-            challenges
-                .iter()
-                .any(|c| c.scheme == "basic")
-                .then_some(AuthScheme::Basic)
-        })
-    }
-}
-
 /// Whether a request may be sent again after a transport error or a 429/5xx answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
@@ -141,6 +112,14 @@ impl Session {
             Transport::InsecureHttps => match ping(&http, &https, registry) {
                 Ok(r) => (https, Ok(r)),
                 Err(_) => (http_base.clone(), ping(&http, &http_base, registry)),
+            },
+            // The HTTPS error is the one worth reporting when neither answers.
+            Transport::HttpsOrHttp => match ping(&http, &https, registry) {
+                Ok(r) => (https, Ok(r)),
+                Err(tls_error) => match ping(&http, &http_base, registry) {
+                    Ok(r) => (http_base.clone(), Ok(r)),
+                    Err(_) => (https, Err(tls_error)),
+                },
             },
         };
         let scheme = ping?;
@@ -438,22 +417,5 @@ mod tests {
         assert_eq!(backoff(0), Duration::from_millis(250));
         assert_eq!(backoff(2), Duration::from_secs(1));
         assert_eq!(backoff(10), MAX_BACKOFF);
-    }
-
-    #[test]
-    fn bearer_preferred() {
-        let c = challenge::parse(r#"Basic realm="r", Bearer realm="https://t/token",service="s""#);
-        assert_eq!(
-            AuthScheme::from_challenges(&c),
-            Some(AuthScheme::Bearer(TokenServer {
-                realm: "https://t/token".into(),
-                service: Some("s".into())
-            }))
-        );
-        assert_eq!(
-            AuthScheme::from_challenges(&challenge::parse("Basic realm=x")),
-            Some(AuthScheme::Basic)
-        );
-        assert_eq!(AuthScheme::from_challenges(&[]), None);
     }
 }

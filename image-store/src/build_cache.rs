@@ -1,6 +1,11 @@
 //! The builder's cache: step cache key → the layer that step produced. Records live under
 //! `ROOT/build-cache/<key hex>.json`; their layers are GC roots, so `prune` keeps them until
 //! the cache itself is pruned.
+//!
+//! Records also travel between machines (`rbuild build --cache-to/--cache-from`) as an OCI
+//! artifact: a manifest with `artifactType` [`CACHE_ARTIFACT_TYPE`] whose config
+//! ([`CACHE_CONFIG_MEDIA_TYPE`]) is a [`CacheConfig`] and whose layers are the records' layer
+//! blobs (docs/ARCHITECTURE.md, "Registry build cache").
 
 use std::fs;
 use std::io;
@@ -25,12 +30,51 @@ pub struct CachedLayer {
     pub diff_id: Digest,
 }
 
+/// The `artifactType` of an exported build cache manifest (image-spec manifest.md).
+pub const CACHE_ARTIFACT_TYPE: &str = "application/vnd.rbuild.cache.v1";
+/// The media type of an exported build cache's config blob, a [`CacheConfig`].
+pub const CACHE_CONFIG_MEDIA_TYPE: &str = "application/vnd.rbuild.cache.config.v1+json";
+
+/// The config blob of an exported build cache: the records, sorted by key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheConfig {
+    pub records: Vec<ExportedRecord>,
+}
+
+/// One step's record as exported: its key, the key of the filesystem it ran on (so that a
+/// reader can follow a chain of steps), and what it produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportedRecord {
+    pub key: Digest,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Digest>,
+    #[serde(flatten)]
+    pub record: CacheRecord,
+}
+
+/// What a [`CacheBackend`] fails with: its own error (a registry's, a file's), boxed.
+pub type CacheBackendError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where an exported build cache lives. The builder implements an OCI layout directory,
+/// distribution-client a registry repository; the builder's solver uses either through this.
+pub trait CacheBackend: Send + Sync + std::fmt::Debug {
+    /// What progress lines and errors call it, e.g. `127.0.0.1:5000/cache:main`.
+    fn describe(&self) -> String;
+    /// The cache manifest's exact bytes, or `None` when nothing was exported there yet.
+    fn read_manifest(&self) -> Result<Option<Vec<u8>>, CacheBackendError>;
+    /// Copies one blob of the cache into `store`'s content store, verified against `blob`.
+    fn fetch_blob(&self, store: &Store, blob: &Descriptor) -> Result<(), CacheBackendError>;
+    /// Makes `manifest` (in `store`'s content store, with every blob it names) the cache here.
+    fn write(&self, store: &Store, manifest: &Descriptor) -> Result<(), CacheBackendError>;
+}
+
 impl Store {
     fn cache_dir(&self) -> PathBuf {
         self.root().join("build-cache")
     }
 
-    /// The record of `key`, if it is cached and its layer blob is still stored.
+    /// The record of `key`, if it is cached and its layer is still stored (as a blob, or
+    /// unpacked only: see layer_blobs.rs).
     pub fn cache_get(&self, key: &Digest) -> Result<Option<CacheRecord>, StoreError> {
         let path = self.cache_dir().join(format!("{}.json", key.encoded()));
         let bytes = match fs::read(&path) {
@@ -43,7 +87,7 @@ impl Store {
             return Ok(None);
         };
         match &record.layer {
-            Some(layer) if !self.content().contains(&layer.descriptor.digest) => Ok(None),
+            Some(layer) if !self.has_layer(&layer.descriptor, &layer.diff_id) => Ok(None),
             _ => Ok(Some(record)),
         }
     }

@@ -12,7 +12,7 @@ use oci::media_type::{self, Kind};
 use oci::{Descriptor, Digest};
 
 use super::progress::Progress;
-use super::stage::StageState;
+use super::stage::{Layer, StageState};
 use super::{BuildError, BuildOptions};
 
 /// Where a build's image goes besides the local store.
@@ -61,6 +61,7 @@ pub(crate) fn export(
     for (k, v) in &options.labels {
         config.config_mut().labels.insert(k.clone(), v.clone());
     }
+    let layers = super::snapshot::image_layers(store, &state.layers, options)?;
     let config_bytes = to_json_bytes(&config);
     let config_digest = store
         .content()
@@ -72,7 +73,7 @@ pub(crate) fn export(
             config_digest.clone(),
             config_bytes.len() as u64,
         ),
-        state.layers.iter().map(|l| l.descriptor.clone()).collect(),
+        layers.iter().map(|l| l.descriptor.clone()).collect(),
     );
     let manifest_bytes = to_json_bytes(&manifest);
     let digest = store
@@ -106,7 +107,7 @@ pub(crate) fn export(
             Output::Local(dir) => {
                 let step =
                     progress.step(usize::MAX, &format!("copying files to {}", dir.display()));
-                export_local(store, state, dir)?;
+                export_local(store, &layers, dir)?;
                 step.finish(super::progress::StepStatus::Done);
             }
         }
@@ -120,9 +121,9 @@ pub(crate) fn export(
     })
 }
 
-fn export_local(store: &Store, state: &StageState, dir: &Path) -> Result<(), BuildError> {
+fn export_local(store: &Store, layers: &[Layer], dir: &Path) -> Result<(), BuildError> {
     fs::create_dir_all(dir).map_err(|e| BuildError::other(format!("{}: {e}", dir.display())))?;
-    for layer in &state.layers {
+    for layer in layers {
         let Kind::Layer(compression) = media_type::kind(&layer.descriptor.media_type) else {
             return Err(BuildError::other(format!(
                 "{} is not a layer",

@@ -11,6 +11,7 @@
 mod copy;
 mod export;
 mod progress;
+mod remote_cache;
 mod run;
 mod snapshot;
 mod stage;
@@ -24,6 +25,7 @@ use oci::{Digest, Platform, Reference};
 
 pub use export::{BuildResult, Output};
 pub use progress::{Progress, ProgressMode};
+pub use remote_cache::{CacheBackend, CacheExport, CacheMode, LocalCache};
 
 use crate::dockerfile::{Dockerfile, DockerfileError};
 
@@ -49,6 +51,10 @@ pub struct BuildOptions {
     pub outputs: Vec<Output>,
     /// `--secret id=…,src=…|env=…`: id → secret bytes. Never written to an image or a key.
     pub secrets: BTreeMap<String, Vec<u8>>,
+    /// `--cache-from`: caches whose records this build may use (see `remote_cache`).
+    pub cache_from: Vec<std::sync::Arc<dyn CacheBackend>>,
+    /// `--cache-to`: where this build's records go.
+    pub cache_to: Vec<CacheExport>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +107,13 @@ pub fn build(
     let target = solver.target_stage()?;
     let state = solver.solve(target)?;
     solver.save_stat_cache()?;
-    export::export(store, &state, options, progress)
+    // Layers taken from a --cache-from are downloaded now, and only those the image has.
+    solver.remote_cache.fetch(store, &state.layers, progress)?;
+    let result = export::export(store, &state, options, progress)?;
+    solver
+        .remote_cache
+        .export(store, &state.fs_key, options, progress)?;
+    Ok(result)
 }
 
 /// The digest of a cache-key preimage.

@@ -9,6 +9,7 @@ use oci::image::{History, ImageConfig};
 use oci::{Descriptor, Digest};
 
 use super::progress::{Progress, Step, StepStatus};
+use super::remote_cache::RemoteCache;
 use super::{key_of, BuildError, BuildOptions};
 use crate::context::{BuildContext, ContextError, CopyEntry, StatCache};
 use crate::dockerfile::instructions::{ArgDef, Located, Run};
@@ -85,6 +86,8 @@ pub(crate) struct Solver<'a> {
     global_args: BTreeMap<String, String>,
     /// Each stage solved at most once, whoever needs it first.
     results: Vec<OnceLock<Result<Arc<StageState>, String>>>,
+    /// `--cache-from` records and the steps to `--cache-to` (see `remote_cache`).
+    pub remote_cache: RemoteCache,
 }
 
 impl<'a> Solver<'a> {
@@ -129,6 +132,7 @@ impl<'a> Solver<'a> {
             stat_cache: Mutex::new(stat_cache),
             global_args,
             results,
+            remote_cache: RemoteCache::import(store, &options.cache_from, progress)?,
         })
     }
 
@@ -337,7 +341,7 @@ impl<'a> Solver<'a> {
             Instruction::Run(run) => {
                 let plan = super::run::plan(self, state, run, at)?;
                 let key = super::run::cache_key(self, state, &plan, at)?;
-                let output = self.fs_step(index, at, key, |step| {
+                let output = self.fs_step(index, state, at, key, |step| {
                     super::run::execute(self, state, &plan, at, step)
                 })?;
                 self.push(state, at, output);
@@ -346,7 +350,7 @@ impl<'a> Solver<'a> {
             Instruction::Copy(_) | Instruction::Add(_) => {
                 let plan = super::copy::plan(self, index, state, at)?;
                 let key = super::copy::cache_key(self, state, &plan, at)?;
-                let output = self.fs_step(index, at, key, |_| {
+                let output = self.fs_step(index, state, at, key, |_| {
                     super::copy::execute(self, state, &plan, at)
                 })?;
                 self.push(state, at, output);
@@ -357,7 +361,8 @@ impl<'a> Solver<'a> {
                 image_config::apply(&mut state.config, &at.value, &self.lex, &args)
                     .map_err(|e| step_error(at, e))?;
                 let key = super::copy::workdir_key(state);
-                let output = self.fs_step(index, at, key, |_| super::copy::workdir(self, state))?;
+                let output =
+                    self.fs_step(index, state, at, key, |_| super::copy::workdir(self, state))?;
                 self.push(state, at, output);
                 Ok(())
             }
@@ -406,13 +411,14 @@ impl<'a> Solver<'a> {
     fn fs_step(
         &self,
         index: usize,
+        state: &StageState,
         at: &Located<Instruction>,
         key: Digest,
         run: impl FnOnce(&Step) -> Result<Option<Layer>, BuildError>,
     ) -> Result<StepOutput, BuildError> {
         let step = self.progress.step(index, at.original.trim());
         if !self.no_cache_for(index) {
-            if let Some(record) = self.store.cache_get(&key)? {
+            if let Some(record) = self.remote_cache.get(self.store, &key)? {
                 step.finish(StepStatus::Cached);
                 return Ok(StepOutput {
                     key,
@@ -424,7 +430,10 @@ impl<'a> Solver<'a> {
                 });
             }
         }
-        let layer = match run(&step) {
+        let layer = match self
+            .fetch_step_inputs(index, state, at)
+            .and_then(|()| run(&step))
+        {
             Ok(layer) => layer,
             Err(e) => {
                 step.finish(StepStatus::Failed);
@@ -464,6 +473,9 @@ impl<'a> Solver<'a> {
     }
 
     fn push(&self, state: &mut StageState, at: &Located<Instruction>, output: StepOutput) {
+        let layer = output.layer.as_ref();
+        self.remote_cache
+            .record(&state.fs_key, &output.key, layer, &output.created);
         state.fs_key = output.key;
         let empty = output.layer.is_none();
         if let Some(layer) = output.layer {
@@ -501,7 +513,7 @@ impl<'a> Solver<'a> {
 
 /// `--mount from=` sources of a RUN (literal ones only: a stage name with `$` is resolved at
 /// run time and must then name an already-solved stage).
-fn run_mount_sources(run: &Run) -> Vec<String> {
+pub(super) fn run_mount_sources(run: &Run) -> Vec<String> {
     use crate::dockerfile::instructions::Expandable;
     run.mounts
         .iter()
