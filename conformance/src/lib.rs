@@ -3,5 +3,12 @@
 //!
 //! A peer that is not installed is a test failure, never a skip: `.ci/run` installs them all.
 
+pub mod auth_files;
+pub mod counting_proxy;
+pub mod fault_proxy;
 pub mod peers;
 pub mod registry_suite;
+pub mod relay;
+pub mod round_robin;
+pub mod s3_server;
+pub mod token_server;

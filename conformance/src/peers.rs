@@ -135,6 +135,16 @@ pub struct Dockerd {
 
 impl Dockerd {
     pub fn start() -> Result<Self> {
+        Self::launch(None)
+    }
+
+    /// Starts with `daemon_json` as its `--config-file` (e.g. `{"registry-mirrors": [...]}`);
+    /// the host's /etc/docker/daemon.json is then not read.
+    pub fn start_with_config(daemon_json: &str) -> Result<Self> {
+        Self::launch(Some(daemon_json))
+    }
+
+    fn launch(daemon_json: Option<&str>) -> Result<Self> {
         let dockerd = require("dockerd");
         // Debian's 20.10 client matches the daemon; a newer client on PATH may not.
         let _ = Self::client_path();
@@ -159,6 +169,11 @@ impl Dockerd {
         .arg("--pidfile")
         .arg(dir.path().join("docker.pid"))
         .args(["--storage-driver", "overlay2"]);
+        if let Some(json) = daemon_json {
+            let path = dir.path().join("daemon.json");
+            std::fs::write(&path, json).with_context(|| format!("write {path:?}"))?;
+            cmd.arg("--config-file").arg(path);
+        }
         let process = PeerProcess::spawn("dockerd", &mut cmd, &dir.path().join("dockerd.log"))?;
         let d = Dockerd { process, dir, host };
         let log = d.dir.path().join("dockerd.log");

@@ -33,6 +33,10 @@ pub struct Config {
     pub log: LogConfig,
     pub http: HttpConfig,
     pub storage: StorageConfig,
+    /// htpasswd or token auth, and our access rules (auth/mod.rs).
+    pub auth: crate::auth::AuthConfig,
+    /// The pull-through mirror: distribution's `proxy.*` and our upstreams (proxy/config.rs).
+    pub proxy: crate::proxy::config::ProxyConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -40,6 +44,8 @@ pub struct Config {
 pub struct LogConfig {
     /// error, warn, info, debug (distribution's `log.level`).
     pub level: String,
+    /// distribution's `log.formatter`: `text` (default), `json`; `logstash` is JSON lines too.
+    pub formatter: LogFormatter,
     pub accesslog: AccessLogConfig,
 }
 
@@ -47,9 +53,19 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
+            formatter: LogFormatter::Text,
             accesslog: AccessLogConfig::default(),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormatter {
+    #[default]
+    Text,
+    Json,
+    Logstash,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -73,6 +89,13 @@ pub struct HttpConfig {
     /// Ours: a request body that sends nothing for this long is aborted (stalled uploads).
     #[serde(deserialize_with = "go_duration")]
     pub bodytimeout: Duration,
+    /// HTTPS (tls.rs), distribution's `http.tls` and `http.http2`.
+    pub tls: Option<crate::tls::TlsConfig>,
+    pub http2: crate::tls::Http2Config,
+    /// Ours: a connection that has not sent a whole request head for this long is closed
+    /// (slowloris); this also ends keep-alive connections idle that long. 0 disables it.
+    #[serde(deserialize_with = "go_duration")]
+    pub headertimeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -83,6 +106,9 @@ impl Default for HttpConfig {
             manifestmaxbytes: 4 << 20,
             uploadmaxbytes: 0,
             bodytimeout: Duration::from_secs(60),
+            tls: None,
+            http2: crate::tls::Http2Config::default(),
+            headertimeout: Duration::from_secs(30),
         }
     }
 }
@@ -91,6 +117,8 @@ impl Default for HttpConfig {
 #[serde(default)]
 pub struct StorageConfig {
     pub filesystem: FilesystemConfig,
+    /// When present, the S3 driver serves instead of the filesystem (`storage/s3`).
+    pub s3: Option<crate::storage::s3::S3Config>,
     pub delete: DeleteConfig,
     pub maintenance: MaintenanceConfig,
     /// Every other `storage.*` key, kept to refuse drivers we do not have rather than
@@ -100,7 +128,7 @@ pub struct StorageConfig {
 }
 
 /// Distribution's storage drivers that rregistry does not implement (yet).
-const UNSUPPORTED_DRIVERS: &[&str] = &["s3", "azure", "gcs", "swift", "oss", "inmemory"];
+const UNSUPPORTED_DRIVERS: &[&str] = &["azure", "gcs", "swift", "oss", "inmemory"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -127,6 +155,34 @@ pub struct DeleteConfig {
 #[serde(default)]
 pub struct MaintenanceConfig {
     pub uploadpurging: UploadPurgingConfig,
+    /// Ours: online garbage collection (`gc/mod.rs`, docs/REGISTRY.md).
+    pub gc: GcConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct GcConfig {
+    pub enabled: bool,
+    #[serde(deserialize_with = "go_duration")]
+    pub interval: Duration,
+    /// Unreferenced blobs, untagged manifests and idle upload sessions younger than this stay.
+    #[serde(deserialize_with = "go_duration")]
+    pub graceperiod: Duration,
+    pub dryrun: bool,
+    /// Also delete manifests no tag reaches (needs `storage.delete.enabled`).
+    pub deleteuntagged: bool,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            enabled: false,
+            interval: Duration::from_secs(3600),
+            graceperiod: Duration::from_secs(3600),
+            dryrun: false,
+            deleteuntagged: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -168,8 +224,19 @@ impl Config {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
                 message: format!(
-                    "storage driver {driver:?} is not supported; use storage.filesystem"
+                    "storage driver {driver:?} is not supported; use storage.filesystem or storage.s3"
                 ),
+            });
+        }
+        if let Some(message) = config
+            .storage
+            .s3
+            .as_ref()
+            .and_then(|s3| s3.validate().err())
+        {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message,
             });
         }
         if config.storage.maintenance.uploadpurging.enabled
@@ -178,6 +245,26 @@ impl Config {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
                 message: "storage.maintenance.uploadpurging.interval must be more than 0".into(),
+            });
+        }
+        let gc = &config.storage.maintenance.gc;
+        if gc.enabled && gc.interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message: "storage.maintenance.gc.interval must be more than 0".into(),
+            });
+        }
+        if gc.enabled && gc.deleteuntagged && !config.storage.delete.enabled {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message: "storage.maintenance.gc.deleteuntagged needs storage.delete.enabled"
+                    .into(),
+            });
+        }
+        if let Err(message) = config.proxy.settings() {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message,
             });
         }
         Ok(config)
@@ -229,7 +316,7 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(total))
 }
 
-fn go_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn go_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {

@@ -1,7 +1,7 @@
 //! Running the server: storage from the config, the purge task, the listener, and a SIGTERM
 //! that drains in-flight requests for up to `http.draintimeout`.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::http::{router, AppState, HttpLimits};
 use crate::service::{Registry, Settings};
 use crate::storage::filesystem::FilesystemDriver;
+use crate::storage::s3::S3Driver;
 use crate::storage::{StorageDriver, StorageError};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,12 @@ pub enum ServeError {
     },
     #[error("serve: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("auth: {0}")]
+    Auth(#[from] crate::auth::AuthSetupError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Mirror(#[from] crate::proxy::MirrorError),
 }
 
 /// Serves until `shutdown` resolves, then drains for up to `http.draintimeout`.
@@ -31,6 +38,11 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    if let Some(s3) = &config.storage.s3 {
+        let driver = S3Driver::new(s3)?;
+        tracing::info!(bucket = %driver.bucket(), root = %s3.rootdirectory, "s3 storage");
+        return serve_with(config, driver, shutdown).await;
+    }
     let driver = FilesystemDriver::new(&config.storage.filesystem.rootdirectory)?;
     tracing::info!(root = %driver.root().display(), "filesystem storage");
     serve_with(config, driver, shutdown).await
@@ -41,6 +53,8 @@ pub async fn serve_with<S: StorageDriver>(
     driver: S,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let driver = crate::storage::instrumented::Instrumented::new(driver, metrics.clone());
     let registry = Arc::new(Registry::new(
         driver,
         Settings {
@@ -57,8 +71,27 @@ pub async fn serve_with<S: StorageDriver>(
             purging.dryrun,
         ));
     }
+    let gc_gate = Arc::new(crate::gc::GcGate::default());
+    let gc = &config.storage.maintenance.gc;
+    crate::gc::run_periodically(registry.clone(), gc_gate.clone(), metrics.clone(), gc);
+    let tls = config
+        .http
+        .tls
+        .as_ref()
+        .map(|t| crate::tls::TlsServer::new(t, &config.http.http2))
+        .transpose()?;
+    let auth = crate::auth::Auth::from_config(&config.auth, tls.is_some())?.map(Arc::new);
+    let mirror = crate::proxy::Mirror::from_config(&config.proxy, registry.clone())?;
+    if let Some(mirror) = &mirror {
+        let _ = metrics.mirror.set(mirror.metrics.clone());
+        tokio::spawn(mirror.clone().run_sweeper());
+    }
     let state = Arc::new(AppState {
+        mirror,
+        auth,
         registry,
+        metrics,
+        gc_gate,
         limits: HttpLimits {
             manifest_max_bytes: config.http.manifestmaxbytes,
             body_timeout: config.http.bodytimeout,
@@ -76,13 +109,27 @@ pub async fn serve_with<S: StorageDriver>(
     tracing::info!(addr = %local, "rregistry listening");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
+    let stopped = async move {
+        let _ = stop_rx.await;
+    };
+    let server = match tls {
+        Some(tls) => {
+            let header_timeout = config.http.headertimeout;
+            let builder =
+                crate::http::connections::builder(header_timeout, !config.http.http2.disabled);
+            tokio::spawn(tls.serve(listener, app, builder, header_timeout, stopped))
+        }
+        None => {
+            let header_timeout = config.http.headertimeout;
+            let builder =
+                crate::http::connections::builder(header_timeout, !config.http.http2.disabled);
+            tokio::spawn(async move {
+                crate::http::connections::serve(listener, app, builder, header_timeout, stopped)
+                    .await;
+                Ok(())
             })
-            .into_future(),
-    );
+        }
+    };
     shutdown.await;
     tracing::info!(timeout = ?config.http.draintimeout, "shutting down: draining in-flight requests");
     let _ = stop_tx.send(());

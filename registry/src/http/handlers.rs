@@ -14,12 +14,33 @@ use super::route::Route;
 use super::AppState;
 use crate::error::{ErrorCode, RegistryError, RegistryResult};
 use crate::names::{validate_repository, Reference};
+use crate::proxy::Intercept;
 use crate::service::{ChunkRange, Page, UploadState};
 use crate::storage::StorageDriver;
 
 type Params = Vec<(String, String)>;
 
 pub(super) async fn handle<S: StorageDriver>(
+    app: &Arc<AppState<S>>,
+    req: Request,
+) -> RegistryResult<Response> {
+    // Mirrored repositories go to the pull-through mirror first (proxy/mod.rs).
+    let Some(mirror) = &app.mirror else {
+        return handle_local(app, req).await;
+    };
+    match mirror.intercept(req).await? {
+        Intercept::Answer(resp) => Ok(resp),
+        Intercept::Local(req, cache) => {
+            let mut resp = handle_local(app, req).await?;
+            if let Some(status) = cache {
+                crate::proxy::mark(&mut resp, status);
+            }
+            Ok(resp)
+        }
+    }
+}
+
+async fn handle_local<S: StorageDriver>(
     app: &Arc<AppState<S>>,
     req: Request,
 ) -> RegistryResult<Response> {
@@ -34,7 +55,7 @@ pub(super) async fn handle<S: StorageDriver>(
         .map_err(|e| {
             RegistryError::bad_request(ErrorCode::Unsupported, format!("invalid query string: {e}"))
         })?;
-    if let Some(name) = route_name(&route) {
+    if let Some(name) = route.name() {
         check_name(name, req.headers())?;
     }
     let method = req.method().clone();
@@ -68,18 +89,6 @@ pub(super) async fn handle<S: StorageDriver>(
             ErrorCode::Unsupported,
             format!("method {m} is not allowed here"),
         )),
-    }
-}
-
-fn route_name(route: &Route) -> Option<&str> {
-    match route {
-        Route::Base | Route::Catalog => None,
-        Route::Tags { name }
-        | Route::Manifest { name, .. }
-        | Route::Blob { name, .. }
-        | Route::Uploads { name }
-        | Route::Upload { name, .. }
-        | Route::Referrers { name, .. } => Some(name),
     }
 }
 

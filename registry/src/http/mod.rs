@@ -2,6 +2,7 @@
 //! ([`route`]), checks names, and calls the services; plus the access log.
 
 mod body;
+pub mod connections;
 mod handlers;
 pub mod route;
 
@@ -28,18 +29,40 @@ pub struct HttpLimits {
 pub struct AppState<S: StorageDriver> {
     pub registry: Arc<Registry<S>>,
     pub limits: HttpLimits,
+    /// The auth layer; `None` serves everyone (no `auth` section).
+    pub auth: Option<Arc<crate::auth::Auth>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Reference-adding requests hold it so that online GC can pause them (gc/gate.rs).
+    pub gc_gate: Arc<crate::gc::GcGate>,
+    /// The pull-through mirror; `None` without a `proxy` section (proxy/mod.rs).
+    pub mirror: Option<Arc<crate::proxy::Mirror<S>>>,
 }
 
 pub fn router<S: StorageDriver>(state: Arc<AppState<S>>, access_log: bool) -> Router {
+    let auth = state.auth.clone();
+    let metrics = state.metrics.clone();
+    // /metrics and /healthz are merged after auth: probes and scrapers need no credentials.
+    let operational = crate::metrics::routes(metrics.clone(), state.registry.clone());
+    let gate = state.gc_gate.clone();
     let router = Router::new()
         .fallback(dispatch::<S>)
         .with_state(state)
+        .layer(middleware::from_fn_with_state(
+            gate,
+            crate::gc::gate::hold_writes,
+        ));
+    let router = crate::auth::protect(router, auth)
+        .merge(operational)
         .layer(middleware::map_response(api_version_header));
-    if access_log {
+    let router = if access_log {
         router.layer(middleware::from_fn(log_access))
     } else {
         router
-    }
+    };
+    router.layer(middleware::from_fn_with_state(
+        metrics,
+        crate::metrics::track,
+    ))
 }
 
 async fn dispatch<S: StorageDriver>(State(app): State<Arc<AppState<S>>>, req: Request) -> Response {

@@ -23,6 +23,19 @@ pub enum Route {
 }
 
 impl Route {
+    /// The repository the route names, if any.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Route::Base | Route::Catalog => None,
+            Route::Tags { name }
+            | Route::Manifest { name, .. }
+            | Route::Blob { name, .. }
+            | Route::Uploads { name }
+            | Route::Upload { name, .. }
+            | Route::Referrers { name, .. } => Some(name),
+        }
+    }
+
     pub fn parse(path: &str) -> Option<Route> {
         let rest = path.strip_prefix("/v2")?;
         if rest.is_empty() || rest == "/" {

@@ -234,34 +234,13 @@ impl<S: StorageDriver> Registry<S> {
         }
         self.check_references(name, &parsed).await?;
 
-        // Order matters for readers: bytes, then the revision link, then referrers and tags.
-        let blob = paths::blob_data(&digest);
-        if !self.exists(&blob).await? {
-            self.driver.put_content(&blob, bytes.clone()).await?;
-        }
-        self.write_link(&paths::manifest_revision_link(name, &digest), &digest)
-            .await?;
-        let subject = parsed.subject().map(|s| s.digest.clone());
-        if let Some(subject) = &subject {
-            self.write_link(&paths::referrer_link(name, subject, &digest), &digest)
-                .await?;
-        }
         let mut tags: Vec<String> = extra_tags.to_vec();
         if let Reference::Tag(tag) = &reference {
             tags.insert(0, tag.clone());
         }
-        for tag in &tags {
-            self.write_link(&paths::tag_current_link(name, tag), &digest)
-                .await?;
-        }
-        self.manifest_cache.insert(
-            digest.clone(),
-            Arc::new(CachedManifest {
-                media_type,
-                bytes,
-                parsed,
-            }),
-        );
+        let subject = self
+            .write_manifest(name, &digest, media_type, parsed, bytes, &tags)
+            .await?;
         let tags = if matches!(reference, Reference::Digest(_)) {
             tags
         } else {
@@ -272,6 +251,72 @@ impl<S: StorageDriver> Registry<S> {
             subject,
             tags,
         })
+    }
+
+    /// Stores a manifest fetched by the pull-through mirror (`proxy/`): the upstream's exact
+    /// bytes under `digest`, which the caller has verified, tagged `tag`. Unlike a push, the
+    /// blobs it references need not be here yet: the mirror fetches them when asked.
+    pub async fn put_mirrored_manifest(
+        &self,
+        name: &str,
+        digest: &Digest,
+        content_type: Option<&str>,
+        bytes: Bytes,
+        tag: Option<&str>,
+    ) -> Result<ManifestBody, RegistryError> {
+        let (media_type, parsed) = push_media_type(content_type, &bytes)?;
+        let tags: Vec<String> = tag.map(str::to_string).into_iter().collect();
+        self.write_manifest(
+            name,
+            digest,
+            media_type.clone(),
+            parsed,
+            bytes.clone(),
+            &tags,
+        )
+        .await?;
+        Ok(ManifestBody {
+            digest: digest.clone(),
+            media_type,
+            bytes,
+        })
+    }
+
+    /// Writes a checked manifest and returns its subject. Order matters for readers: bytes,
+    /// then the revision link, then referrers and tags.
+    async fn write_manifest(
+        &self,
+        name: &str,
+        digest: &Digest,
+        media_type: String,
+        parsed: ManifestOrIndex,
+        bytes: Bytes,
+        tags: &[String],
+    ) -> Result<Option<Digest>, RegistryError> {
+        let blob = paths::blob_data(digest);
+        if !self.exists(&blob).await? {
+            self.driver.put_content(&blob, bytes.clone()).await?;
+        }
+        self.write_link(&paths::manifest_revision_link(name, digest), digest)
+            .await?;
+        let subject = parsed.subject().map(|s| s.digest.clone());
+        if let Some(subject) = &subject {
+            self.write_link(&paths::referrer_link(name, subject, digest), digest)
+                .await?;
+        }
+        for tag in tags {
+            self.write_link(&paths::tag_current_link(name, tag), digest)
+                .await?;
+        }
+        self.manifest_cache.insert(
+            digest.clone(),
+            Arc::new(CachedManifest {
+                media_type,
+                bytes,
+                parsed,
+            }),
+        );
+        Ok(subject)
     }
 
     /// Refuses a manifest whose blobs or child manifests the repository lacks (spec.md

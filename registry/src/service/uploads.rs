@@ -258,8 +258,15 @@ impl<S: StorageDriver> Registry<S> {
                     .await
                 {
                     Ok(meta) => meta.modified,
-                    // A session directory without its state file is debris of a crash.
-                    Err(e) if e.is_not_found() => UNIX_EPOCH,
+                    // Without its state file the directory is either debris of a crash or a
+                    // session being created right now: judge it by the directory's own age.
+                    Err(e) if e.is_not_found() => {
+                        match self.driver.stat(&paths::upload_dir(&repo, &id)).await {
+                            Ok(meta) => meta.modified,
+                            Err(e) if e.is_not_found() => continue,
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
                     Err(e) => return Err(e.into()),
                 };
                 if started < cutoff {

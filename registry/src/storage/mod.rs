@@ -9,6 +9,8 @@
 //! goes through this trait (see `paths.rs` for what lives where).
 
 pub mod filesystem;
+pub mod instrumented;
+pub mod s3;
 pub mod testsuite;
 
 use std::future::Future;
@@ -39,6 +41,13 @@ pub enum StorageError {
         path: String,
         #[source]
         source: io::Error,
+    },
+    /// A remote backend (S3) failed, after its retries.
+    #[error("storage backend request on {path:?}: {source}")]
+    Backend {
+        path: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 

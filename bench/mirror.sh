@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# rregistry as a pull-through mirror vs CNCF distribution 2.8 in proxy mode (Debian's
+# docker-registry with `proxy.remoteurl`), side by side in one run, in front of the same
+# upstream (a plain docker-registry holding the ~1 GiB synthetic fixture image):
+#   - direct pull from the upstream (the floor a cold mirror pull is measured against);
+#   - cold pull through each mirror (empty cache: fetched from the upstream while served);
+#   - warm pull through each mirror (everything cached).
+# Pulls are `skopeo copy docker://… oci:…`. Prints a table with the ratios. Targets (issue 8):
+# warm pull <= 0.7x distribution's warm pull; cold pull <= 1.1x the direct pull.
+#
+# Usage: bench/mirror.sh            (builds rregistry and rbuild-fixtures in release mode first)
+# Env:   LAYERS (default 9), LAYER_MB (default 110), ROUNDS (default 1: warm pulls per mirror)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+LAYERS=${LAYERS:-9}
+LAYER_MB=${LAYER_MB:-110}
+ROUNDS=${ROUNDS:-1}
+
+for tool in docker-registry skopeo python3; do
+    command -v "$tool" >/dev/null || { echo "missing peer: $tool" >&2; exit 1; }
+done
+
+cargo build --release -q -p registry --bin rregistry
+cargo build --release -q -p fixtures --bin rbuild-fixtures
+RREGISTRY=$PWD/target/release/rregistry
+FIXTURES=$PWD/target/release/rbuild-fixtures
+
+WORK=$(mktemp -d /var/tmp/rbuild-bench-mirror.XXXXXX)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+start_registry() { # name extra-yaml binary args... ; sets PORT_<name>
+    local name=$1 extra=$2 port; shift 2
+    port=$(free_port)
+    mkdir -p "$WORK/$name"
+    cat > "$WORK/$name/config.yml" <<YAML
+version: 0.1
+log:
+  level: info
+http:
+  addr: 127.0.0.1:$port
+storage:
+  filesystem:
+    rootdirectory: $WORK/$name/data
+  delete:
+    enabled: true
+$extra
+YAML
+    "$@" "$WORK/$name/config.yml" > "$WORK/$name/log" 2>&1 &
+    PIDS+=($!)
+    wait_port "$port"
+    printf -v "PORT_$name" '%s' "$port"
+}
+
+echo "generating a ${LAYERS}x${LAYER_MB} MB synthetic image..." >&2
+"$FIXTURES" synthetic --layers "$LAYERS" --layer-mb "$LAYER_MB" --name bench/image:bench -o "$WORK/image.tar"
+
+start_registry upstream "" docker-registry serve
+skopeo copy -q --dest-tls-verify=false "oci-archive:$WORK/image.tar" "docker://127.0.0.1:$PORT_upstream/bench/image:bench"
+rm -f "$WORK/image.tar"
+PROXY="proxy:
+  remoteurl: http://127.0.0.1:$PORT_upstream"
+start_registry distribution "$PROXY" docker-registry serve
+start_registry rregistry "$PROXY" "$RREGISTRY" serve --config
+
+now() { date +%s.%N; }
+declare -A RESULT
+pull_time() { # port
+    local t0 t1
+    rm -rf "$WORK/pulled"
+    sync
+    t0=$(now)
+    skopeo copy -q --src-tls-verify=false "docker://127.0.0.1:$1/bench/image:bench" "oci:$WORK/pulled:bench" >/dev/null
+    t1=$(now)
+    rm -rf "$WORK/pulled"
+    python3 -c "print($t1 - $t0)"
+}
+
+RESULT[direct]=$(pull_time "$PORT_upstream")
+for name in distribution rregistry; do
+    port_var=PORT_$name
+    RESULT[cold_$name]=$(pull_time "${!port_var}")
+    best=""
+    for _ in $(seq "$ROUNDS"); do
+        t=$(pull_time "${!port_var}")
+        best=$(python3 -c "print(min(float('$t'), float('${best:-$t}')))")
+    done
+    RESULT[warm_$name]=$best
+done
+# distribution's proxy may still be writing what it served; make sure both really cached it.
+blob_count() { find "$WORK/$1/data/docker/registry/v2/blobs" -name data | wc -l; }
+echo "blobs cached: distribution $(blob_count distribution), rregistry $(blob_count rregistry), upstream $(blob_count upstream)" >&2
+
+python3 - <<PY
+r = {k: float(v) for k, v in [
+$(for k in "${!RESULT[@]}"; do echo "    (\"$k\", \"${RESULT[$k]}\"),"; done)
+]}
+mb = ${LAYERS} * ${LAYER_MB}
+print(f"{'pull of a ' + str(mb) + ' MB image':<34}{'distribution':>14}{'rregistry':>12}{'ratio':>9}   target")
+def line(label, d, o, target, note=""):
+    ratio = o / d
+    print(f"{label:<34}{d:>12.2f} s{o:>10.2f} s{ratio:>8.2f}x   <= {target}x " + ("ok" if ratio <= target else "MISSED") + note)
+line("warm pull (cached)", r["warm_distribution"], r["warm_rregistry"], 0.7)
+print(f"{'cold pull (empty cache)':<34}{r['cold_distribution']:>12.2f} s{r['cold_rregistry']:>10.2f} s{r['cold_rregistry'] / r['cold_distribution']:>8.2f}x")
+line("cold pull vs direct from upstream", r["direct"], r["cold_rregistry"], 1.1, "   (ratio to the direct pull)")
+print(f"{'  direct pull from the upstream':<34}{r['direct']:>12.2f} s")
+PY

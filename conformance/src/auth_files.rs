@@ -1,0 +1,147 @@
+//! Files the auth and TLS tests need, made by the real tools: htpasswd files by Apache's
+//! `htpasswd -B`, keys and certificates by `openssl`; plus a tiny image made in dockerd with
+//! `docker import`, for pushing through an authenticating registry.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+use crate::peers::{require, run_ok, Dockerd};
+
+/// An htpasswd file with bcrypt entries for `users` (name, password).
+pub fn htpasswd_file(dir: &Path, users: &[(&str, &str)]) -> Result<PathBuf> {
+    let path = dir.join("htpasswd");
+    let mut text = Vec::new();
+    for (user, password) in users {
+        let out = run_ok(Command::new(require("htpasswd")).args(["-Bbn", user, password]))?;
+        text.extend_from_slice(out.stdout.trim_ascii_end());
+        text.push(b'\n');
+    }
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// A P-256 private key in PKCS#8 PEM at `dir/name.key`.
+pub fn ec_key(dir: &Path, name: &str) -> Result<PathBuf> {
+    let key = dir.join(format!("{name}.key"));
+    run_ok(
+        Command::new(require("openssl"))
+            .args([
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+            ])
+            .arg(&key),
+    )?;
+    Ok(key)
+}
+
+/// A self-signed certificate for `key` at `dir/name.crt`, valid for 127.0.0.1 and localhost.
+pub fn self_signed_cert(dir: &Path, name: &str, key: &Path) -> Result<PathBuf> {
+    let cert = dir.join(format!("{name}.crt"));
+    run_ok(
+        Command::new(require("openssl"))
+            .args(["req", "-new", "-x509", "-days", "2", "-subj"])
+            .arg(format!("/CN={name}"))
+            .args([
+                "-addext",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                "-key",
+            ])
+            .arg(key)
+            .arg("-out")
+            .arg(&cert),
+    )?;
+    Ok(cert)
+}
+
+/// A certificate for `key` at `dir/name.crt`, signed by the CA `ca_cert`/`ca_key`: a leaf
+/// (CA:FALSE, digitalSignature) as token issuers use.
+pub fn ca_signed_cert(
+    dir: &Path,
+    name: &str,
+    key: &Path,
+    ca_cert: &Path,
+    ca_key: &Path,
+) -> Result<PathBuf> {
+    let csr = dir.join(format!("{name}.csr"));
+    let ext = dir.join(format!("{name}.ext"));
+    let cert = dir.join(format!("{name}.crt"));
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n",
+    )?;
+    run_ok(
+        Command::new(require("openssl"))
+            .args(["req", "-new", "-subj"])
+            .arg(format!("/CN={name}"))
+            .arg("-key")
+            .arg(key)
+            .arg("-out")
+            .arg(&csr),
+    )?;
+    run_ok(
+        Command::new(require("openssl"))
+            .args(["x509", "-req", "-days", "2", "-set_serial", "2", "-in"])
+            .arg(&csr)
+            .arg("-CA")
+            .arg(ca_cert)
+            .arg("-CAkey")
+            .arg(ca_key)
+            .arg("-extfile")
+            .arg(&ext)
+            .arg("-out")
+            .arg(&cert),
+    )?;
+    Ok(cert)
+}
+
+/// DER bytes of a PEM certificate.
+pub fn cert_der(cert: &Path) -> Result<Vec<u8>> {
+    Ok(run_ok(
+        Command::new(require("openssl"))
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(cert),
+    )?
+    .stdout)
+}
+
+/// A one-file image named `tag` in `dockerd`, made with `docker import` (no base image to
+/// fetch, so the tests need no network and no fixture archive).
+pub fn docker_tiny_image(dockerd: &Dockerd, tag: &str, content: &str) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("hello.txt"), content)?;
+    let tar = run_ok(
+        Command::new(require("tar"))
+            .arg("-C")
+            .arg(dir.path())
+            .args(["-cf", "-", "hello.txt"]),
+    )?
+    .stdout;
+    let mut child = dockerd
+        .docker()
+        .args(["import", "-", tag])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawn docker import")?;
+    child
+        .stdin
+        .take()
+        .context("docker import stdin")?
+        .write_all(&tar)?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "docker import failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}

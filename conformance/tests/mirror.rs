@@ -1,0 +1,413 @@
+//! rregistry as a pull-through mirror (issue #8), against real peers: two CNCF distributions
+//! play Docker Hub (token auth) and another registry (htpasswd), dockerd pulls through
+//! `registry-mirrors`, containerd-style `?ns=` and path-prefixed requests reach the second
+//! upstream, cached content keeps pulling with the upstreams down, and concurrent cold pulls
+//! of one big blob cost the upstream one download.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use conformance::auth_files::htpasswd_file;
+use conformance::counting_proxy::CountingProxy;
+use conformance::peers::{require, run_ok, DockerRegistry, Dockerd};
+use conformance::registry_suite::Rregistry;
+use conformance::token_server::TokenServer;
+use oci::archive::ArchiveFormat;
+use oci::{Algorithm, Digest, Digester};
+use reqwest::blocking::Client;
+use reqwest::StatusCode;
+
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// The busybox fixture as an oci-archive; returns its manifest digest.
+fn busybox_archive(dir: &Path) -> (std::path::PathBuf, Digest) {
+    let rootfs = dir.join("busybox-rootfs");
+    fixtures::busybox_rootfs(&rootfs).expect("busybox rootfs");
+    let out = dir.join("busybox.tar");
+    let recipe = fixtures::ImageRecipe {
+        layers: std::slice::from_ref(&rootfs),
+        config: fixtures::busybox_config(),
+        name: Some(oci::Reference::parse("busybox:latest").expect("name")),
+        compression: oci::compression::Compression::Gzip,
+    };
+    let manifest = fixtures::write_image(&recipe, ArchiveFormat::Oci, &out).expect("fixture");
+    (out, manifest.digest)
+}
+
+fn skopeo_push(archive: &Path, dest: &str, creds: &str) {
+    run_ok(
+        Command::new(require("skopeo"))
+            .args([
+                "copy",
+                "-q",
+                "--dest-tls-verify=false",
+                "--dest-creds",
+                creds,
+            ])
+            .arg(format!("oci-archive:{}", archive.display()))
+            .arg(dest),
+    )
+    .expect("skopeo push");
+}
+
+fn header(resp: &reqwest::blocking::Response, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn get_manifest(http: &Client, url: &str) -> (StatusCode, String, Vec<u8>, String) {
+    let resp = http
+        .get(url)
+        .header("Accept", MANIFEST_ACCEPT)
+        .send()
+        .expect("GET manifest");
+    let status = resp.status();
+    let cache = header(&resp, "X-Rregistry-Cache");
+    let digest = header(&resp, "Docker-Content-Digest");
+    (status, cache, resp.bytes().expect("body").to_vec(), digest)
+}
+
+/// Everything a client sees of the mirror with two upstreams, then with both down.
+#[test]
+fn mirror_serves_dockerd_containerd_and_prefixes_and_survives_upstream_outage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (archive, busybox_digest) = busybox_archive(tmp.path());
+
+    // "Docker Hub": distribution with token auth, behind a proxy that counts and can fail.
+    let tokens = TokenServer::start(tmp.path(), "bob", "hunter2").expect("token server");
+    let hub = DockerRegistry::start(&tokens.distribution_auth()).expect("hub");
+    let hub_proxy = CountingProxy::start(hub.addr().parse().unwrap()).expect("proxy");
+    skopeo_push(
+        &archive,
+        &format!("docker://{}/library/busybox:latest", hub.addr()),
+        "bob:hunter2",
+    );
+    // "ghcr.io": distribution with htpasswd.
+    let htpasswd = htpasswd_file(tmp.path(), &[("carol", "s3cret")]).unwrap();
+    let ghcr = DockerRegistry::start(&format!(
+        "auth:\n  htpasswd:\n    realm: ghcr-test\n    path: {}\n",
+        htpasswd.display()
+    ))
+    .expect("ghcr");
+    skopeo_push(
+        &archive,
+        &format!("docker://{}/org/app:1", ghcr.addr()),
+        "carol:s3cret",
+    );
+    let http = Client::new();
+    // A multi-arch index over the busybox manifest, pushed as exact bytes.
+    let manifest_size = http
+        .get(format!("http://{}/v2/org/app/manifests/1", ghcr.addr()))
+        .basic_auth("carol", Some("s3cret"))
+        .header("Accept", MANIFEST_ACCEPT)
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap()
+        .len();
+    let index = format!(
+        "{{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.index.v1+json\",\"manifests\":[{{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"{busybox_digest}\",\"size\":{manifest_size},\"platform\":{{\"architecture\":\"amd64\",\"os\":\"linux\"}}}}]}}\n"
+    );
+    let index_digest = Digest::sha256_of(index.as_bytes());
+    let put = http
+        .put(format!("http://{}/v2/org/app/manifests/multi", ghcr.addr()))
+        .basic_auth("carol", Some("s3cret"))
+        .header("Content-Type", "application/vnd.oci.image.index.v1+json")
+        .body(index.clone())
+        .send()
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED, "{:?}", put.text());
+
+    let mirror = Rregistry::start(
+        false,
+        &format!(
+            "proxy:\n  upstreams:\n    - name: docker.io\n      remoteurl: {}\n      username: bob\n      password: hunter2\n      freshness: 0s\n    - name: ghcr.io\n      remoteurl: http://{}\n      username: carol\n      password: s3cret\n      prefixes: [gh]\n  local: [team]\n",
+            hub_proxy.url(),
+            ghcr.addr()
+        ),
+    )
+    .expect("rregistry");
+    let base = mirror.url();
+
+    // dockerd with registry-mirrors pulls `busybox` (sent as library/busybox) through us.
+    let dockerd = Dockerd::start_with_config(&format!("{{\"registry-mirrors\": [\"{base}\"]}}"))
+        .expect("dockerd");
+    run_ok(dockerd.docker().args(["pull", "busybox"])).expect("docker pull through the mirror");
+    let repo_digest = run_ok(dockerd.docker().args([
+        "image",
+        "inspect",
+        "--format",
+        "{{index .RepoDigests 0}}",
+        "busybox",
+    ]))
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&repo_digest.stdout).contains(busybox_digest.as_str()),
+        "{}",
+        String::from_utf8_lossy(&repo_digest.stdout)
+    );
+    assert!(
+        hub_proxy.count("GET /v2/library/busybox/blobs/") >= 2,
+        "{:?}",
+        hub_proxy.requests()
+    );
+
+    // containerd's hosts.toml form: ?ns= names the upstream, the path its repository.
+    let (status, cache, body, digest) =
+        get_manifest(&http, &format!("{base}/v2/org/app/manifests/1?ns=ghcr.io"));
+    assert_eq!((status, cache.as_str()), (StatusCode::OK, "MISS"));
+    assert_eq!(digest, busybox_digest.as_str());
+    assert_eq!(Digest::sha256_of(&body), busybox_digest);
+    let unknown = http
+        .get(format!("{base}/v2/org/app/manifests/1?ns=quay.io"))
+        .send()
+        .unwrap();
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    // Path prefixes: the registry host, or a configured prefix (podman's mirror location).
+    let pulled = tmp.path().join("pulled");
+    for prefix in ["ghcr.io", "gh"] {
+        run_ok(
+            Command::new(require("skopeo"))
+                .args(["copy", "-q", "--src-tls-verify=false"])
+                .arg(format!("docker://{}/{prefix}/org/app:1", mirror.addr()))
+                .arg(format!("oci:{}:{prefix}", pulled.display())),
+        )
+        .expect("skopeo pull with a path prefix");
+    }
+    // The index: the upstream's exact bytes and digest.
+    let (status, _, body, digest) =
+        get_manifest(&http, &format!("{base}/v2/ghcr.io/org/app/manifests/multi"));
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (body, digest),
+        (index.clone().into_bytes(), index_digest.to_string())
+    );
+    // Mirrored repositories are read-only; local ones beside them accept pushes.
+    let refused = http
+        .post(format!("{base}/v2/library/busybox/blobs/uploads/"))
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let local = http
+        .post(format!("{base}/v2/team/app/blobs/uploads/"))
+        .send()
+        .unwrap();
+    assert_eq!(local.status(), StatusCode::ACCEPTED);
+
+    // Rate-limited upstream: the cached tag is served, marked stale.
+    hub_proxy.fail_with(Some("429 Too Many Requests"));
+    let resp = http
+        .get(format!("{base}/v2/library/busybox/manifests/latest"))
+        .header("Accept", MANIFEST_ACCEPT)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header(&resp, "X-Rregistry-Cache"), "STALE");
+    assert!(header(&resp, "Warning").starts_with("110"));
+    hub_proxy.fail_with(None);
+    let before = hub_proxy.requests().len();
+
+    // Both upstreams down: cached tags and digests still pull.
+    drop(hub);
+    drop(ghcr);
+    run_ok(dockerd.docker().args(["rmi", "busybox"])).unwrap();
+    run_ok(dockerd.docker().args(["pull", "busybox"])).expect("docker pull with the upstream down");
+    let by_digest = format!("{base}/v2/org/app/manifests/{busybox_digest}?ns=ghcr.io");
+    let (status, cache, _, _) = get_manifest(&http, &by_digest);
+    assert_eq!((status, cache.as_str()), (StatusCode::OK, "HIT"));
+    // The tag of the second upstream is within its freshness window (default 1m): a hit.
+    let (status, cache, _, _) = get_manifest(&http, &format!("{base}/v2/gh/org/app/manifests/1"));
+    assert_eq!((status, cache.as_str()), (StatusCode::OK, "HIT"));
+    // The index's child was fetched ahead, so it pulls by digest with the upstream down.
+    let (status, _, _, _) = get_manifest(
+        &http,
+        &format!("{base}/v2/ghcr.io/org/app/manifests/{busybox_digest}"),
+    );
+    assert_eq!(status, StatusCode::OK);
+    // Digest pulls never asked the upstream; tag pulls of the Hub revalidated (and failed).
+    assert!(hub_proxy.requests()[before..]
+        .iter()
+        .all(|r| r.contains("/manifests/latest")));
+}
+
+/// xorshift bytes: incompressible and fast to make.
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn push_blob(http: &Client, registry: &str, repo: &str, data: Vec<u8>) -> Digest {
+    let digest = Digest::sha256_of(&data);
+    let start = http
+        .post(format!("http://{registry}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .unwrap();
+    assert_eq!(start.status(), StatusCode::ACCEPTED);
+    let location = header(&start, "Location");
+    let url = if location.starts_with("http") {
+        location
+    } else {
+        format!("http://{registry}{location}")
+    };
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let put = http
+        .put(format!("{url}{sep}digest={digest}"))
+        .header("Content-Type", "application/octet-stream")
+        .body(data)
+        .send()
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED);
+    digest
+}
+
+/// Sixteen clients ask at once for a 200 MB blob the cache lacks: the upstream sees one GET,
+/// every client gets the right bytes, and the blob is then cached. A download the upstream
+/// refuses leaves nothing behind. Configured with distribution's own `proxy.remoteurl`.
+#[test]
+fn concurrent_cold_pulls_share_one_upstream_download() {
+    let upstream = DockerRegistry::start("").expect("upstream");
+    let proxy = CountingProxy::start(upstream.addr().parse().unwrap()).expect("proxy");
+    let http = Client::builder().timeout(None).build().unwrap();
+    let big = push_blob(
+        &http,
+        &upstream.addr(),
+        "team/big",
+        pseudo_random(200 << 20, 7),
+    );
+    let small = push_blob(
+        &http,
+        &upstream.addr(),
+        "team/big",
+        pseudo_random(1 << 20, 9),
+    );
+
+    let mirror = Rregistry::start(false, &format!("proxy:\n  remoteurl: {}\n", proxy.url()))
+        .expect("rregistry");
+    let url = Arc::new(format!("{}/v2/team/big/blobs/{big}", mirror.url()));
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let (http, url) = (http.clone(), url.clone());
+            std::thread::spawn(move || {
+                let mut resp = http.get(url.as_str()).send().expect("GET blob");
+                assert_eq!(resp.status(), StatusCode::OK);
+                let mut digester = Digester::new(Algorithm::Sha256);
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = std::io::Read::read(&mut resp, &mut buf).expect("read blob");
+                    if n == 0 {
+                        break;
+                    }
+                    digester.update(&buf[..n]);
+                }
+                digester.finish()
+            })
+        })
+        .collect();
+    for client in clients {
+        assert_eq!(client.join().expect("client"), big);
+    }
+    let fetches = proxy.count(&format!("GET /v2/team/big/blobs/{big}"));
+    assert_eq!(fetches, 1, "{:?}", proxy.requests());
+    let again = http.head(url.as_str()).send().unwrap();
+    assert_eq!(header(&again, "X-Rregistry-Cache"), "HIT");
+    assert_eq!(header(&again, "Content-Length"), (200u64 << 20).to_string());
+
+    // The upstream fails the next download: an error, and nothing stays in storage.
+    proxy.fail_with(Some("503 Service Unavailable"));
+    let small_url = format!("{}/v2/team/big/blobs/{small}", mirror.url());
+    let failed = http.get(&small_url).send().unwrap();
+    assert_eq!(failed.status(), StatusCode::BAD_GATEWAY);
+    let cache_repo = mirror
+        .dir
+        .path()
+        .join("data/docker/registry/v2/repositories/docker.io/team/big");
+    let hex = small.encoded();
+    assert!(!cache_repo.join(format!("_layers/sha256/{hex}")).exists());
+    let uploads = cache_repo.join("_uploads");
+    assert!(
+        !uploads.exists() || std::fs::read_dir(&uploads).unwrap().next().is_none(),
+        "no upload debris"
+    );
+    proxy.fail_with(None);
+    let resp = http.get(&small_url).send().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(Digest::sha256_of(&resp.bytes().unwrap()), small);
+}
+
+/// `proxy.maxsize`: when the cached blobs outgrow it, the least recently used one is evicted
+/// (links and bytes), and a later pull fetches it again. The counters show on /metrics.
+#[test]
+fn size_limit_evicts_least_recently_used_blobs() {
+    let upstream = DockerRegistry::start("").expect("upstream");
+    let proxy = CountingProxy::start(upstream.addr().parse().unwrap()).expect("proxy");
+    let http = Client::new();
+    let first = push_blob(
+        &http,
+        &upstream.addr(),
+        "team/lru",
+        pseudo_random(1 << 20, 3),
+    );
+    let second = push_blob(
+        &http,
+        &upstream.addr(),
+        "team/lru",
+        pseudo_random(1 << 20, 5),
+    );
+    let mirror = Rregistry::start(
+        false,
+        &format!(
+            "proxy:\n  remoteurl: {}\n  maxsize: {}\n",
+            proxy.url(),
+            (1 << 20) + (1 << 19)
+        ),
+    )
+    .expect("rregistry");
+    let blob_url = |d: &Digest| format!("{}/v2/team/lru/blobs/{d}", mirror.url());
+    let data = |d: &Digest| {
+        let hex = d.encoded();
+        mirror.dir.path().join(format!(
+            "data/docker/registry/v2/blobs/sha256/{}/{hex}/data",
+            &hex[..2]
+        ))
+    };
+    for d in [&first, &second] {
+        let resp = http.get(blob_url(d)).send().unwrap();
+        assert_eq!(Digest::sha256_of(&resp.bytes().unwrap()), *d);
+    }
+    conformance::peers::wait_until("eviction", std::time::Duration::from_secs(20), || {
+        !data(&first).exists()
+    })
+    .expect("the least recently used blob is evicted");
+    assert!(data(&second).exists());
+    let resp = http.get(blob_url(&first)).send().unwrap();
+    assert_eq!(header(&resp, "X-Rregistry-Cache"), "MISS");
+    assert_eq!(Digest::sha256_of(&resp.bytes().unwrap()), first);
+    assert_eq!(proxy.count(&format!("GET /v2/team/lru/blobs/{first}")), 2);
+
+    let metrics = http
+        .get(format!("{}/metrics", mirror.url()))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("rregistry_mirror_upstream_fetches_total 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("rregistry_mirror_evicted_blobs_total"),
+        "{metrics}"
+    );
+}

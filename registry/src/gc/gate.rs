@@ -1,0 +1,182 @@
+//! The one pause online GC needs: requests that add references (a manifest PUT, the PUT that
+//! completes an upload, a monolithic or mounting POST — each writes revision or `_layers`
+//! links) hold the gate shared while they run; a GC pass takes it exclusively only for its
+//! final catch-up and sweep. Reads, PATCHes and deletes never wait.
+//!
+//! Why not timestamps alone: a manifest PUT checks its blobs' links and then writes its
+//! revision link. If GC deleted a blob between the two, the manifest would be stored
+//! referencing nothing, and no refresh of the blob's timestamp can close that window: GC may
+//! have read the old timestamp just before the refresh. With the gate, every reference-adding
+//! request has either finished before the sweep (and the catch-up mark sees what it wrote,
+//! since the gate records its repository) or starts after it (and finds the swept link gone:
+//! MANIFEST_BLOB_UNKNOWN, and the client pushes the blob again). Nothing referenced is lost.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::Response;
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::http::route::Route;
+
+#[derive(Default)]
+pub struct GcGate {
+    writers: RwLock<()>,
+    /// Repositories written by requests that finished since the running pass began; `None`
+    /// when no pass is recording.
+    written: Mutex<Option<BTreeSet<String>>>,
+    /// One pass at a time per gate: the recording above belongs to a single pass.
+    pass: tokio::sync::Mutex<()>,
+}
+
+/// Held by a request that adds references to `repository`.
+pub struct WriteGuard<'a> {
+    gate: &'a GcGate,
+    repository: String,
+    _shared: RwLockReadGuard<'a, ()>,
+}
+
+impl Drop for WriteGuard<'_> {
+    // Recorded when the request ends, while the shared lock is still held (fields drop after
+    // this body): a request that began before the pass but wrote during it is recorded too.
+    fn drop(&mut self) {
+        let mut written = self.gate.written.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(set) = written.as_mut() {
+            set.insert(std::mem::take(&mut self.repository));
+        }
+    }
+}
+
+/// A pass in progress: records written repositories until dropped.
+pub(super) struct Recording<'a> {
+    gate: &'a GcGate,
+    _pass: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl Drop for Recording<'_> {
+    fn drop(&mut self) {
+        *self.gate.written.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// Reference-adding requests are paused while this lives.
+pub(super) struct Paused<'a> {
+    _exclusive: RwLockWriteGuard<'a, ()>,
+    /// Repositories written since recording began.
+    pub written: BTreeSet<String>,
+}
+
+impl GcGate {
+    /// Waits while a GC pass sweeps, then lets the caller add references to `repository`.
+    pub async fn writer(&self, repository: &str) -> WriteGuard<'_> {
+        let shared = self.writers.read().await;
+        WriteGuard {
+            gate: self,
+            repository: repository.to_string(),
+            _shared: shared,
+        }
+    }
+
+    /// Starts a pass: from now on, every finished writer's repository is recorded.
+    pub(super) async fn record(&self) -> Recording<'_> {
+        let pass = self.pass.lock().await;
+        *self.written.lock().unwrap_or_else(|p| p.into_inner()) = Some(BTreeSet::new());
+        Recording {
+            gate: self,
+            _pass: pass,
+        }
+    }
+
+    /// Waits up to `wait` for writers in flight to finish and pauses new ones. While it waits,
+    /// new writers queue behind it (tokio's lock is fair), so `wait` bounds their delay too;
+    /// `None` when the writers did not finish in time.
+    pub(super) async fn pause(&self, wait: Duration) -> Option<Paused<'_>> {
+        let exclusive = tokio::time::timeout(wait, self.writers.write())
+            .await
+            .ok()?;
+        let written = self
+            .written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_default();
+        Some(Paused {
+            _exclusive: exclusive,
+            written,
+        })
+    }
+}
+
+/// The repository a request adds references to, if it is one of the gated writers.
+fn references_added_by(method: &Method, path: &str) -> Option<String> {
+    match (Route::parse(path)?, method) {
+        (Route::Manifest { name, .. }, &Method::PUT)
+        | (Route::Upload { name, .. }, &Method::PUT)
+        | (Route::Uploads { name }, &Method::POST) => Some(name),
+        _ => None,
+    }
+}
+
+/// Middleware: runs reference-adding requests under [`GcGate::writer`].
+pub async fn hold_writes(State(gate): State<Arc<GcGate>>, req: Request, next: Next) -> Response {
+    match references_added_by(req.method(), req.uri().path()) {
+        Some(repository) => {
+            let _writing = gate.writer(&repository).await;
+            next.run(req).await
+        }
+        None => next.run(req).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gated_requests() {
+        let gated = |m: Method, p: &str| references_added_by(&m, p);
+        assert_eq!(
+            gated(Method::PUT, "/v2/a/b/manifests/v1").as_deref(),
+            Some("a/b")
+        );
+        assert_eq!(
+            gated(Method::POST, "/v2/a/blobs/uploads/").as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            gated(Method::PUT, "/v2/a/blobs/uploads/x").as_deref(),
+            Some("a")
+        );
+        assert_eq!(gated(Method::PATCH, "/v2/a/blobs/uploads/x"), None);
+        assert_eq!(gated(Method::GET, "/v2/a/manifests/v1"), None);
+        assert_eq!(gated(Method::DELETE, "/v2/a/manifests/v1"), None);
+    }
+
+    #[tokio::test]
+    async fn a_pass_records_writers_that_finish_during_it() {
+        let gate = GcGate::default();
+        let early = gate.writer("early").await;
+        {
+            let _recording = gate.record().await;
+            drop(early);
+            drop(gate.writer("during").await);
+            let paused = gate.pause(Duration::from_secs(5)).await.expect("paused");
+            let written: Vec<_> = paused.written.iter().cloned().collect();
+            assert_eq!(written, ["during", "early"]);
+        }
+        drop(gate.writer("after").await);
+        assert!(gate.written.lock().expect("lock").is_none());
+    }
+
+    #[tokio::test]
+    async fn pause_gives_up_when_a_writer_does_not_finish() {
+        let gate = GcGate::default();
+        let _recording = gate.record().await;
+        let _stuck = gate.writer("slow").await;
+        assert!(gate.pause(Duration::from_millis(50)).await.is_none());
+    }
+}

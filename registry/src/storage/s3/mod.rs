@@ -1,0 +1,275 @@
+//! The S3 backend (any S3-compatible server) through object_store, holding the same keys as
+//! distribution's s3 driver (`<rootdirectory>/docker/registry/v2/…`, see `paths.rs`), so one
+//! bucket can be served by several rregistry replicas at once: everything a request needs is
+//! in the bucket, nothing in a replica's memory (see `writer.rs` for uploads).
+//!
+//! S3 has objects, not directories: a "directory" is a key prefix, present while any object
+//! lies under it. `rename` is CopyObject then DELETE; the copy is atomic, so the destination
+//! is whole or absent. Failed requests (5xx, timeouts, broken connections) are retried with
+//! backoff by object_store (`maxretries`, `retrytimeout`, `requesttimeout`), then surface as
+//! [`StorageError::Backend`], which the registry answers with a 500 and the spec's error body.
+
+pub mod config;
+mod writer;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3;
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore};
+
+pub use config::S3Config;
+pub use writer::S3Writer;
+
+use super::{check_path, ByteStream, Metadata, StorageDriver, StorageError, StorageResult};
+
+#[derive(Debug, Clone)]
+pub struct S3Driver {
+    store: Arc<AmazonS3>,
+    /// The key prefix of every object, without slashes at either end; may be empty.
+    root: Arc<str>,
+    chunk_size: usize,
+    bucket: Arc<str>,
+}
+
+impl S3Driver {
+    /// Builds the client; no request is sent until the first storage call.
+    pub fn new(config: &S3Config) -> StorageResult<Self> {
+        config.validate().map_err(|message| StorageError::Backend {
+            path: String::new(),
+            source: message.into(),
+        })?;
+        let store = config
+            .build_store()
+            .map_err(|e| storage_error(&config.bucket, e))?;
+        Ok(S3Driver {
+            store: Arc::new(store),
+            root: config.root_prefix().into(),
+            chunk_size: usize::try_from(config.chunksize).unwrap_or(usize::MAX),
+            bucket: config.bucket.as_str().into(),
+        })
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    fn key(&self, path: &str) -> StorageResult<Path> {
+        check_path(path)?;
+        Ok(if self.root.is_empty() {
+            Path::from(path)
+        } else {
+            Path::from(format!("{}/{path}", self.root))
+        })
+    }
+}
+
+/// object_store's errors as the driver's: a missing object is `NotFound`, the rest (after
+/// object_store's retries) a backend failure.
+fn storage_error(path: &str, e: object_store::Error) -> StorageError {
+    match e {
+        object_store::Error::NotFound { .. } => StorageError::NotFound(path.to_string()),
+        e => StorageError::Backend {
+            path: path.to_string(),
+            source: Box::new(e),
+        },
+    }
+}
+
+fn byte_stream(
+    stream: futures_util::stream::BoxStream<'static, object_store::Result<Bytes>>,
+) -> ByteStream {
+    Box::pin(stream.map_err(std::io::Error::other))
+}
+
+impl StorageDriver for S3Driver {
+    type Writer = S3Writer;
+
+    fn name(&self) -> &'static str {
+        "s3"
+    }
+
+    async fn get_content(&self, path: &str) -> StorageResult<Bytes> {
+        let key = self.key(path)?;
+        let got = self
+            .store
+            .get(&key)
+            .await
+            .map_err(|e| storage_error(path, e))?;
+        got.bytes().await.map_err(|e| storage_error(path, e))
+    }
+
+    async fn put_content(&self, path: &str, content: Bytes) -> StorageResult<()> {
+        let key = self.key(path)?;
+        // One PUT: S3 replaces the object atomically.
+        self.store
+            .put(&key, content.into())
+            .await
+            .map(|_| ())
+            .map_err(|e| storage_error(path, e))
+    }
+
+    async fn reader(
+        &self,
+        path: &str,
+        offset: u64,
+        len: Option<u64>,
+    ) -> StorageResult<(u64, ByteStream)> {
+        let key = self.key(path)?;
+        if offset == 0 && len.is_none() {
+            // The common case (a whole blob) in one request: the size comes with the body, so
+            // a concurrent replace gives the new version whole, with its own size.
+            let got = self
+                .store
+                .get(&key)
+                .await
+                .map_err(|e| storage_error(path, e))?;
+            return Ok((got.meta.size, byte_stream(got.into_stream())));
+        }
+        // S3 refuses empty and out-of-bounds ranges, so the size decides first.
+        let size = self
+            .store
+            .head(&key)
+            .await
+            .map_err(|e| storage_error(path, e))?
+            .size;
+        if offset > size {
+            return Err(StorageError::InvalidOffset {
+                path: path.to_string(),
+                offset,
+                size,
+            });
+        }
+        let end = offset + len.map_or(size - offset, |l| l.min(size - offset));
+        if end == offset {
+            return Ok((size, Box::pin(futures_util::stream::empty())));
+        }
+        let got = self
+            .store
+            .get_opts(
+                &key,
+                GetOptions {
+                    range: Some(GetRange::Bounded(offset..end)),
+                    ..GetOptions::default()
+                },
+            )
+            .await
+            .map_err(|e| storage_error(path, e))?;
+        Ok((size, byte_stream(got.into_stream())))
+    }
+
+    async fn writer(&self, path: &str, append: bool) -> StorageResult<S3Writer> {
+        let key = self.key(path)?;
+        let mut writer = S3Writer::new(
+            self.store.clone(),
+            key.clone(),
+            path.to_string(),
+            self.chunk_size,
+        );
+        if append {
+            // The existing bytes become the start of the new object (see writer.rs).
+            match self.store.get(&key).await {
+                Ok(existing) => {
+                    let mut stream = existing.into_stream();
+                    while let Some(chunk) = stream.next().await {
+                        let chunk = chunk.map_err(|e| storage_error(path, e))?;
+                        crate::storage::FileWriter::write(&mut writer, chunk).await?;
+                    }
+                }
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(storage_error(path, e)),
+            }
+        }
+        Ok(writer)
+    }
+
+    async fn stat(&self, path: &str) -> StorageResult<Metadata> {
+        let key = self.key(path)?;
+        match self.store.head(&key).await {
+            Ok(meta) => {
+                return Ok(Metadata {
+                    size: meta.size,
+                    is_dir: false,
+                    modified: SystemTime::from(meta.last_modified),
+                })
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(storage_error(path, e)),
+        }
+        // A directory exists while any object lies under it; the first one tells.
+        match self.store.list(Some(&key)).next().await {
+            Some(Ok(_)) => Ok(Metadata {
+                size: 0,
+                is_dir: true,
+                // S3 keeps no time for a prefix.
+                modified: SystemTime::now(),
+            }),
+            Some(Err(e)) => Err(storage_error(path, e)),
+            None => Err(StorageError::NotFound(path.to_string())),
+        }
+    }
+
+    async fn list(&self, path: &str) -> StorageResult<Vec<String>> {
+        let key = self.key(path)?;
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&key))
+            .await
+            .map_err(|e| storage_error(path, e))?;
+        let names: Vec<String> = listed
+            .common_prefixes
+            .iter()
+            .chain(listed.objects.iter().map(|o| &o.location))
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect();
+        if names.is_empty() {
+            return Err(StorageError::NotFound(path.to_string()));
+        }
+        Ok(names)
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> StorageResult<()> {
+        let (from_key, to_key) = (self.key(from)?, self.key(to)?);
+        // CopyObject is atomic: `to` is the old object or the whole new one.
+        self.store
+            .copy(&from_key, &to_key)
+            .await
+            .map_err(|e| storage_error(from, e))?;
+        self.store
+            .delete(&from_key)
+            .await
+            .map_err(|e| storage_error(from, e))
+    }
+
+    async fn delete(&self, path: &str) -> StorageResult<()> {
+        let key = self.key(path)?;
+        let mut doomed: Vec<Path> = self
+            .store
+            .list(Some(&key))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|e| storage_error(path, e))?;
+        match self.store.head(&key).await {
+            Ok(_) => doomed.push(key),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(storage_error(path, e)),
+        }
+        if doomed.is_empty() {
+            return Err(StorageError::NotFound(path.to_string()));
+        }
+        // Batched (DeleteObjects, up to 1000 keys a request). Not atomic across keys: a
+        // reader may see part of a tree while it goes, which the registry tolerates (a
+        // session without its marker is unknown, a link without its directory absent).
+        let deletes = futures_util::stream::iter(doomed.into_iter().map(Ok)).boxed();
+        self.store
+            .delete_stream(deletes)
+            .try_collect::<Vec<_>>()
+            .await
+            .map(|_| ())
+            .map_err(|e| storage_error(path, e))
+    }
+}

@@ -1,0 +1,603 @@
+//! Garbage collection: online under a concurrent push loop (nothing referenced is lost,
+//! unreferenced old blobs go), and `rregistry gc` offline (dry run, sweep, --delete-untagged).
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use oci::Digest;
+use reqwest::blocking::Client;
+use serde_json::json;
+use support::{free_port, Server};
+
+const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+fn client() -> Client {
+    Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+/// Unique, incompressible-enough content named by `seed`.
+fn content(seed: &str, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 32);
+    let mut block = Digest::sha256_of(seed.as_bytes())
+        .encoded()
+        .as_bytes()
+        .to_vec();
+    while out.len() < len {
+        out.extend_from_slice(&block);
+        block = Digest::sha256_of(&block).encoded().as_bytes().to_vec();
+    }
+    out.truncate(len);
+    out
+}
+
+struct Registry<'a> {
+    server: &'a Server,
+    http: Client,
+}
+
+impl Registry<'_> {
+    fn url(&self, path: &str) -> String {
+        self.server.url(path)
+    }
+
+    /// A monolithic push (POST ?digest=).
+    fn push_blob(&self, repo: &str, data: &[u8]) -> Digest {
+        let digest = Digest::sha256_of(data);
+        let resp = self
+            .http
+            .post(self.url(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")))
+            .body(data.to_vec())
+            .send()
+            .expect("POST blob");
+        let status = resp.status();
+        assert_eq!(status, 201, "push blob to {repo}: {:?}", resp.text());
+        digest
+    }
+
+    /// POST, one PATCH, closing PUT.
+    fn push_blob_chunked(&self, repo: &str, data: &[u8]) -> Digest {
+        let digest = Digest::sha256_of(data);
+        let resp = self
+            .http
+            .post(self.url(&format!("/v2/{repo}/blobs/uploads/")))
+            .send()
+            .expect("POST");
+        assert_eq!(resp.status(), 202);
+        let loc = location(&resp);
+        let resp = self
+            .http
+            .patch(self.url(&loc))
+            .body(data.to_vec())
+            .send()
+            .expect("PATCH");
+        assert_eq!(resp.status(), 202);
+        let loc = location(&resp);
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let resp = self
+            .http
+            .put(self.url(&format!("{loc}{sep}digest={digest}")))
+            .send()
+            .expect("PUT");
+        assert_eq!(resp.status(), 201, "close upload in {repo}");
+        digest
+    }
+
+    /// Mounts from `from` when that still works, otherwise uploads.
+    fn mount_or_push(&self, repo: &str, from: &str, data: &[u8]) {
+        let digest = Digest::sha256_of(data);
+        let resp = self
+            .http
+            .post(self.url(&format!(
+                "/v2/{repo}/blobs/uploads/?mount={digest}&from={from}"
+            )))
+            .send()
+            .expect("POST mount");
+        match resp.status().as_u16() {
+            201 => {}
+            202 => {
+                let loc = location(&resp);
+                self.http.delete(self.url(&loc)).send().expect("cancel");
+                self.push_blob(repo, data);
+            }
+            other => panic!("mount: {other}"),
+        }
+    }
+
+    fn put_manifest(&self, repo: &str, reference: &str, body: &[u8]) -> (u16, String) {
+        let resp = self
+            .http
+            .put(self.url(&format!("/v2/{repo}/manifests/{reference}")))
+            .header("Content-Type", MANIFEST_TYPE)
+            .body(body.to_vec())
+            .send()
+            .expect("PUT manifest");
+        let status = resp.status().as_u16();
+        (status, resp.text().unwrap_or_default())
+    }
+
+    fn get(&self, path: &str) -> reqwest::blocking::Response {
+        self.http.get(self.url(path)).send().expect("GET")
+    }
+
+    /// Pulls a manifest and every blob it references, checking every digest.
+    fn pull_whole(&self, repo: &str, reference: &str) -> Digest {
+        let resp = self.get(&format!("/v2/{repo}/manifests/{reference}"));
+        assert_eq!(resp.status(), 200, "manifest {repo}:{reference}");
+        let bytes = resp.bytes().expect("manifest body");
+        let manifest: serde_json::Value = serde_json::from_slice(&bytes).expect("manifest json");
+        let mut blobs = vec![manifest["config"]["digest"].clone()];
+        blobs.extend(manifest["layers"].as_array().cloned().unwrap_or_default());
+        for blob in blobs {
+            let digest = blob
+                .as_str()
+                .or_else(|| blob["digest"].as_str())
+                .expect("digest");
+            let resp = self.get(&format!("/v2/{repo}/blobs/{digest}"));
+            assert_eq!(resp.status(), 200, "blob {digest} of {repo}:{reference}");
+            let body = resp.bytes().expect("blob body");
+            assert_eq!(
+                Digest::sha256_of(&body).to_string(),
+                digest,
+                "blob of {repo}:{reference} pulls whole"
+            );
+        }
+        Digest::sha256_of(&bytes)
+    }
+}
+
+fn location(resp: &reqwest::blocking::Response) -> String {
+    resp.headers()["Location"]
+        .to_str()
+        .expect("Location")
+        .to_string()
+}
+
+fn manifest(config: &[u8], layers: &[&[u8]]) -> Vec<u8> {
+    let descriptor = |media_type: &str, data: &[u8]| {
+        json!({
+            "mediaType": media_type,
+            "digest": Digest::sha256_of(data).to_string(),
+            "size": data.len(),
+        })
+    };
+    let doc = json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_TYPE,
+        "config": descriptor("application/vnd.oci.image.config.v1+json", config),
+        "layers": layers
+            .iter()
+            .map(|l| descriptor("application/vnd.oci.image.layer.v1.tar", l))
+            .collect::<Vec<_>>(),
+    });
+    serde_json::to_vec(&doc).expect("manifest json")
+}
+
+fn blob_path(data_dir: &Path, digest: &Digest) -> PathBuf {
+    data_dir
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&digest.encoded()[..2])
+        .join(digest.encoded())
+}
+
+fn layer_link_path(data_dir: &Path, repo: &str, digest: &Digest) -> PathBuf {
+    data_dir
+        .join("docker/registry/v2/repositories")
+        .join(repo)
+        .join("_layers/sha256")
+        .join(digest.encoded())
+}
+
+fn metric(server: &Server, line_prefix: &str) -> f64 {
+    let text = client()
+        .get(server.url("/metrics"))
+        .send()
+        .expect("GET /metrics")
+        .text()
+        .expect("metrics text");
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{line_prefix} not in /metrics:\n{text}"))
+}
+
+/// One image the loop pushed.
+struct Pushed {
+    repo: String,
+    tag: String,
+    digest: Digest,
+}
+
+#[test]
+fn online_gc_under_a_concurrent_push_loop_loses_nothing_referenced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("data");
+    let gc = "  maintenance:\n    gc:\n      enabled: true\n      interval: 300ms\n      graceperiod: 2s\n";
+    let server = Server::start_on(dir.path(), free_port(), "", gc);
+    let reg = Registry {
+        server: &server,
+        http: client(),
+    };
+
+    // Garbage from before the loop: orphan blobs, the blobs of a deleted image, an abandoned
+    // upload session.
+    let orphans: Vec<Digest> = (0..4)
+        .map(|i| reg.push_blob("gc/junk", &content(&format!("orphan{i}"), 40_000)))
+        .collect();
+    let gone_layer = content("gone-layer", 50_000);
+    let gone_config = content("gone-config", 300);
+    reg.push_blob("gc/gone", &gone_layer);
+    reg.push_blob("gc/gone", &gone_config);
+    let gone_manifest = manifest(&gone_config, &[&gone_layer]);
+    assert_eq!(reg.put_manifest("gc/gone", "v1", &gone_manifest).0, 201);
+    let gone_digest = Digest::sha256_of(&gone_manifest);
+    let resp = reg
+        .http
+        .delete(reg.url(&format!("/v2/gc/gone/manifests/{gone_digest}")))
+        .send()
+        .expect("DELETE manifest");
+    assert_eq!(resp.status(), 202);
+    let abandoned = location(
+        &reg.http
+            .post(reg.url("/v2/gc/junk/blobs/uploads/"))
+            .send()
+            .expect("POST"),
+    );
+    reg.http
+        .patch(reg.url(&abandoned))
+        .body(vec![1u8; 1000])
+        .send()
+        .expect("PATCH");
+    // A pool of blobs no manifest references yet: they turn old while the loop runs, and the
+    // loop then references them (by mount or HEAD-and-skip), racing the sweeps.
+    let pool: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..6)
+            .map(|i| content(&format!("pool{i}"), 30_000))
+            .collect(),
+    );
+    for data in pool.iter() {
+        reg.push_blob("gc/pool", data);
+    }
+    let early_garbage: Vec<Digest> = orphans
+        .iter()
+        .cloned()
+        .chain([
+            Digest::sha256_of(&gone_layer),
+            Digest::sha256_of(&gone_config),
+            gone_digest.clone(),
+        ])
+        .collect();
+
+    let pushed = Arc::new(Mutex::new(Vec::<Pushed>::new()));
+    let deleted = Arc::new(Mutex::new(BTreeSet::<Digest>::new()));
+    let junk = Arc::new(Mutex::new(Vec::<Digest>::new()));
+    let retries = Arc::new(Mutex::new(0u32));
+    let loop_for = Duration::from_secs(5);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for t in 0..3 {
+            let (pool, pushed, deleted, junk, retries) = (
+                pool.clone(),
+                pushed.clone(),
+                deleted.clone(),
+                junk.clone(),
+                retries.clone(),
+            );
+            let server = &server;
+            scope.spawn(move || {
+                let reg = Registry {
+                    server,
+                    http: client(),
+                };
+                let repo = format!("gc/app{t}");
+                // Images of ours not deleted yet, and the layers of deleted ones: those turn
+                // old and unreferenced, and a later image reuses them after a HEAD says the
+                // repository has them — the push that races a sweep.
+                let mut mine: Vec<(Digest, Vec<u8>)> = Vec::new();
+                let mut recyclable: std::collections::VecDeque<(Instant, Vec<u8>)> =
+                    Default::default();
+                let mut i = 0;
+                while started.elapsed() < loop_for {
+                    let layer = content(&format!("layer-{t}-{i}"), 20_000);
+                    let config = content(&format!("config-{t}-{i}"), 200);
+                    let shared = &pool[(t + i) % pool.len()];
+                    if i % 2 == 0 {
+                        reg.push_blob(&repo, &layer);
+                    } else {
+                        reg.push_blob_chunked(&repo, &layer);
+                    }
+                    reg.push_blob(&repo, &config);
+                    // The shared layer: mount it, or skip it when the repository has it,
+                    // as clients do after a HEAD.
+                    let head = reg
+                        .http
+                        .head(reg.url(&format!("/v2/{repo}/blobs/{}", Digest::sha256_of(shared))))
+                        .send()
+                        .expect("HEAD");
+                    if head.status() != 200 {
+                        reg.mount_or_push(&repo, "gc/pool", shared);
+                    }
+                    let mut layers = vec![layer.clone(), shared.clone()];
+                    if recyclable
+                        .front()
+                        .is_some_and(|(at, _)| at.elapsed() > Duration::from_secs(2))
+                    {
+                        if let Some((_, old_layer)) = recyclable.pop_front() {
+                            let head = reg
+                                .http
+                                .head(reg.url(&format!(
+                                    "/v2/{repo}/blobs/{}",
+                                    Digest::sha256_of(&old_layer)
+                                )))
+                                .send()
+                                .expect("HEAD");
+                            if head.status() != 200 {
+                                reg.push_blob(&repo, &old_layer);
+                            }
+                            layers.push(old_layer);
+                        }
+                    }
+                    let unreferenced =
+                        reg.push_blob(&repo, &content(&format!("junk-{t}-{i}"), 10_000));
+                    junk.lock().expect("junk").push(unreferenced);
+                    let layer_refs: Vec<&[u8]> = layers.iter().map(|l| &l[..]).collect();
+                    let body = manifest(&config, &layer_refs);
+                    let tag = format!("v{i}");
+                    let mut attempt = 0;
+                    loop {
+                        let (status, text) = reg.put_manifest(&repo, &tag, &body);
+                        if status == 201 {
+                            break;
+                        }
+                        // A blob swept between our check and the PUT: the registry refuses
+                        // the manifest (nothing dangling is stored); push the blobs again.
+                        assert!(
+                            status == 400 && text.contains("MANIFEST_BLOB_UNKNOWN"),
+                            "manifest PUT: {status} {text}"
+                        );
+                        attempt += 1;
+                        assert!(attempt < 5, "manifest PUT kept failing: {text}");
+                        *retries.lock().expect("retries") += 1;
+                        reg.push_blob(&repo, &config);
+                        for data in &layers {
+                            reg.push_blob(&repo, data);
+                        }
+                    }
+                    let digest = Digest::sha256_of(&body);
+                    pushed.lock().expect("pushed").push(Pushed {
+                        repo: repo.clone(),
+                        tag: tag.clone(),
+                        digest: digest.clone(),
+                    });
+                    mine.push((digest, layer));
+                    // Delete an older image now and then: its blobs become garbage again.
+                    if i % 3 == 2 {
+                        let (old, old_layer) = mine.remove(0);
+                        recyclable.push_back((Instant::now(), old_layer));
+                        let resp = reg
+                            .http
+                            .delete(reg.url(&format!("/v2/{repo}/manifests/{old}")))
+                            .send()
+                            .expect("DELETE");
+                        assert_eq!(resp.status(), 202);
+                        deleted.lock().expect("deleted").insert(old);
+                    }
+                    i += 1;
+                }
+            });
+        }
+    });
+    let passes_during_loop = metric(&server, "rregistry_gc_runs_total{result=\"success\"}");
+
+    // The old garbage goes once it is older than the grace period.
+    let junk = junk.lock().expect("junk").clone();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let left: Vec<&Digest> = early_garbage
+            .iter()
+            .chain(&junk)
+            .filter(|d| blob_path(&data_dir, d).exists())
+            .collect();
+        let session = reg.get(&abandoned).status();
+        if left.is_empty() && session == 404 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "garbage left: {} blobs, abandoned session {session}",
+            left.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for d in &orphans {
+        assert!(
+            !layer_link_path(&data_dir, "gc/junk", d).exists(),
+            "link to a swept blob left"
+        );
+    }
+
+    // Every manifest in every repository pulls whole, and they are exactly the images pushed
+    // and not deleted (a deleted image's tags go with it).
+    let pushed = pushed.lock().expect("pushed");
+    let deleted = deleted.lock().expect("deleted");
+    assert!(
+        pushed.len() >= 6,
+        "the loop pushed only {} images",
+        pushed.len()
+    );
+    let expected: BTreeSet<(String, String, Digest)> = pushed
+        .iter()
+        .filter(|p| !deleted.contains(&p.digest))
+        .map(|p| (p.repo.clone(), p.tag.clone(), p.digest.clone()))
+        .collect();
+    let mut found = BTreeSet::new();
+    let catalog: serde_json::Value = reg.get("/v2/_catalog").json().expect("catalog");
+    for repo in catalog["repositories"].as_array().expect("repositories") {
+        let repo = repo.as_str().expect("name");
+        let tags: serde_json::Value = reg
+            .get(&format!("/v2/{repo}/tags/list"))
+            .json()
+            .expect("tags");
+        for tag in tags["tags"].as_array().into_iter().flatten() {
+            let tag = tag.as_str().expect("tag");
+            let digest = reg.pull_whole(repo, tag);
+            found.insert((repo.to_string(), tag.to_string(), digest));
+        }
+    }
+    assert!(
+        found == expected,
+        "images in the registry differ from those pushed"
+    );
+    assert!(
+        passes_during_loop >= 3.0,
+        "GC ran {passes_during_loop} passes while pushes ran"
+    );
+    assert_eq!(
+        metric(&server, "rregistry_gc_runs_total{result=\"failure\"}"),
+        0.0
+    );
+    assert!(metric(&server, "rregistry_gc_reclaimed_bytes_total") > 0.0);
+    eprintln!(
+        "{} images pushed, {} deleted, {} manifest PUTs retried after a sweep",
+        pushed.len(),
+        deleted.len(),
+        retries.lock().expect("retries")
+    );
+    let log = std::fs::read_to_string(dir.path().join("rregistry.log")).unwrap_or_default();
+    assert!(!log.contains("panicked"), "server panicked:\n{log}");
+    assert!(!log.contains("status=500"), "server answered 500:\n{log}");
+}
+
+/// Sets every file's mtime two days back, as if the storage had aged.
+fn age_storage(root: &Path) {
+    let old = SystemTime::now() - Duration::from_secs(2 * 24 * 3600);
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                std::fs::File::options()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_modified(old))
+                    .expect("set mtime");
+            }
+        }
+    }
+}
+
+fn rregistry_gc(config: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_rregistry"))
+        .arg("gc")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run rregistry gc");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "rregistry gc {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn offline_gc_dry_run_sweep_and_delete_untagged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("data");
+    let config = dir.path().join("config.yml");
+    let port = free_port();
+    let server = Server::start_on(dir.path(), port, "", "");
+    let reg = Registry {
+        server: &server,
+        http: client(),
+    };
+    let layer = content("kept-layer", 30_000);
+    let config_blob = content("kept-config", 200);
+    reg.push_blob("off/app", &layer);
+    reg.push_blob("off/app", &config_blob);
+    let kept = manifest(&config_blob, &[&layer]);
+    assert_eq!(reg.put_manifest("off/app", "v1", &kept).0, 201);
+    let orphan = reg.push_blob("off/app", &content("orphan", 20_000));
+    // An untagged manifest with a layer of its own.
+    let untagged_layer = content("untagged-layer", 25_000);
+    reg.push_blob("off/app", &untagged_layer);
+    let untagged = manifest(&config_blob, &[&untagged_layer]);
+    let untagged_digest = Digest::sha256_of(&untagged);
+    assert_eq!(
+        reg.put_manifest("off/app", &untagged_digest.to_string(), &untagged)
+            .0,
+        201
+    );
+    let session = location(
+        &reg.http
+            .post(reg.url("/v2/off/app/blobs/uploads/"))
+            .send()
+            .expect("POST"),
+    );
+    drop(reg);
+    assert!(server.terminate().success());
+    age_storage(&data_dir);
+
+    let out = rregistry_gc(&config, &["--dry-run"]);
+    assert!(
+        out.contains(&format!("would remove blob {orphan}")),
+        "{out}"
+    );
+    assert!(
+        !out.contains(&Digest::sha256_of(&untagged_layer).to_string()),
+        "{out}"
+    );
+    assert!(
+        out.contains("would remove upload session off/app/"),
+        "{out}"
+    );
+    assert!(
+        blob_path(&data_dir, &orphan).exists(),
+        "a dry run removes nothing"
+    );
+
+    let out = rregistry_gc(&config, &[]);
+    assert!(
+        out.contains(&format!("removed blob {orphan} (20000 bytes)")),
+        "{out}"
+    );
+    assert!(
+        out.contains("removed 1 blobs (20000 bytes), 1 layer links"),
+        "{out}"
+    );
+    assert!(!blob_path(&data_dir, &orphan).exists());
+    assert!(!layer_link_path(&data_dir, "off/app", &orphan).exists());
+    assert!(blob_path(&data_dir, &Digest::sha256_of(&untagged_layer)).exists());
+
+    let out = rregistry_gc(&config, &["--delete-untagged"]);
+    assert!(
+        out.contains(&format!(
+            "removed untagged manifest off/app@{untagged_digest}"
+        )),
+        "{out}"
+    );
+    assert!(!blob_path(&data_dir, &Digest::sha256_of(&untagged_layer)).exists());
+    assert!(!blob_path(&data_dir, &untagged_digest).exists());
+
+    // The tagged image is whole; the session is gone.
+    let server = Server::start_on(dir.path(), port, "", "");
+    let reg = Registry {
+        server: &server,
+        http: client(),
+    };
+    assert_eq!(reg.pull_whole("off/app", "v1"), Digest::sha256_of(&kept));
+    assert_eq!(reg.get(&session).status(), 404);
+}
