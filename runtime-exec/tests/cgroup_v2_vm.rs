@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{set_resources, sh, status};
+use common::{fork_bomb_is_stopped, memory_hog_is_reported_as_oom, set_resources, sh, status};
 use runtime_exec::spec::{
     LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder,
 };
@@ -34,7 +34,9 @@ const CHECKS: [(&str, fn()); 4] = [
         "memory_hog_is_reported_as_oom",
         memory_hog_is_reported_as_oom,
     ),
-    ("fork_bomb_is_stopped_by_pids_max", fork_bomb_is_stopped),
+    ("fork_bomb_is_stopped_by_pids_max", || {
+        fork_bomb_is_stopped("/sys/fs/cgroup")
+    }),
     ("cgroups_are_removed_after_exit", cgroups_are_removed),
 ];
 /// The whole VM run, boot included (TCG on a loaded 2-core machine).
@@ -108,45 +110,6 @@ fn limits_are_written() {
         "{}",
         o.stderr
     );
-}
-
-fn memory_hog_is_reported_as_oom() {
-    let o = sh(
-        "oom",
-        "a=xxxxxxxxxxxxxxxx; while true; do a=$a$a; done",
-        |spec, _| {
-            let memory = LinuxMemoryBuilder::default()
-                .limit(32 * 1024 * 1024)
-                .swap(32 * 1024 * 1024)
-                .build()
-                .unwrap();
-            let resources = LinuxResourcesBuilder::default()
-                .memory(memory)
-                .build()
-                .unwrap();
-            set_resources(spec, resources);
-        },
-    );
-    assert_eq!(status(&o), ExitStatus::OomKilled, "{}", o.stderr);
-}
-
-fn fork_bomb_is_stopped() {
-    // Builtins only after the bomb: a fork would fail while the bomb holds every pid.
-    let script = "f(){ f | f & }; f; i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done; \
-                  read n < /sys/fs/cgroup/pids.current; read e < /sys/fs/cgroup/pids.events; echo \"$n $e\"";
-    let o = sh("bomb", script, |spec, _| {
-        let pids = LinuxPidsBuilder::default().limit(16).build().unwrap();
-        set_resources(
-            spec,
-            LinuxResourcesBuilder::default().pids(pids).build().unwrap(),
-        );
-    });
-    assert_eq!(status(&o), ExitStatus::Exited(0), "{}", o.stderr);
-    let fields: Vec<&str> = o.stdout.split_whitespace().collect();
-    let current: u32 = fields[0].parse().unwrap();
-    assert!(current <= 16, "pids.current {current} above the limit");
-    assert_eq!(fields[1], "max");
-    assert!(fields[2].parse::<u64>().unwrap() > 0, "{}", o.stdout);
 }
 
 /// After the runs above (and one more), /sys/fs/cgroup/rbuild holds no container's cgroup.

@@ -7,11 +7,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{busybox_rootfs, run_spec, set_resources, sh, status, unique_id};
-
-use runtime_exec::spec::{
-    LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder, Spec,
+use common::{
+    busybox_rootfs, fork_bomb_is_stopped, memory_hog_is_reported_as_oom, run_spec, set_resources,
+    sh, status, unique_id,
 };
+
+use runtime_exec::spec::{LinuxCpuBuilder, LinuxPidsBuilder, LinuxResourcesBuilder, Spec};
 use runtime_exec::{
     capabilities, defaults, CgroupChoice, Error, ExitStatus, OverlayRootfs, RunOptions,
     SetupErrorKind,
@@ -81,51 +82,6 @@ fn exit_codes_and_signals() {
     let killed = status(&o);
     assert_eq!(killed, ExitStatus::Signaled(9));
     assert_eq!(killed.code(), 137);
-}
-
-fn memory_hog_is_reported_as_oom() {
-    let o = sh(
-        "oom",
-        "a=xxxxxxxxxxxxxxxx; while true; do a=$a$a; done",
-        |spec, _| {
-            let memory = LinuxMemoryBuilder::default()
-                .limit(32 * 1024 * 1024)
-                .swap(32 * 1024 * 1024)
-                .build()
-                .unwrap();
-            set_resources(
-                spec,
-                LinuxResourcesBuilder::default()
-                    .memory(memory)
-                    .build()
-                    .unwrap(),
-            );
-        },
-    );
-    assert_eq!(status(&o), ExitStatus::OomKilled, "{}", o.stderr);
-}
-
-fn fork_bomb_is_stopped_by_the_pids_limit() {
-    // Builtins only after the bomb: a fork would fail while the bomb holds every pid.
-    let script = "f(){ f | f & }; f; i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done; \
-                  read n < /sys/fs/cgroup/pids/pids.current; read e < /sys/fs/cgroup/pids/pids.events; echo \"$n $e\"";
-    let o = sh("bomb", script, |spec, _| {
-        let pids = LinuxPidsBuilder::default().limit(16).build().unwrap();
-        set_resources(
-            spec,
-            LinuxResourcesBuilder::default().pids(pids).build().unwrap(),
-        );
-    });
-    assert_eq!(status(&o), ExitStatus::Exited(0), "{}", o.stderr);
-    let fields: Vec<&str> = o.stdout.split_whitespace().collect();
-    let current: u32 = fields[0].parse().unwrap();
-    assert!(current <= 16, "pids.current {current} above the limit");
-    assert_eq!(fields[1], "max");
-    assert!(
-        fields[2].parse::<u64>().unwrap() > 0,
-        "no fork was refused: {}",
-        o.stdout
-    );
 }
 
 fn cpu_quota_and_shares_are_applied() {
@@ -477,10 +433,9 @@ fn main() {
             "memory_hog_is_reported_as_oom",
             memory_hog_is_reported_as_oom,
         ),
-        (
-            "fork_bomb_is_stopped_by_the_pids_limit",
-            fork_bomb_is_stopped_by_the_pids_limit,
-        ),
+        ("fork_bomb_is_stopped_by_the_pids_limit", || {
+            fork_bomb_is_stopped("/sys/fs/cgroup/pids")
+        }),
         ("proc_sys_is_read_only", proc_sys_is_read_only),
         ("dropped_capability_is_absent", dropped_capability_is_absent),
         (

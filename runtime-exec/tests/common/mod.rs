@@ -5,7 +5,7 @@ use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use runtime_exec::spec::Spec;
+use runtime_exec::spec::{LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder, Spec};
 use runtime_exec::{defaults, run_with_stdio, ContainerStdio, Error, ExitStatus, RunOptions};
 
 /// A busybox image: /bin/busybox from Debian's busybox-static plus its applet links.
@@ -101,4 +101,54 @@ pub fn status(o: &Outcome) -> ExitStatus {
             o.stdout, o.stderr
         ),
     }
+}
+
+/// A shell that doubles a string forever under a 32 MiB limit is reported as OOM-killed.
+pub fn memory_hog_is_reported_as_oom() {
+    let o = sh(
+        "oom",
+        "a=xxxxxxxxxxxxxxxx; while true; do a=$a$a; done",
+        |spec, _| {
+            let memory = LinuxMemoryBuilder::default()
+                .limit(32 * 1024 * 1024)
+                .swap(32 * 1024 * 1024)
+                .build()
+                .unwrap();
+            set_resources(
+                spec,
+                LinuxResourcesBuilder::default()
+                    .memory(memory)
+                    .build()
+                    .unwrap(),
+            );
+        },
+    );
+    assert_eq!(status(&o), ExitStatus::OomKilled, "{}", o.stderr);
+}
+
+/// A fork bomb under pids.max = 16 is held there; `pids_dir` is where the container sees its
+/// pids cgroup files (`/sys/fs/cgroup/pids` on v1, `/sys/fs/cgroup` on v2).
+pub fn fork_bomb_is_stopped(pids_dir: &str) {
+    // Builtins only after the bomb: a fork would fail while the bomb holds every pid.
+    let script = format!(
+        "f(){{ f | f & }}; f; i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done; \
+         read n < {pids_dir}/pids.current; read e < {pids_dir}/pids.events; echo \"$n $e\""
+    );
+    let o = sh("bomb", &script, |spec, _| {
+        let pids = LinuxPidsBuilder::default().limit(16).build().unwrap();
+        set_resources(
+            spec,
+            LinuxResourcesBuilder::default().pids(pids).build().unwrap(),
+        );
+    });
+    assert_eq!(status(&o), ExitStatus::Exited(0), "{}", o.stderr);
+    let fields: Vec<&str> = o.stdout.split_whitespace().collect();
+    let current: u32 = fields[0].parse().unwrap();
+    assert!(current <= 16, "pids.current {current} above the limit");
+    assert_eq!(fields[1], "max");
+    assert!(
+        fields[2].parse::<u64>().unwrap() > 0,
+        "no fork was refused: {}",
+        o.stdout
+    );
 }
