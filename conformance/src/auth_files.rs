@@ -145,3 +145,42 @@ pub fn docker_tiny_image(dockerd: &Dockerd, tag: &str, content: &str) -> Result<
     }
     Ok(())
 }
+
+/// The auth tests' shared docker flow, for a registry whose rules let `alice` (password
+/// `alice-pw`) push and `bob` (`bob-pw`) only pull: alice logs in, pushes, removes and pulls
+/// `image`; bob logs in and his push of `ADDR/team/bob:1` is refused with "denied". Returns
+/// bob's tag (still logged in as bob).
+pub fn alice_pushes_and_bob_is_denied(
+    dockerd: &Dockerd,
+    addr: &str,
+    image: &str,
+) -> Result<String> {
+    run_ok(
+        dockerd
+            .docker()
+            .args(["login", "-u", "alice", "-p", "alice-pw", addr]),
+    )?;
+    run_ok(dockerd.docker().args(["push", image]))?;
+    run_ok(dockerd.docker().args(["rmi", image]))?;
+    run_ok(dockerd.docker().args(["pull", image]))?;
+    run_ok(
+        dockerd
+            .docker()
+            .args(["login", "-u", "bob", "-p", "bob-pw", addr]),
+    )?;
+    let bobs = format!("{addr}/team/bob:1");
+    run_ok(dockerd.docker().args(["tag", image, &bobs]))?;
+    let out = dockerd
+        .docker()
+        .args(["push", &bobs])
+        .output()
+        .context("docker push")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || !stderr.contains("denied") {
+        bail!(
+            "bob has no push rule, yet his push gave {}: {stderr}",
+            out.status
+        );
+    }
+    Ok(bobs)
+}

@@ -2,7 +2,7 @@
 //! (distribution-spec "Error Codes", RFC 7617), and docker (a private dockerd) logging in,
 //! pushing and pulling, and being denied a push it has no rule for.
 
-use conformance::auth_files::{docker_tiny_image, htpasswd_file};
+use conformance::auth_files::{alice_pushes_and_bob_is_denied, docker_tiny_image, htpasswd_file};
 use conformance::peers::{run_ok, Dockerd};
 use conformance::registry_suite::Rregistry;
 use reqwest::blocking::Client;
@@ -157,28 +157,7 @@ fn docker_login_push_pull_and_denied_push() {
     let out = dockerd.docker().args(["push", &image]).output().unwrap();
     assert!(!out.status.success(), "anonymous push must fail");
 
-    run_ok(
-        dockerd
-            .docker()
-            .args(["login", "-u", "alice", "-p", "alice-pw", &addr]),
-    )
-    .unwrap();
-    run_ok(dockerd.docker().args(["push", &image])).unwrap();
-    run_ok(dockerd.docker().args(["rmi", &image])).unwrap();
-    run_ok(dockerd.docker().args(["pull", &image])).unwrap();
-
-    run_ok(
-        dockerd
-            .docker()
-            .args(["login", "-u", "bob", "-p", "bob-pw", &addr]),
-    )
-    .unwrap();
-    let bobs = format!("{addr}/team/bob:1");
-    run_ok(dockerd.docker().args(["tag", &image, &bobs])).unwrap();
-    let out = dockerd.docker().args(["push", &bobs]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "bob has no push rule");
-    assert!(stderr.contains("denied"), "{stderr}");
+    let bobs = alice_pushes_and_bob_is_denied(&dockerd, &addr, &image).unwrap();
     // bob may still pull what alice pushed.
     run_ok(dockerd.docker().args(["rmi", &image, &bobs])).unwrap();
     run_ok(dockerd.docker().args(["pull", &image])).unwrap();

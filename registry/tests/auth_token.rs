@@ -8,7 +8,8 @@ use std::path::Path;
 
 use base64::Engine;
 use conformance::auth_files::{
-    ca_signed_cert, cert_der, docker_tiny_image, ec_key, htpasswd_file, self_signed_cert,
+    alice_pushes_and_bob_is_denied, ca_signed_cert, cert_der, docker_tiny_image, ec_key,
+    htpasswd_file, self_signed_cert,
 };
 use conformance::peers::{run_ok, Dockerd};
 use conformance::registry_suite::Rregistry;
@@ -238,28 +239,7 @@ fn docker_with_built_in_and_external_issuer() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "a wrong password fails the login");
-    run_ok(
-        dockerd
-            .docker()
-            .args(["login", "-u", "alice", "-p", "alice-pw", &addr]),
-    )
-    .unwrap();
-    run_ok(dockerd.docker().args(["push", &image])).unwrap();
-    run_ok(dockerd.docker().args(["rmi", &image])).unwrap();
-    run_ok(dockerd.docker().args(["pull", &image])).unwrap();
-
-    run_ok(
-        dockerd
-            .docker()
-            .args(["login", "-u", "bob", "-p", "bob-pw", &addr]),
-    )
-    .unwrap();
-    let bobs = format!("{addr}/team/bob:1");
-    run_ok(dockerd.docker().args(["tag", &image, &bobs])).unwrap();
-    let out = dockerd.docker().args(["push", &bobs]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "bob has no push rule");
-    assert!(stderr.contains("denied"), "{stderr}");
+    let bobs = alice_pushes_and_bob_is_denied(&dockerd, &addr, &image).unwrap();
     run_ok(dockerd.docker().args(["logout", &addr])).unwrap();
     // Anonymous: pulls of team/ are refused (no anonymous rule).
     run_ok(dockerd.docker().args(["rmi", &image, &bobs])).unwrap();
