@@ -54,14 +54,17 @@ fn main() {
         .collect();
     let name = "cgroup_v2_limits_in_a_pure_v2_vm";
     if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
-        println!("\n0 passed, 0 failed");
+        common::finish(0, 0);
         return;
     }
     match std::panic::catch_unwind(host) {
-        Ok(()) => println!("test {name} ... ok\n\n1 passed, 0 failed"),
+        Ok(()) => {
+            println!("test {name} ... ok");
+            common::finish(1, 0);
+        }
         Err(_) => {
-            println!("test {name} ... FAILED\n\n0 passed, 1 failed");
-            std::process::exit(1);
+            println!("test {name} ... FAILED");
+            common::finish(0, 1);
         }
     }
 }

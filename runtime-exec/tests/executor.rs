@@ -472,10 +472,7 @@ fn main() {
             }
         }
     }
-    println!("\n{passed} passed, {failed} failed");
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    common::finish(passed, failed);
 }
 
 fn cgroups_path_is_validated() {

@@ -152,3 +152,13 @@ pub fn fork_bomb_is_stopped(pids_dir: &str) {
         o.stdout
     );
 }
+
+/// Ends a hand-rolled test binary (these run without libtest's harness: the executor needs a
+/// single-threaded main) with libtest's summary line, which .ci/run counts, and its exit code.
+pub fn finish(passed: usize, failed: usize) {
+    let verdict = if failed == 0 { "ok" } else { "FAILED" };
+    println!("\ntest result: {verdict}. {passed} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
