@@ -382,32 +382,44 @@ fn size_limit_evicts_least_recently_used_blobs() {
             &hex[..2]
         ))
     };
-    for d in [&first, &second] {
-        let resp = http.get(blob_url(d)).send().unwrap();
-        assert_eq!(Digest::sha256_of(&resp.bytes().unwrap()), *d);
-    }
-    conformance::peers::wait_until("eviction", std::time::Duration::from_secs(20), || {
-        !data(&first).exists()
-    })
-    .expect("the least recently used blob is evicted");
+    let metrics = || {
+        http.get(format!("{}/metrics", mirror.url()))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    // A client has all the bytes once they are verified, a moment before the blob is
+    // committed and counted: wait for the count, so that `first` is surely used first.
+    let wait_for = |what: &str, line: String| {
+        conformance::peers::wait_until(what, std::time::Duration::from_secs(20), || {
+            metrics().lines().any(|l| l == line)
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", metrics()));
+    };
+    let resp = http.get(blob_url(&first)).send().unwrap();
+    assert_eq!(Digest::sha256_of(&resp.bytes().unwrap()), first);
+    wait_for(
+        "first cached",
+        format!("rregistry_mirror_cached_bytes {}", 1 << 20),
+    );
+    let resp = http.get(blob_url(&second)).send().unwrap();
+    assert_eq!(Digest::sha256_of(&resp.bytes().unwrap()), second);
+    wait_for("eviction", "rregistry_mirror_evicted_blobs_total 1".into());
+    assert!(
+        !data(&first).exists(),
+        "the least recently used blob is evicted"
+    );
     assert!(data(&second).exists());
+    assert!(metrics().contains(&format!("rregistry_mirror_cached_bytes {}", 1 << 20)));
     let resp = http.get(blob_url(&first)).send().unwrap();
     assert_eq!(header(&resp, "X-Rregistry-Cache"), "MISS");
     assert_eq!(Digest::sha256_of(&resp.bytes().unwrap()), first);
     assert_eq!(proxy.count(&format!("GET /v2/team/lru/blobs/{first}")), 2);
 
-    let metrics = http
-        .get(format!("{}/metrics", mirror.url()))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = metrics();
     assert!(
-        metrics.contains("rregistry_mirror_upstream_fetches_total 3"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("rregistry_mirror_evicted_blobs_total"),
-        "{metrics}"
+        text.contains("rregistry_mirror_upstream_fetches_total 3"),
+        "{text}"
     );
 }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use oci::Digest;
 
@@ -25,6 +25,8 @@ pub struct MirrorMetrics {
     pub upstream_fetches: AtomicU64,
     pub evicted_blobs: AtomicU64,
     pub evicted_bytes: AtomicU64,
+    /// Bytes of the cached blobs now (a gauge, kept by `CacheIndex`).
+    pub cached_bytes: AtomicU64,
 }
 
 impl MirrorMetrics {
@@ -85,6 +87,11 @@ impl MirrorMetrics {
                 counter.load(Ordering::Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP rregistry_mirror_cached_bytes Bytes of the blobs the mirror holds (see proxy.maxsize).\n# TYPE rregistry_mirror_cached_bytes gauge\nrregistry_mirror_cached_bytes {}",
+            self.cached_bytes.load(Ordering::Relaxed)
+        );
     }
 }
 
@@ -104,12 +111,27 @@ struct Index {
     clock: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CacheIndex {
     inner: Mutex<Index>,
+    metrics: Arc<MirrorMetrics>,
 }
 
 impl CacheIndex {
+    /// An empty index that keeps `metrics.cached_bytes` up to date.
+    pub fn new(metrics: Arc<MirrorMetrics>) -> CacheIndex {
+        CacheIndex {
+            inner: Mutex::default(),
+            metrics,
+        }
+    }
+
+    fn publish(&self, index: &Index) {
+        self.metrics
+            .cached_bytes
+            .store(index.total, Ordering::Relaxed);
+    }
+
     /// A blob cached (or found at start) in `repo`.
     pub fn record(&self, digest: &Digest, size: u64, repo: &str) {
         let mut index = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -127,6 +149,7 @@ impl CacheIndex {
         entry.last_used = now;
         entry.repos.insert(repo.to_string());
         index.total += added;
+        self.publish(&index);
     }
 
     /// A cached blob served again.
@@ -166,6 +189,7 @@ impl CacheIndex {
                 victims.push((digest, blob));
             }
         }
+        self.publish(&index);
         victims
     }
 }
@@ -176,7 +200,8 @@ mod tests {
 
     #[test]
     fn least_recently_used_goes_first() {
-        let index = CacheIndex::default();
+        let metrics = Arc::new(MirrorMetrics::default());
+        let index = CacheIndex::new(metrics.clone());
         let d = |s: &str| Digest::sha256_of(s.as_bytes());
         index.record(&d("a"), 10, "r1");
         index.record(&d("b"), 10, "r1");
@@ -189,6 +214,7 @@ mod tests {
         assert_eq!(gone, vec![d("c"), d("a")]);
         assert_eq!(victims[1].1.repos.len(), 2);
         assert_eq!(index.total_bytes(), 10);
+        assert_eq!(metrics.cached_bytes.load(Ordering::Relaxed), 10);
         assert!(index.take_victims(15).is_empty());
     }
 }

@@ -121,13 +121,14 @@ impl<S: StorageDriver> Mirror<S> {
             tracing::info!(name = %u.name, remote = %u.remoteurl, default = settings.default.as_deref() == Some(u.name.as_str()), "mirror upstream");
             upstreams.push(Arc::new(upstream));
         }
+        let metrics = Arc::new(MirrorMetrics::default());
         Ok(Some(Arc::new(Mirror {
             registry,
             routes: Routes::new(&settings, upstreams),
             settings,
             inflight: Default::default(),
-            cache: CacheIndex::default(),
-            metrics: Arc::new(MirrorMetrics::default()),
+            cache: CacheIndex::new(metrics.clone()),
+            metrics,
             evict_wanted: tokio::sync::Notify::new(),
         })))
     }
