@@ -7,9 +7,11 @@
 #
 # Each run starts a fresh moto and, per registry, a fresh bucket and a new port (so no
 # client-side blob-location cache turns a push into mounts); the order alternates per run and
-# the best time of each is kept. Both registries serve blob GETs themselves: distribution's
-# redirect to presigned S3 URLs is disabled (`storage.redirect.disable`), as rregistry has
-# none yet. moto is a Python server and is part of what is measured, for both.
+# the best time of each is kept. Both registries serve blob GETs themselves: their redirects
+# to presigned S3 URLs are disabled (`storage.redirect.disable`), so the pull measures each
+# registry's read path rather than the S3 server's alone. moto is a Python server and is part
+# of what is measured, for both. (s3s-fs, a Rust server on a directory, was tried as a faster
+# one: it answers 500 to a HEAD of a key that is also a prefix, so neither registry works on it.)
 #
 # Usage: bench/registry-s3.sh     (builds rregistry and rbuild-fixtures in release mode first)
 # Env:   LAYERS (default 8), LAYER_MB (default 32), RUNS (default 2), BENCH_DIR (scratch,

@@ -88,8 +88,19 @@ impl S3Server {
     }
 
     /// A `storage.s3` section (indented for the `storage:` map) for `bucket` through
-    /// `endpoint` (this server, or a proxy in front of it), plus `extra` lines indented by 4.
+    /// `endpoint` (this server, or a proxy in front of it), plus `extra` lines indented by 4,
+    /// with blob redirects to presigned URLs off (`storage.redirect.disable`): the suites using
+    /// it check the registry's own blob answers. [`S3Server::redirecting_storage_yaml`] keeps
+    /// distribution's default.
     pub fn storage_yaml(endpoint: &str, bucket: &str, extra: &str) -> String {
+        format!(
+            "  redirect:\n    disable: true\n{}",
+            Self::redirecting_storage_yaml(endpoint, bucket, extra)
+        )
+    }
+
+    /// [`S3Server::storage_yaml`] with blob GETs and HEADs redirected to presigned URLs.
+    pub fn redirecting_storage_yaml(endpoint: &str, bucket: &str, extra: &str) -> String {
         format!(
             "  s3:\n    region: {REGION}\n    regionendpoint: {endpoint}\n    forcepathstyle: true\n    secure: false\n    bucket: {bucket}\n    accesskey: {ACCESS_KEY}\n    secretkey: {SECRET_KEY}\n{extra}"
         )

@@ -120,6 +120,8 @@ pub struct StorageConfig {
     /// When present, the S3 driver serves instead of the filesystem (`storage/s3`).
     pub s3: Option<crate::storage::s3::S3Config>,
     pub delete: DeleteConfig,
+    /// Blob reads redirected to the backend (presigned S3 URLs) unless disabled.
+    pub redirect: RedirectConfig,
     pub maintenance: MaintenanceConfig,
     /// Every other `storage.*` key, kept to refuse drivers we do not have rather than
     /// silently serving from the filesystem instead.
@@ -142,6 +144,13 @@ impl Default for FilesystemConfig {
             rootdirectory: PathBuf::from("./registry-data"),
         }
     }
+}
+
+/// distribution's `storage.redirect`: on by default for backends that can redirect (S3).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RedirectConfig {
+    pub disable: bool,
 }
 
 /// Deletes are off unless enabled, as in distribution.

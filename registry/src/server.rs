@@ -39,7 +39,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     if let Some(s3) = &config.storage.s3 {
-        let driver = S3Driver::new(s3)?;
+        let driver = S3Driver::new(s3)?.with_redirects(!config.storage.redirect.disable);
         tracing::info!(bucket = %driver.bucket(), root = %s3.rootdirectory, "s3 storage");
         return serve_with(config, driver, shutdown).await;
     }

@@ -1,5 +1,7 @@
 //! One handler per endpoint of spec.md "Endpoints" (end-1 … end-14) plus `/v2/_catalog`.
 
+mod redirect;
+
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -374,6 +376,9 @@ impl<S: StorageDriver> Handler<'_, S> {
         headers: &HeaderMap,
     ) -> RegistryResult<Response> {
         let digest = parse_digest(digest)?;
+        if let Some(resp) = redirect::blob_redirect(self.app, name, &digest, Method::GET).await? {
+            return Ok(resp);
+        }
         let registry = &self.app.registry;
         let range = if headers.contains_key(header::RANGE) {
             let size = registry.blob_size(name, &digest).await?;
@@ -408,6 +413,9 @@ impl<S: StorageDriver> Handler<'_, S> {
 
     async fn head_blob(&self, name: &str, digest: &str) -> RegistryResult<Response> {
         let digest = parse_digest(digest)?;
+        if let Some(resp) = redirect::blob_redirect(self.app, name, &digest, Method::HEAD).await? {
+            return Ok(resp);
+        }
         let size = self.app.registry.blob_size(name, &digest).await?;
         Ok(ResponseBuilder::new(StatusCode::OK, Body::empty())
             .header("Content-Type", "application/octet-stream")

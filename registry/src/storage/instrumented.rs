@@ -163,6 +163,15 @@ impl<S: StorageDriver> StorageDriver for Instrumented<S> {
     async fn delete(&self, path: &str) -> StorageResult<()> {
         timed(&self.metrics, StorageOp::Delete, self.inner.delete(path)).await
     }
+
+    // Not timed: presigning is local work, not a storage request.
+    async fn redirect_url(
+        &self,
+        path: &str,
+        method: &axum::http::Method,
+    ) -> StorageResult<Option<String>> {
+        self.inner.redirect_url(path, method).await
+    }
 }
 
 pub struct InstrumentedWriter<W> {

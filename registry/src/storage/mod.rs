@@ -122,6 +122,17 @@ pub trait StorageDriver: Send + Sync + 'static {
 
     /// Deletes an object or a whole directory tree.
     fn delete(&self, path: &str) -> impl Future<Output = StorageResult<()>> + Send;
+
+    /// A URL a client can send `method` (GET or HEAD) to for the object's bytes without going
+    /// through the registry, as distribution's `URLFor`: a presigned URL on S3. `None` (the
+    /// default: the filesystem) means the registry serves the bytes itself.
+    fn redirect_url(
+        &self,
+        _path: &str,
+        _method: &axum::http::Method,
+    ) -> impl Future<Output = StorageResult<Option<String>>> + Send {
+        async { Ok(None) }
+    }
 }
 
 /// Rejects keys that could escape the root or alias another key: empty segments, `.`, `..`.
