@@ -85,6 +85,7 @@ storage:
 EOF
     "$@" "$WORK/$name/config.yml" > "$WORK/$name/log" 2>&1 &
     PIDS+=($!)
+    printf -v "PID_$name" '%s' "$!"
     wait_port "$port"
     printf -v "PORT_$name" '%s' "$port"
 }
@@ -92,6 +93,11 @@ start_registry distribution docker-registry serve
 start_registry rregistry "$RREGISTRY" serve --config
 
 now() { date +%s.%N; }
+# A server's CPU time so far (user + system, in clock ticks): on a machine shared with other
+# work, wall-clock rates swing with the load, CPU spent per operation much less.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+ticks_per_sec=$(getconf CLK_TCK)
+cpu_since() { python3 -c "print(($(cpu_ticks "$1") - $2) / $ticks_per_sec)"; } # pid start-ticks -> s
 declare -A RESULT
 
 # --- skopeo push and pull, alternating who goes first ---
@@ -108,9 +114,15 @@ rm -rf "$WORK/local-copy"
 for name in distribution rregistry; do
     port_var=PORT_$name
     port=${!port_var}
+    pid_var=PID_$name
+    pid=${!pid_var}
+    t0=$(cpu_ticks "$pid")
     RESULT[push_$name]=$(copy_time "oci:$LAYOUT:bench" "docker://127.0.0.1:$port/bench/image:bench")
+    RESULT[pushcpu_$name]=$(cpu_since "$pid" "$t0")
     sync
+    t0=$(cpu_ticks "$pid")
     RESULT[pull_$name]=$(copy_time "docker://127.0.0.1:$port/bench/image:bench" "oci:$WORK/pulled-$name:bench")
+    RESULT[pullcpu_$name]=$(cpu_since "$pid" "$t0")
     rm -rf "$WORK/pulled-$name"
 done
 
@@ -163,7 +175,11 @@ for name in distribution rregistry; do
     RESULT[manifest_$name]=$(wrk_run manifest "$base/v2/bench/image/manifests/bench" -H "Accept: application/vnd.oci.image.manifest.v1+json")
     RESULT[head_$name]=$(ab_head "$base/v2/bench/blobs/blobs/$d1")
     RESULT[get1m_$name]=$(wrk_run get1m "$base/v2/bench/blobs/blobs/$d1")
+    pid_var=PID_$name
+    t0=$(cpu_ticks "${!pid_var}")
     RESULT[get64m_$name]=$(wrk_run get64m "$base/v2/bench/blobs/blobs/$d64" -c4)
+    # CPU seconds per GiB sent: MiB/s times the run's length is what was sent.
+    RESULT[get64mcpu_$name]=$(python3 -c "print($(cpu_since "${!pid_var}" "$t0") / (${RESULT[get64m_$name]#* } * $WRK_SECONDS / 1024))")
 done
 
 # --- the table ---
@@ -191,4 +207,8 @@ line("manifest GET by tag", num("manifest_distribution"), num("manifest_rregistr
 line("blob HEAD", num("head_distribution"), num("head_rregistry"), "r/s", True, 3)
 line("1 MiB blob GET", num("get1m_distribution"), num("get1m_rregistry"), "r/s", True)
 line("64 MiB blob GET", num("get64m_distribution", 1), num("get64m_rregistry", 1), "MiB", True, 1.5)
+print("server CPU (user + system; less noisy than the rates above on a shared machine):")
+line("  skopeo push", num("pushcpu_distribution"), num("pushcpu_rregistry"), "s", False)
+line("  skopeo pull", num("pullcpu_distribution"), num("pullcpu_rregistry"), "s", False)
+line("  64 MiB blob GET, per GiB sent", num("get64mcpu_distribution"), num("get64mcpu_rregistry"), "s", False)
 EOF

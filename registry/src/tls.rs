@@ -150,6 +150,10 @@ impl TlsServer {
                 },
                 _ = &mut shutdown => break,
             };
+            // As on the plain listener (http/connections.rs): no Nagle delay on last segments.
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
             let acceptor = self.acceptor.clone();
             let (app, builder, watcher) = (app.clone(), builder.clone(), graceful.watcher());
             tokio::spawn(async move {

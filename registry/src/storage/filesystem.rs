@@ -5,7 +5,7 @@
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
@@ -13,9 +13,13 @@ use super::{
     check_path, ByteStream, FileWriter, Metadata, StorageDriver, StorageError, StorageResult,
 };
 
-/// Read size for streamed blobs: a 64 MiB GET is 32 reads and 32 frames handed to hyper.
-/// A stream holds at most two chunks (one being sent, one read ahead): 4 MiB per download.
-const READ_CHUNK: usize = 2 << 20;
+/// Read size for streamed blobs: a 64 MiB GET is 64 reads and 64 frames handed to hyper.
+/// A stream holds at most two chunks (one being sent, one read ahead). Measured against 2 MiB
+/// and 512 KiB (issue 3): 1 MiB used the least CPU per byte sent, and it halves the memory a
+/// download holds compared with 2 MiB.
+const READ_CHUNK: usize = 1 << 20;
+/// Idle read buffers kept for reuse: 32 MiB at most, enough for 16 downloads at full speed.
+const IDLE_READ_BUFFERS: usize = 32;
 /// Write size for uploads: few syscalls per blob, little memory per session.
 const WRITE_CHUNK: usize = 1 << 20;
 const TMP_DIR: &str = "_tmp";
@@ -241,7 +245,8 @@ impl StorageDriver for FilesystemDriver {
 /// on the blocking pool straight into the buffer that is sent (no intermediate copy). The next
 /// chunk is read while the current one is being sent, so disk and socket work overlap. Chunks
 /// are read one after the other, so the file's own cursor is safe to use; reading through
-/// `read_to_end` into reserved capacity fills the buffer without zeroing it first.
+/// `read_to_end` into reserved capacity fills the buffer without zeroing it first, and the
+/// buffers are recycled ([`ReadBuffer`]).
 fn chunk_stream(file: Arc<fs::File>, pos: u64, end: u64) -> ByteStream {
     struct State {
         file: Arc<fs::File>,
@@ -260,15 +265,15 @@ fn chunk_stream(file: Arc<fs::File>, pos: u64, end: u64) -> ByteStream {
         let file = file.clone();
         let want = (end - pos).min(READ_CHUNK as u64) as usize;
         Some(tokio::task::spawn_blocking(move || {
-            let mut buf = Vec::with_capacity(want);
-            (&*file).take(want as u64).read_to_end(&mut buf)?;
-            if buf.len() < want {
+            let mut buf = ReadBuffer::take();
+            (&*file).take(want as u64).read_to_end(&mut buf.0)?;
+            if buf.0.len() < want {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "blob shorter than its size",
                 ));
             }
-            Ok(Bytes::from(buf))
+            Ok(Bytes::from_owner(buf))
         }))
     }
     let next = read_ahead(&file, pos, end);
@@ -290,37 +295,79 @@ fn chunk_stream(file: Arc<fs::File>, pos: u64, end: u64) -> ByteStream {
     }))
 }
 
+/// Read buffers that finished their trip through hyper, kept for the next chunk or request.
+/// Why: a fresh multi-MiB allocation is memory the kernel must fault in and zero on every
+/// read; perf on a 64 MiB GET showed that (clear_page, page faults) costing ~13% of the
+/// server's CPU.
+static IDLE_READS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// A chunk's bytes; dropping it (once hyper has written it) returns the buffer to the pool.
+struct ReadBuffer(Vec<u8>);
+
+impl ReadBuffer {
+    /// An empty buffer with room for a whole chunk, recycled when one is idle. Every buffer
+    /// is chunk-sized, so a short tail read never leaves a small one in the pool.
+    fn take() -> ReadBuffer {
+        let idle = IDLE_READS.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut buf = idle.unwrap_or_default();
+        buf.clear();
+        buf.reserve_exact(READ_CHUNK);
+        ReadBuffer(buf)
+    }
+}
+
+impl AsRef<[u8]> for ReadBuffer {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for ReadBuffer {
+    fn drop(&mut self) {
+        let mut idle = IDLE_READS.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < IDLE_READ_BUFFERS {
+            idle.push(std::mem::take(&mut self.0));
+        }
+    }
+}
+
 /// Gathers incoming bytes into `WRITE_CHUNK` buffers and writes each on the blocking pool
-/// while the next one fills, so network, hashing and disk work overlap.
+/// while the next one fills, so network, hashing and disk work overlap. The two buffers take
+/// turns (the written one comes back as the next to fill): fresh ones would have to be
+/// faulted in and zeroed by the kernel for every MiB received.
 pub struct FilesystemWriter {
     file: Arc<fs::File>,
     path: PathBuf,
     size: u64,
     pending: Vec<u8>,
-    in_flight: Option<tokio::task::JoinHandle<io::Result<()>>>,
+    in_flight: Option<tokio::task::JoinHandle<(io::Result<()>, Vec<u8>)>>,
 }
 
 impl FilesystemWriter {
-    async fn wait_in_flight(&mut self) -> StorageResult<()> {
-        if let Some(write) = self.in_flight.take() {
-            write
-                .await
-                .map_err(io::Error::other)
-                .and_then(|r| r)
-                .map_err(|e| io_err(&self.path, e))?;
-        }
-        Ok(())
+    /// Waits for the write in flight; returns its buffer, emptied, for reuse.
+    async fn wait_in_flight(&mut self) -> StorageResult<Option<Vec<u8>>> {
+        let Some(write) = self.in_flight.take() else {
+            return Ok(None);
+        };
+        let (result, mut buf) = write
+            .await
+            .map_err(|e| io_err(&self.path, io::Error::other(e)))?;
+        result.map_err(|e| io_err(&self.path, e))?;
+        buf.clear();
+        Ok(Some(buf))
     }
 
     async fn flush_pending(&mut self) -> StorageResult<()> {
-        self.wait_in_flight().await?;
+        let spare = self.wait_in_flight().await?;
         if self.pending.is_empty() {
             return Ok(());
         }
-        let buf = std::mem::replace(&mut self.pending, Vec::with_capacity(WRITE_CHUNK));
+        let next = spare.unwrap_or_else(|| Vec::with_capacity(WRITE_CHUNK));
+        let buf = std::mem::replace(&mut self.pending, next);
         let file = self.file.clone();
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
-            (&*file).write_all(&buf)
+            let result = (&*file).write_all(&buf);
+            (result, buf)
         }));
         Ok(())
     }
@@ -354,5 +401,39 @@ impl FileWriter for FilesystemWriter {
         let _ = self.wait_in_flight().await;
         let path = self.path;
         blocking(move || fs::remove_file(&path).map_err(|e| io_err(&path, e))).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    /// Several write buffers and read buffers each take turns: what comes back must be exactly
+    /// what went in, never bytes left over from a buffer's previous use.
+    #[tokio::test]
+    async fn recycled_buffers_carry_no_stale_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let driver = FilesystemDriver::new(dir.path()).expect("driver");
+        let data: Vec<u8> = (0..(5 * WRITE_CHUNK + 12_345))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut w = driver.writer("blob", false).await.expect("writer");
+        for piece in data.chunks(300_000) {
+            w.write(Bytes::copy_from_slice(piece)).await.expect("write");
+        }
+        w.commit().await.expect("commit");
+        for (offset, len) in [(0, None), (7, Some(3 * READ_CHUNK as u64)), (0, None)] {
+            let (_, mut stream) = driver.reader("blob", offset, len).await.expect("reader");
+            let mut read = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                read.extend_from_slice(&chunk.expect("chunk"));
+            }
+            let end = len.map_or(data.len(), |l| (offset + l) as usize);
+            assert!(
+                read == data[offset as usize..end],
+                "offset {offset} len {len:?}"
+            );
+        }
     }
 }
