@@ -5,6 +5,11 @@
 #
 #   bash bench/builder.sh              # both workloads
 #   BENCH_WORKLOADS=files bash bench/builder.sh
+#   BENCH_ROUNDS=3 BENCH_WORKLOADS=apt bash bench/builder.sh   # median of 3 rounds
+#
+# With several rounds the tools take turns going first (rbuild, BuildKit, buildah; then
+# BuildKit, buildah, rbuild; ...), so that none is always the one that meets a cold Debian
+# mirror or a cold page cache, and each cell is the median of its rounds.
 #
 # Workloads: "files" — a multi-stage build copying ~5,000 files / ~100 MB, a RUN that reads them
 # all, and a second stage; "apt" — the Debian bookworm fixture plus `apt-get install` of a few
@@ -93,19 +98,25 @@ buildkit_export() { $docker save -o "$work/out-buildkit.tar" bench:1; }
 buildah_export() { buildah push -q bench:1 "oci-archive:$work/out-buildah.tar"; }
 
 printf '%-8s %-14s %10s %10s %10s %12s %12s\n' workload scenario rbuild buildkit buildah "r/buildkit" "r/buildah"
+rounds=${BENCH_ROUNDS:-1}
+tools=(rbuild buildkit buildah)
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 for w in $workloads; do
   ctx=$work/$w
   declare -A t=()
-  for tool in rbuild buildkit buildah; do
-    ${tool}_reset
-    t[$tool,cold]=$(time_of ${tool}_build "$ctx")
-    t[$tool,nochange]=$(time_of ${tool}_build "$ctx")
-    if [[ $w == files ]]; then echo "$tool $RANDOM" > "$ctx/data/one.txt"; else echo "$tool $RANDOM" > "$ctx/one.txt"; fi
-    t[$tool,onefile]=$(time_of ${tool}_build "$ctx")
-    t[$tool,export]=$(time_of ${tool}_export "$ctx")
+  for ((round = 0; round < rounds; round++)); do
+    first=$((round % ${#tools[@]}))
+    for tool in "${tools[@]:first}" "${tools[@]:0:first}"; do
+      ${tool}_reset
+      t[$tool,cold]+="$(time_of ${tool}_build "$ctx") "
+      t[$tool,nochange]+="$(time_of ${tool}_build "$ctx") "
+      if [[ $w == files ]]; then echo "$tool $RANDOM" > "$ctx/data/one.txt"; else echo "$tool $RANDOM" > "$ctx/one.txt"; fi
+      t[$tool,onefile]+="$(time_of ${tool}_build "$ctx") "
+      t[$tool,export]+="$(time_of ${tool}_export "$ctx") "
+    done
   done
   for s in cold nochange onefile export; do
-    r=${t[rbuild,$s]}; b=${t[buildkit,$s]}; h=${t[buildah,$s]}
+    r=$(median "${t[rbuild,$s]}"); b=$(median "${t[buildkit,$s]}"); h=$(median "${t[buildah,$s]}")
     printf '%-8s %-14s %10.2f %10.2f %10.2f %12.2f %12.2f\n' "$w" "$s" "$r" "$b" "$h" "$(echo "$r / $b" | bc -l)" "$(echo "$r / $h" | bc -l)"
   done
   unset t

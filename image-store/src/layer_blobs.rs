@@ -17,11 +17,11 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use oci::compression::{CompressOptions, Compression};
-use oci::content::Expected;
-use oci::layer::{create, CreateOptions, SourceKind};
+use oci::content::{BlobWriter, Expected};
+use oci::layer::{create, CreateOptions, LayerInfo, SourceKind};
 use oci::{media_type, Descriptor, Digest};
 
 use crate::store::{io_err, write_atomic, Store, StoreError};
@@ -83,21 +83,7 @@ impl Store {
                 ),
             });
         }
-        let opts = CreateOptions {
-            compression,
-            compress: CompressOptions::default(),
-            // The directory's mtimes are final already (see oci::layer::clamp_mtimes).
-            source_date_epoch: None,
-        };
-        let mut writer = self.content().writer(Expected::default())?;
-        // An overlay upper directory: its whiteouts and opaque markers become layer.md's.
-        let info =
-            create(&dir, SourceKind::OverlayUpper, &opts, &mut writer).map_err(|source| {
-                StoreError::Layer {
-                    digest: diff_id.clone(),
-                    source,
-                }
-            })?;
+        let (info, writer) = self.compress_dir(&dir, compression)?;
         if &info.diff_id != diff_id {
             // Dropping the writer discards the blob.
             return Err(StoreError::Io {
@@ -111,17 +97,69 @@ impl Store {
                 ),
             });
         }
+        self.commit_layer_blob(writer, diff_id, compression)
+    }
+
+    /// Adopts `dir` as a layer, as [`Store::adopt_unpacked_layer`] does, and makes its blob
+    /// in `compression` in the same pass over its files: the diff ID comes from the tar the
+    /// blob is made of. For a build step whose layer is known to reach an image, this saves
+    /// reading and hashing the layer twice (once for the diff ID at commit, once more for the
+    /// blob at export). Returns the diff ID, the tar's size and the blob's descriptor.
+    pub fn adopt_unpacked_layer_with_blob(
+        &self,
+        dir: &Path,
+        compression: Compression,
+    ) -> Result<(Digest, u64, Descriptor), StoreError> {
+        let (info, writer) = self.compress_dir(dir, compression)?;
+        // Blob and record first: an adopted directory without its record would only cost a
+        // second compression at export, a record without its directory is dropped by GC.
+        let made = self.commit_layer_blob(writer, &info.diff_id, compression)?;
+        self.adopt_unpacked_layer(&info.diff_id, dir)?;
+        Ok((info.diff_id, info.uncompressed_size, made))
+    }
+
+    /// Writes the blob of `dir` (an overlay upper directory: its whiteouts and opaque markers
+    /// become layer.md's) into the content store, uncommitted.
+    fn compress_dir(
+        &self,
+        dir: &Path,
+        compression: Compression,
+    ) -> Result<(LayerInfo, BlobWriter), StoreError> {
+        let opts = CreateOptions {
+            compression,
+            compress: CompressOptions::default(),
+            // The directory's mtimes are final already (see oci::layer::clamp_mtimes).
+            source_date_epoch: None,
+        };
+        let mut writer = self.content().writer(Expected::default())?;
+        let info = create(dir, SourceKind::OverlayUpper, &opts, &mut writer).map_err(|source| {
+            StoreError::LayerDir {
+                path: dir.to_path_buf(),
+                source,
+            }
+        })?;
+        Ok((info, writer))
+    }
+
+    /// Commits the blob made for layer `diff_id` and remembers it in `layer-blobs/`.
+    fn commit_layer_blob(
+        &self,
+        writer: BlobWriter,
+        diff_id: &Digest,
+        compression: Compression,
+    ) -> Result<Descriptor, StoreError> {
         let (digest, size) = writer.commit()?;
         let made = Descriptor::new(media_type::oci_layer(compression), digest, size);
         let dir = self.layer_blobs_dir();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let record = self.layer_blob_record(diff_id, compression);
         let bytes = serde_json::to_vec(&made).map_err(|e| io_err(&record)(e.into()))?;
         write_atomic(&record, &bytes)?;
         Ok(made)
     }
 
     /// The blob a record names, if it is still stored (GC may have taken it since).
-    fn read_layer_blob_record(&self, record: &std::path::Path) -> Option<Descriptor> {
+    fn read_layer_blob_record(&self, record: &Path) -> Option<Descriptor> {
         let bytes = fs::read(record).ok()?;
         let made: Descriptor = serde_json::from_slice(&bytes).ok()?;
         self.content().contains(&made.digest).then_some(made)
@@ -158,5 +196,57 @@ impl Store {
             }
         }
         Ok(keep)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use oci::compression::decompress;
+    use oci::layer::diff_id;
+
+    use super::*;
+
+    #[test]
+    fn a_layer_adopted_with_its_blob_is_the_layer_a_later_export_finds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        let upper = tmp.path().join("upper");
+        fs::create_dir_all(upper.join("etc/apt")).unwrap();
+        fs::write(upper.join("etc/apt/sources.list"), "deb x\n".repeat(5_000)).unwrap();
+        let (expected_id, expected_size) = diff_id(&upper, SourceKind::OverlayUpper).unwrap();
+
+        let (id, size, blob) = store
+            .adopt_unpacked_layer_with_blob(&upper, Compression::Gzip)
+            .unwrap();
+        // One pass gives the diff ID the separate hashing pass gives.
+        assert_eq!((&id, size), (&expected_id, expected_size));
+        assert!(!upper.exists(), "the directory was adopted");
+        assert!(store
+            .unpacked_dir(&id)
+            .join("etc/apt/sources.list")
+            .is_file());
+        let mut tar = Vec::new();
+        decompress(
+            store.content().open_blob(&blob.digest).unwrap(),
+            Compression::Gzip,
+        )
+        .unwrap()
+        .read_to_end(&mut tar)
+        .unwrap();
+        assert_eq!(Digest::sha256_of(&tar), id);
+
+        // The export asks for the blob of the unpacked-only layer: the one made at adoption.
+        let blobs = store.content().list().unwrap().len();
+        let found = store
+            .layer_blob(&unpacked_only_descriptor(&id, size), &id, Compression::Gzip)
+            .unwrap();
+        assert_eq!(found, blob);
+        assert_eq!(
+            store.content().list().unwrap().len(),
+            blobs,
+            "nothing compressed again"
+        );
     }
 }

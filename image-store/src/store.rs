@@ -52,6 +52,12 @@ pub enum StoreError {
         #[source]
         source: oci::layer::LayerError,
     },
+    #[error("layer from {path}: {source}")]
+    LayerDir {
+        path: PathBuf,
+        #[source]
+        source: oci::layer::LayerError,
+    },
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {

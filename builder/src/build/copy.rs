@@ -274,6 +274,7 @@ pub(crate) fn execute(
     state: &StageState,
     plan: &CopyPlan,
     at: &Located<Instruction>,
+    in_image: bool,
 ) -> Result<Option<Layer>, BuildError> {
     let store = solver.store;
     let ws = Workspace::new(store)?;
@@ -398,7 +399,7 @@ pub(crate) fn execute(
         }
         copier.finish_dirs().map_err(|e| step_error(at, e))
     })?;
-    commit_upper(store, &ws, solver.options)
+    commit_upper(store, &ws, solver.options, in_image)
 }
 
 fn workdir_of(state: &StageState) -> (String, String) {
@@ -422,7 +423,11 @@ pub(crate) fn workdir_key(state: &StageState) -> oci::Digest {
 }
 
 /// WORKDIR creates its directory, owned by the current USER, as BuildKit does.
-pub(crate) fn workdir(solver: &Solver, state: &StageState) -> Result<Option<Layer>, BuildError> {
+pub(crate) fn workdir(
+    solver: &Solver,
+    state: &StageState,
+    in_image: bool,
+) -> Result<Option<Layer>, BuildError> {
     let (dir, user) = workdir_of(state);
     let store = solver.store;
     let ws = Workspace::new(store)?;
@@ -437,7 +442,7 @@ pub(crate) fn workdir(solver: &Solver, state: &StageState) -> Result<Option<Laye
         };
         ensure_dir(root, &dir, owner).map(|_| ())
     })?;
-    commit_upper(store, &ws, solver.options)
+    commit_upper(store, &ws, solver.options, in_image)
 }
 
 /// The host path of `name` in the build context; never outside it.

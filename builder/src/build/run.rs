@@ -154,6 +154,7 @@ pub(crate) fn execute(
     plan: &Plan,
     at: &Located<Instruction>,
     step: &super::progress::Step,
+    in_image: bool,
 ) -> Result<Option<Layer>, BuildError> {
     let store = solver.store;
     let ws = Workspace::new(store)?;
@@ -284,7 +285,7 @@ pub(crate) fn execute(
         .map(|m| m.destination().to_string_lossy().into_owned())
         .collect();
     remove_mount_stubs(&ws.upper(), &lower, &destinations);
-    commit_upper(store, &ws, solver.options)
+    commit_upper(store, &ws, solver.options, in_image)
 }
 
 /// Prints the container's output as step lines; returns its last lines for an error report.

@@ -100,13 +100,17 @@ pub(crate) fn enter_private_mount_namespace() -> Result<(), BuildError> {
 /// nothing (BuildKit records such steps as empty layers and leaves them out).
 ///
 /// The upper directory is the layer in overlay form already: it is adopted as the layer's
-/// unpacked directory, which the next step mounts, and only its tar's diff ID is computed. The
-/// compressed blob is made when an image needs the layer ([`image_layers`]): most step layers,
-/// such as an intermediate stage's big COPY, never reach an image (image-store layer_blobs.rs).
+/// unpacked directory, which the next step mounts. Most step layers, such as an intermediate
+/// stage's big COPY, never reach an image, so only their tar's diff ID is computed and the
+/// compressed blob is made when an image needs it ([`image_layers`], image-store
+/// layer_blobs.rs). A step of the target stage (`in_image`) is in the image for sure: its blob
+/// is made now, in the same pass as its diff ID, instead of a second pass over the same files
+/// at export.
 pub(crate) fn commit_upper(
     store: &Store,
     ws: &Workspace,
     options: &BuildOptions,
+    in_image: bool,
 ) -> Result<Option<Layer>, BuildError> {
     let upper = ws.upper();
     let empty = fs::read_dir(&upper)
@@ -118,13 +122,22 @@ pub(crate) fn commit_upper(
     }
     let layer_error = |e| BuildError::other(format!("create layer: {e}"));
     if let Some(epoch) = options.source_date_epoch {
-        // In the directory itself, so that the blob made from it later has this diff ID.
+        // In the directory itself, so that the blob made from it has this diff ID.
         oci::layer::clamp_mtimes(&upper, epoch.max(0) as u64).map_err(layer_error)?;
     }
     // Overlay features that would make the upper dir differ from the diff, such as redirect_dir
     // or metacopy, make this fail.
-    let (diff_id, size) = diff_id(&upper, SourceKind::OverlayUpper).map_err(layer_error)?;
-    store.adopt_unpacked_layer(&diff_id, &upper)?;
+    let (diff_id, size) = if in_image {
+        let (diff_id, size, _blob) =
+            store.adopt_unpacked_layer_with_blob(&upper, options.compression)?;
+        (diff_id, size)
+    } else {
+        let (diff_id, size) = diff_id(&upper, SourceKind::OverlayUpper).map_err(layer_error)?;
+        store.adopt_unpacked_layer(&diff_id, &upper)?;
+        (diff_id, size)
+    };
+    // The descriptor stays the unpacked-only one either way: the step's cache record names the
+    // layer, and an export in another compression makes its own blob.
     Ok(Some(Layer {
         descriptor: image_store::unpacked_only_descriptor(&diff_id, size),
         diff_id,

@@ -164,6 +164,12 @@ impl<'a> Solver<'a> {
         }
     }
 
+    /// Whether the layers stage `index` adds end up in the built image: those of the target
+    /// stage do, all of them, since the image is that stage's final state.
+    fn in_image(&self, index: usize) -> bool {
+        self.target_stage().is_ok_and(|target| target == index)
+    }
+
     /// Solves stage `index` (and, first, the stages it needs, in parallel).
     pub fn solve(&self, index: usize) -> Result<Arc<StageState>, BuildError> {
         self.results[index]
@@ -342,7 +348,7 @@ impl<'a> Solver<'a> {
                 let plan = super::run::plan(self, state, run, at)?;
                 let key = super::run::cache_key(self, state, &plan, at)?;
                 let output = self.fs_step(index, state, at, key, |step| {
-                    super::run::execute(self, state, &plan, at, step)
+                    super::run::execute(self, state, &plan, at, step, self.in_image(index))
                 })?;
                 self.push(state, at, output);
                 Ok(())
@@ -351,7 +357,7 @@ impl<'a> Solver<'a> {
                 let plan = super::copy::plan(self, index, state, at)?;
                 let key = super::copy::cache_key(self, state, &plan, at)?;
                 let output = self.fs_step(index, state, at, key, |_| {
-                    super::copy::execute(self, state, &plan, at)
+                    super::copy::execute(self, state, &plan, at, self.in_image(index))
                 })?;
                 self.push(state, at, output);
                 Ok(())
@@ -361,8 +367,9 @@ impl<'a> Solver<'a> {
                 image_config::apply(&mut state.config, &at.value, &self.lex, &args)
                     .map_err(|e| step_error(at, e))?;
                 let key = super::copy::workdir_key(state);
-                let output =
-                    self.fs_step(index, state, at, key, |_| super::copy::workdir(self, state))?;
+                let output = self.fs_step(index, state, at, key, |_| {
+                    super::copy::workdir(self, state, self.in_image(index))
+                })?;
                 self.push(state, at, output);
                 Ok(())
             }
