@@ -15,6 +15,8 @@ pub struct CountingProxy {
     server: ProxyServer,
     requests: Arc<Mutex<Vec<String>>>,
     failing: Arc<Mutex<Option<String>>>,
+    /// (method, status): requests with that method get the status (an upstream refusing HEAD).
+    refusing: Arc<Mutex<Option<(String, String)>>>,
 }
 
 impl CountingProxy {
@@ -22,9 +24,10 @@ impl CountingProxy {
     pub fn start(upstream: SocketAddr) -> Result<CountingProxy> {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let failing: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
-        let (log, fail) = (requests.clone(), failing.clone());
+        let refusing: Arc<Mutex<Option<(String, String)>>> = Arc::new(Mutex::new(None));
+        let (log, fail, refuse) = (requests.clone(), failing.clone(), refusing.clone());
         let server = ProxyServer::start("counting-proxy", move |mut client| {
-            let (log, fail) = (log.clone(), fail.clone());
+            let (log, fail, refuse) = (log.clone(), fail.clone(), refuse.clone());
             async move {
                 let request = match read_head(&mut client).await {
                     Ok(Some(request)) => request,
@@ -38,8 +41,20 @@ impl CountingProxy {
                 let line = head.lines().next().unwrap_or("");
                 // "GET /v2/x/blobs/sha256:.. HTTP/1.1" → "GET /v2/x/blobs/sha256:.."
                 let line = line.rsplit_once(' ').map_or(line, |(l, _)| l).to_string();
-                log.lock().unwrap_or_else(|p| p.into_inner()).push(line);
-                let status = fail.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                log.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(line.clone());
+                let refused = refuse
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+                    .filter(|(method, _)| line.starts_with(&format!("{method} ")))
+                    .map(|(_, status)| status);
+                let status = fail
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+                    .or(refused);
                 match status {
                     Some(status) => {
                         let _ = drain_body(&mut client, &request).await;
@@ -63,6 +78,7 @@ impl CountingProxy {
             server,
             requests,
             failing,
+            refusing,
         })
     }
 
@@ -86,6 +102,13 @@ impl CountingProxy {
     /// them through again with `None`.
     pub fn fail_with(&self, status: Option<&str>) {
         *self.failing.lock().unwrap_or_else(|p| p.into_inner()) = status.map(str::to_string);
+    }
+
+    /// Answers requests with `method` (e.g. `"HEAD"`) with `status` (e.g. `"405 Method Not
+    /// Allowed"`), as some registries and CDNs do; `None` passes them through again.
+    pub fn refuse_method(&self, method: &str, status: Option<&str>) {
+        *self.refusing.lock().unwrap_or_else(|p| p.into_inner()) =
+            status.map(|s| (method.to_string(), s.to_string()));
     }
 
     pub fn url(&self) -> String {

@@ -432,3 +432,146 @@ fn size_limit_evicts_least_recently_used_blobs() {
         "{text}"
     );
 }
+
+/// An upstream that refuses HEAD on blobs (405, as some CDNs answer): a HEAD for a cold blob
+/// still gets its size, from a GET whose body is dropped. A Range GET of a cold blob is passed
+/// to the upstream and its 206 relayed, without caching the part.
+#[test]
+fn cold_blob_head_falls_back_to_get_and_ranges_are_relayed() {
+    let upstream = DockerRegistry::start("").expect("upstream");
+    let proxy = CountingProxy::start(upstream.addr().parse().unwrap()).expect("proxy");
+    let http = Client::new();
+    let data = pseudo_random(1 << 20, 11);
+    let blob = push_blob(&http, &upstream.addr(), "team/partial", data.clone());
+    let mirror = Rregistry::start(false, &format!("proxy:\n  remoteurl: {}\n", proxy.url()))
+        .expect("rregistry");
+    let url = format!("{}/v2/team/partial/blobs/{blob}", mirror.url());
+    let upstream_blob = format!("/v2/team/partial/blobs/{blob}");
+
+    proxy.refuse_method("HEAD", Some("405 Method Not Allowed"));
+    let head = http.head(&url).send().unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(header(&head, "Content-Length"), (1u64 << 20).to_string());
+    assert_eq!(header(&head, "Docker-Content-Digest"), blob.as_str());
+    assert_eq!(proxy.count(&format!("HEAD {upstream_blob}")), 1);
+    assert_eq!(proxy.count(&format!("GET {upstream_blob}")), 1);
+    proxy.refuse_method("HEAD", None);
+
+    let part = http
+        .get(&url)
+        .header("Range", "bytes=100-199")
+        .send()
+        .unwrap();
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        header(&part, "Content-Range"),
+        format!("bytes 100-199/{}", 1 << 20)
+    );
+    assert_eq!(part.bytes().unwrap().as_ref(), &data[100..200]);
+    let beyond = http
+        .get(&url)
+        .header("Range", format!("bytes={}-", 2 << 20))
+        .send()
+        .unwrap();
+    assert_eq!(beyond.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    // Nothing was cached by the parts: the whole GET is a miss that fetches the blob.
+    let whole = http.get(&url).send().unwrap();
+    assert_eq!(header(&whole, "X-Rregistry-Cache"), "MISS");
+    assert_eq!(Digest::sha256_of(&whole.bytes().unwrap()), blob);
+    assert_eq!(proxy.count(&format!("GET {upstream_blob}")), 4);
+    conformance::peers::wait_until(
+        "the blob committed",
+        std::time::Duration::from_secs(20),
+        || header(&http.head(&url).send().unwrap(), "X-Rregistry-Cache") == "HIT",
+    )
+    .expect("cached after the whole GET");
+    // Once cached, ranges come from storage.
+    let part = http.get(&url).header("Range", "bytes=-10").send().unwrap();
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(header(&part, "X-Rregistry-Cache"), "HIT");
+    assert_eq!(part.bytes().unwrap().as_ref(), &data[(1 << 20) - 10..]);
+    assert_eq!(proxy.count(&format!("GET {upstream_blob}")), 4);
+}
+
+/// A blob GET while online GC sweeps with grace period 0: a cached blob no manifest references
+/// may be swept between the mirror's check and the read, a 404 as for any registry (docs:
+/// "a pull racing a delete"); the next GET fetches it again. Anything else fails.
+fn get_until_served(http: &Client, url: &str, digest: &Digest) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let resp = http.get(url).send().expect("GET blob");
+        if resp.status() == StatusCode::NOT_FOUND && std::time::Instant::now() < deadline {
+            continue;
+        }
+        assert_eq!(resp.status(), StatusCode::OK, "{digest}");
+        assert_eq!(Digest::sha256_of(&resp.bytes().unwrap()), *digest);
+        return;
+    }
+}
+
+/// Online GC passes back to back (grace period 0: every blob no manifest references goes)
+/// while cold blobs are filled, swept and filled again. Fills link blobs under the GC gate as
+/// pushes do: every round's clients get the right bytes, and no pass fails (a pass that waits
+/// for a writer longer than 10 s fails as busy) or deadlocks with a fill.
+#[test]
+fn fills_hold_the_gc_gate() {
+    let upstream = DockerRegistry::start("").expect("upstream");
+    let http = Client::new();
+    let blobs: Vec<Digest> = (0..6)
+        .map(|i| {
+            push_blob(
+                &http,
+                &upstream.addr(),
+                "team/gc",
+                pseudo_random(512 << 10, 100 + i),
+            )
+        })
+        .collect();
+    let mirror = Rregistry::start(
+        false,
+        &format!(
+            "  maintenance:\n    gc:\n      enabled: true\n      interval: 10ms\n      graceperiod: 0s\nproxy:\n  remoteurl: http://{}\n",
+            upstream.addr()
+        ),
+    )
+    .expect("rregistry");
+    let metrics = || {
+        http.get(format!("{}/metrics", mirror.url()))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    let gc_runs = |result: &str| -> u64 {
+        let prefix = format!("rregistry_gc_runs_total{{result=\"{result}\"}} ");
+        metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(|n| n.parse().unwrap()))
+            .unwrap_or(0)
+    };
+    for _round in 0..4 {
+        let clients: Vec<_> = blobs
+            .iter()
+            .map(|digest| {
+                let url = format!("{}/v2/team/gc/blobs/{digest}", mirror.url());
+                let (http, digest) = (http.clone(), digest.clone());
+                std::thread::spawn(move || get_until_served(&http, &url, &digest))
+            })
+            .collect();
+        for client in clients {
+            client.join().expect("client");
+        }
+    }
+    let runs = gc_runs("success");
+    conformance::peers::wait_until(
+        "two more GC passes",
+        std::time::Duration::from_secs(30),
+        || gc_runs("success") >= runs + 2,
+    )
+    .expect("GC keeps running");
+    assert_eq!(gc_runs("failure"), 0, "{}", metrics());
+    for digest in &blobs {
+        let url = format!("{}/v2/team/gc/blobs/{digest}", mirror.url());
+        get_until_served(&http, &url, digest);
+    }
+}

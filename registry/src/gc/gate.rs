@@ -121,8 +121,15 @@ fn references_added_by(method: &Method, path: &str) -> Option<String> {
     }
 }
 
-/// Middleware: runs reference-adding requests under [`GcGate::writer`].
-pub async fn hold_writes(State(gate): State<Arc<GcGate>>, req: Request, next: Next) -> Response {
+/// Middleware: runs reference-adding requests under [`GcGate::writer`], and hands the gate to
+/// the handlers (a request extension) for writes that outlive their request: the mirror's
+/// fills (proxy/fill.rs) take it the same way.
+pub async fn hold_writes(
+    State(gate): State<Arc<GcGate>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    req.extensions_mut().insert(gate.clone());
     match references_added_by(req.method(), req.uri().path()) {
         Some(repository) => {
             let _writing = gate.writer(&repository).await;

@@ -39,6 +39,9 @@ pub struct ProxyConfig {
     /// Ours: how often the cache is swept for expired tags and excess size.
     #[serde(deserialize_with = "opt_go_duration")]
     pub sweepinterval: Option<Duration>,
+    /// Ours: where blobs being downloaded are spooled (unlinked temporary files, proxy/fill.rs);
+    /// the system's temporary directory (`TMPDIR`) by default.
+    pub spooldirectory: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -88,6 +91,7 @@ pub struct MirrorSettings {
     pub local: Vec<String>,
     pub maxsize: u64,
     pub sweep_interval: Duration,
+    pub spool_dir: std::path::PathBuf,
 }
 
 impl ProxyConfig {
@@ -151,6 +155,10 @@ impl ProxyConfig {
             local,
             maxsize: self.maxsize,
             sweep_interval,
+            spool_dir: self
+                .spooldirectory
+                .clone()
+                .unwrap_or_else(std::env::temp_dir),
         }))
     }
 }

@@ -1,50 +1,69 @@
 //! Blobs the cache lacks: one upstream download per digest however many clients ask
-//! (single flight), streamed to every waiting client as it arrives while it is written to
-//! storage through the ordinary upload path (`Registry::upload_monolithic`: hashed while
-//! written, verified, then renamed into place and linked). So a blob becomes visible only
-//! once its digest is verified, and a failed download leaves nothing behind.
+//! (single flight).
 //!
-//! Readers are held back from the final chunk until the downloaded bytes match the digest
+//! The download is spooled to a temporary file as it arrives (unlinked at once, so it is
+//! never visible and vanishes with the last reader, whatever happens). Every waiting client,
+//! and the storage upload, reads that file at its own pace: a flight holds a few MiB of
+//! memory whatever the blob's size, clients that join late start from the file's first byte,
+//! and neither the download nor the clients wait for storage writes.
+//!
+//! The storage side is an ordinary upload session, as a client's POST, PATCH and PUT
+//! (`start_upload`, `append_chunk`, `complete_upload`): hashed while written, verified, then
+//! renamed into place and linked. The final step holds the GC gate as a client's PUT does
+//! (gc/gate.rs), so online GC never sweeps a blob a fill is linking. A blob becomes visible
+//! only once its digest is verified, and a failed download leaves nothing behind.
+//!
+//! Readers are held back from the last byte until the downloaded bytes match the digest
 //! (hashed as they arrive, beside the storage path's own check, so that clients need not wait
 //! for the storage commit's fsync): a client never receives the whole of a blob whose digest
 //! is wrong, its transfer breaks.
-//! While a download runs its chunks are kept in memory for readers that join late; they are
-//! freed when the last reader is done.
 
 use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use futures_util::Stream;
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
 use oci::{Digest, Digester};
 use reqwest::Method;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::cache::MirrorMetrics;
 use super::routing::Target;
 use super::upstream::UpstreamError;
 use super::Mirror;
 use crate::error::{ErrorCode, RegistryError};
+use crate::gc::GcGate;
 use crate::storage::StorageDriver;
 
-/// How many chunks may wait for storage before the download pauses.
-const STORAGE_BACKLOG: usize = 64;
+/// The download is written to the spool in batches of up to this many bytes, or what arrived
+/// until the network paused for `SPOOL_DELAY`: small network chunks cost few writes (and few
+/// wake-ups of the readers), and readers see bytes at most that late.
+const SPOOL_BATCH: usize = 1 << 20;
+const SPOOL_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
+/// The most bytes a reader takes from the spool at once: the memory a reader holds.
+const READ_CHUNK: u64 = 1 << 20;
 
 #[derive(Debug, Clone, Default)]
 struct Progress {
     /// Set when the upstream answered: the size it announced, or why it failed.
     started: Option<Result<Option<u64>, Arc<UpstreamError>>>,
-    chunks: usize,
-    /// Every byte arrived and matches the digest: readers may have the last chunk.
+    /// Bytes in the spool file so far.
+    written: u64,
+    /// Every byte arrived and matches the digest: readers may have the last one.
     verified: bool,
-    /// Set when the blob is committed (`Ok`) or abandoned.
-    done: Option<Result<(), String>>,
+    /// Why the download broke off; readers fail.
+    failed: Option<String>,
 }
 
 /// One download in flight.
 pub struct Inflight {
     progress: watch::Sender<Progress>,
-    chunks: Mutex<Vec<Bytes>>,
+    /// The bytes received so far (an unlinked temporary file, read and written by offset).
+    spool: File,
     /// Cache repositories that asked for the blob meanwhile: all are linked at commit.
     repos: Mutex<BTreeSet<String>>,
 }
@@ -52,38 +71,48 @@ pub struct Inflight {
 /// Downloads by digest.
 pub type InflightMap = Mutex<HashMap<Digest, Arc<Inflight>>>;
 
+/// A blob's bytes as a client reads them from a flight.
+pub type FlightReader = std::pin::Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
 impl<S: StorageDriver> Mirror<S> {
-    /// Joins the download of `digest` or starts one for `target`. Returns the size the
-    /// upstream announced (if it did) and the blob's bytes as they arrive.
+    /// Joins the download of `digest` or starts one for `target` (committed holding `gate`).
+    /// Returns the size the upstream announced (if it did) and the blob's bytes as they arrive.
     pub(super) async fn fetch_blob(
         self: &Arc<Self>,
         target: &Target,
         digest: &Digest,
-    ) -> Result<
-        (
-            Option<u64>,
-            impl Stream<Item = std::io::Result<Bytes>> + Send,
-        ),
-        RegistryError,
-    > {
-        let flight = {
-            let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            match map.get(digest) {
-                Some(f) => f.clone(),
-                None => {
-                    let (progress, _) = watch::channel(Progress::default());
-                    let flight = Arc::new(Inflight {
-                        progress,
-                        chunks: Mutex::new(Vec::new()),
-                        repos: Mutex::new(BTreeSet::new()),
-                    });
-                    map.insert(digest.clone(), flight.clone());
-                    tokio::spawn(self.clone().download(
-                        target.clone(),
-                        digest.clone(),
-                        flight.clone(),
-                    ));
-                    flight
+        gate: &Arc<GcGate>,
+    ) -> Result<(Option<u64>, FlightReader), RegistryError> {
+        let joined = self.flight(digest);
+        let flight = match joined {
+            Some(flight) => flight,
+            None => {
+                // The spool is made outside the map's lock (it is file I/O); a flight started
+                // meanwhile by another client wins, and this spool is dropped unused.
+                let dir = self.settings.spool_dir.clone();
+                let spool = tokio::task::spawn_blocking(move || create_spool(&dir))
+                    .await
+                    .map_err(|e| RegistryError::internal(format!("spool task: {e}")))?
+                    .map_err(|e| RegistryError::internal(format!("mirror spool file: {e}")))?;
+                let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+                match map.get(digest) {
+                    Some(f) => f.clone(),
+                    None => {
+                        let (progress, _) = watch::channel(Progress::default());
+                        let flight = Arc::new(Inflight {
+                            progress,
+                            spool,
+                            repos: Mutex::new(BTreeSet::new()),
+                        });
+                        map.insert(digest.clone(), flight.clone());
+                        tokio::spawn(self.clone().download(
+                            target.clone(),
+                            digest.clone(),
+                            flight.clone(),
+                            gate.clone(),
+                        ));
+                        flight
+                    }
                 }
             }
         };
@@ -105,99 +134,65 @@ impl<S: StorageDriver> Mirror<S> {
                 }
             }
         };
-        Ok((size, read_flight(flight, rx)))
+        Ok((size, Box::pin(read_flight(flight, rx))))
+    }
+
+    fn flight(&self, digest: &Digest) -> Option<Arc<Inflight>> {
+        let map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(digest).cloned()
     }
 
     /// The download itself, detached from the client that started it: a client that goes
     /// away does not waste what was fetched for the others.
-    async fn download(self: Arc<Self>, target: Target, digest: Digest, flight: Arc<Inflight>) {
+    async fn download(
+        self: Arc<Self>,
+        target: Target,
+        digest: Digest,
+        flight: Arc<Inflight>,
+        gate: Arc<GcGate>,
+    ) {
         MirrorMetrics::add(&self.metrics.upstream_fetches, 1);
         let rest = format!("blobs/{digest}");
         let response = target
             .upstream
-            .send(Method::GET, &target.remote, &rest, None, false)
+            .send(Method::GET, &target.remote, &rest, &[], false)
             .await;
-        let mut response = match response {
+        let response = match response {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(upstream = target.upstream.name(), repository = %target.remote, %digest, error = %e, "mirror: blob fetch failed");
                 self.forget_flight(&digest);
-                flight.progress.send_modify(|p| {
-                    p.started = Some(Err(Arc::new(e)));
-                    p.done = Some(Err("upstream refused".into()));
-                });
+                flight
+                    .progress
+                    .send_modify(|p| p.started = Some(Err(Arc::new(e))));
                 return;
             }
         };
         let size = response.content_length();
         flight.progress.send_modify(|p| p.started = Some(Ok(size)));
 
-        // The storage side: the ordinary verified upload, fed through a channel.
-        let (tx, rx) = mpsc::channel::<Result<Bytes, RegistryError>>(STORAGE_BACKLOG);
-        let body = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        }));
-        let registry = self.registry.clone();
-        let storage = target.storage.clone();
-        let commit_digest = digest.clone();
-        let commit = tokio::spawn(async move {
-            registry
-                .upload_monolithic(&storage, &commit_digest, size, body)
-                .await
-        });
-
-        let mut received = 0u64;
-        let mut storage_open = true;
-        let mut digester = Digester::new(digest.algorithm());
-        let pumped: Result<(), String> = loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    received += chunk.len() as u64;
-                    digester.update(&chunk);
-                    MirrorMetrics::add(&self.metrics.upstream_bytes, chunk.len() as u64);
-                    // Readers first, so that they are not paced by the storage writes.
-                    let count = {
-                        let mut chunks = flight.chunks.lock().unwrap_or_else(|p| p.into_inner());
-                        chunks.push(chunk.clone());
-                        chunks.len()
-                    };
-                    flight.progress.send_modify(|p| p.chunks = count);
-                    if storage_open && tx.send(Ok(chunk)).await.is_err() {
-                        // The upload ended early (refused); readers still get their bytes.
-                        storage_open = false;
-                    }
-                }
-                Ok(None) => {
-                    let actual = digester.finish();
-                    if actual != digest {
-                        break Err(format!("the upstream sent bytes with digest {actual}"));
-                    }
-                    flight.progress.send_modify(|p| p.verified = true);
-                    break Ok(());
-                }
-                Err(e) => {
-                    let e = target.upstream.unreachable(&e);
-                    let _ = tx
-                        .send(Err(RegistryError::internal(format!(
-                            "upstream broke off: {e}"
-                        ))))
-                        .await;
-                    break Err(e.to_string());
-                }
-            }
-        };
-        drop(tx);
+        // The storage side reads the spool like any client.
+        let commit = tokio::spawn(self.clone().store(
+            target.clone(),
+            digest.clone(),
+            flight.clone(),
+            gate.clone(),
+        ));
+        let pumped = pump(&target, &digest, &flight, response, &self.metrics).await;
+        if let Err(e) = &pumped {
+            flight.progress.send_modify(|p| p.failed = Some(e.clone()));
+        }
         let committed = match commit.await {
             Ok(result) => result.map_err(|e| e.message),
             Err(join) => Err(format!("storage task failed: {join}")),
         };
         let outcome = match (pumped, committed) {
             (Err(e), _) => Err(e),
-            (Ok(()), Err(e)) => Err(format!("not cached: {e}")),
-            (Ok(()), Ok(())) => Ok(()),
+            (Ok(_), Err(e)) => Err(format!("not cached: {e}")),
+            (Ok(received), Ok(())) => Ok(received),
         };
-        match &outcome {
-            Ok(()) => {
+        match outcome {
+            Ok(received) => {
                 let repos = {
                     // Under the map lock, so that no reader joins after the list is taken.
                     let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
@@ -206,6 +201,8 @@ impl<S: StorageDriver> Mirror<S> {
                 };
                 for repo in repos {
                     if repo != target.storage {
+                        // A mount adds a reference, as a mounting POST does: under the gate.
+                        let _writing = gate.writer(&repo).await;
                         if let Err(e) = self.registry.mount_blob(&repo, &digest, None).await {
                             tracing::warn!(repository = %repo, %digest, error = %e, "mirror: linking a fetched blob failed");
                         }
@@ -215,12 +212,57 @@ impl<S: StorageDriver> Mirror<S> {
                 tracing::info!(upstream = target.upstream.name(), repository = %target.remote, %digest, bytes = received, "mirror: blob cached");
                 self.evict_if_over_limit();
             }
-            Err(e) => {
+            Err(error) => {
                 self.forget_flight(&digest);
-                tracing::warn!(upstream = target.upstream.name(), repository = %target.remote, %digest, error = %e, "mirror: blob download failed; nothing cached");
+                tracing::warn!(upstream = target.upstream.name(), repository = %target.remote, %digest, error = %error, "mirror: blob download failed; nothing cached");
             }
         }
-        flight.progress.send_modify(|p| p.done = Some(outcome));
+    }
+
+    /// Writes the flight's bytes to the cache repository through an upload session; the
+    /// session is cancelled when anything fails, so nothing of it stays.
+    async fn store(
+        self: Arc<Self>,
+        target: Target,
+        digest: Digest,
+        flight: Arc<Inflight>,
+        gate: Arc<GcGate>,
+    ) -> Result<(), RegistryError> {
+        let registry = &self.registry;
+        let repo = &target.storage;
+        let upload = registry.start_upload(repo, digest.algorithm()).await?;
+        let rx = flight.progress.subscribe();
+        let body = read_flight(flight, rx)
+            .map(|chunk| chunk.map_err(|e| RegistryError::internal(e.to_string())))
+            .boxed();
+        let stored = async {
+            registry
+                .append_chunk(repo, &upload.id, None, None, body)
+                .await?;
+            let _writing = gate.writer(repo).await;
+            registry
+                .complete_upload(
+                    repo,
+                    &upload.id,
+                    &digest,
+                    None,
+                    Some(0),
+                    futures_util::stream::empty(),
+                )
+                .await
+        }
+        .await;
+        if stored.is_err() {
+            match registry.cancel_upload(repo, &upload.id).await {
+                Ok(()) => {}
+                // Already removed by the failing step (an oversized blob is).
+                Err(e) if e.code == ErrorCode::BlobUploadUnknown => {}
+                Err(e) => {
+                    tracing::warn!(repository = %repo, upload = %upload.id, error = %e, "mirror: removing a failed fill's upload failed")
+                }
+            }
+        }
+        stored
     }
 
     fn forget_flight(&self, digest: &Digest) {
@@ -231,37 +273,127 @@ impl<S: StorageDriver> Mirror<S> {
     }
 }
 
-/// A reader of one download: every chunk from the first, the last one only once the bytes
-/// are verified (or the blob committed).
+/// Moves the upstream's body into the spool, hashing it; returns the bytes received once
+/// they match the digest.
+async fn pump(
+    target: &Target,
+    digest: &Digest,
+    flight: &Arc<Inflight>,
+    mut response: reqwest::Response,
+    metrics: &MirrorMetrics,
+) -> Result<u64, String> {
+    let mut digester = Digester::new(digest.algorithm());
+    let mut batch = BytesMut::new();
+    let mut written = 0u64;
+    loop {
+        // Flush when the batch is full or the network paused (see SPOOL_BATCH). A chunk
+        // future dropped by the timeout has consumed nothing: the body is read by polling.
+        let next = if batch.is_empty() {
+            Some(response.chunk().await)
+        } else if batch.len() >= SPOOL_BATCH {
+            None
+        } else {
+            tokio::time::timeout(SPOOL_DELAY, response.chunk()).await.ok()
+        };
+        let Some(next) = next else {
+            written = spool_write(flight, batch.split().freeze(), written).await?;
+            continue;
+        };
+        match next {
+            Ok(Some(chunk)) => {
+                digester.update(&chunk);
+                MirrorMetrics::add(&metrics.upstream_bytes, chunk.len() as u64);
+                batch.extend_from_slice(&chunk);
+            }
+            Ok(None) => {
+                if !batch.is_empty() {
+                    written = spool_write(flight, batch.split().freeze(), written).await?;
+                }
+                let actual = digester.finish();
+                if actual != *digest {
+                    return Err(format!("the upstream sent bytes with digest {actual}"));
+                }
+                flight.progress.send_modify(|p| p.verified = true);
+                return Ok(written);
+            }
+            Err(e) => return Err(target.upstream.unreachable(&e).to_string()),
+        }
+    }
+}
+
+/// Appends `bytes` at `offset` of the spool and tells the readers; returns the new end.
+async fn spool_write(flight: &Arc<Inflight>, bytes: Bytes, offset: u64) -> Result<u64, String> {
+    let end = offset + bytes.len() as u64;
+    let writer = flight.clone();
+    tokio::task::spawn_blocking(move || writer.spool.write_all_at(&bytes, offset))
+        .await
+        .map_err(|e| format!("spool task: {e}"))?
+        .map_err(|e| format!("writing the mirror spool file: {e}"))?;
+    flight.progress.send_modify(|p| p.written = end);
+    Ok(end)
+}
+
+/// A reader of one download: every byte from the first, the last one only once the bytes
+/// are verified.
 fn read_flight(
     flight: Arc<Inflight>,
     rx: watch::Receiver<Progress>,
-) -> impl Stream<Item = std::io::Result<Bytes>> + Send {
-    futures_util::stream::unfold(Some((flight, rx, 0usize)), |state| async move {
+) -> impl Stream<Item = io::Result<Bytes>> + Send {
+    futures_util::stream::unfold(Some((flight, rx, 0u64)), |state| async move {
         let (flight, mut rx, next) = state?;
         loop {
-            let progress = rx.borrow_and_update().clone();
-            let complete = progress.verified || matches!(progress.done, Some(Ok(())));
-            let releasable = if complete {
-                progress.chunks
-            } else {
-                progress.chunks.saturating_sub(1)
+            let (written, verified, failed) = {
+                let p = rx.borrow_and_update();
+                (p.written, p.verified, p.failed.clone())
             };
-            if next < releasable {
-                let chunk = flight.chunks.lock().unwrap_or_else(|p| p.into_inner())[next].clone();
-                return Some((Ok(chunk), Some((flight, rx, next + 1))));
+            let readable = if verified {
+                written
+            } else {
+                written.saturating_sub(1)
+            };
+            if next < readable {
+                let len = (readable - next).min(READ_CHUNK);
+                let reader = flight.clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; len as usize];
+                    reader
+                        .spool
+                        .read_exact_at(&mut buf, next)
+                        .map(|()| Bytes::from(buf))
+                })
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(format!("spool task: {e}"))));
+                return Some(match read {
+                    Ok(chunk) => (Ok(chunk), Some((flight, rx, next + len))),
+                    Err(e) => (Err(e), None),
+                });
             }
-            if complete {
+            if verified {
                 return None;
             }
-            if let Some(Err(e)) = &progress.done {
-                let e = std::io::Error::other(format!("mirror download failed: {e}"));
+            if let Some(e) = failed {
+                let e = io::Error::other(format!("mirror download failed: {e}"));
                 return Some((Err(e), None));
             }
             if rx.changed().await.is_err() {
-                let e = std::io::Error::other("mirror download vanished");
+                let e = io::Error::other("mirror download vanished");
                 return Some((Err(e), None));
             }
         }
     })
+}
+
+/// A new spool file in `dir`, unlinked as soon as it is open: its bytes are never visible to
+/// anyone, and the system frees it with its last handle (a crash included).
+pub(super) fn create_spool(dir: &Path) -> io::Result<File> {
+    let path = dir.join(format!(".rregistry-mirror-{:032x}", rand::random::<u128>()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    std::fs::remove_file(&path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    Ok(file)
 }

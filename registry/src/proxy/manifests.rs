@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use oci::image::ManifestOrIndex;
 use oci::{Digest, Digester};
-use reqwest::header::CONTENT_TYPE;
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::Method;
 
 use super::cache::MirrorMetrics;
@@ -22,6 +22,7 @@ use super::routing::Target;
 use super::upstream::{header_text, UpstreamError, MANIFEST_ACCEPT};
 use super::{upstream_failure, CacheStatus, Mirror};
 use crate::error::{ErrorCode, RegistryError};
+use crate::gc::GcGate;
 use crate::names::Reference;
 use crate::paths;
 use crate::service::ManifestBody;
@@ -33,11 +34,13 @@ const PREFETCH_CHILDREN: usize = 4;
 impl<S: StorageDriver> Mirror<S> {
     /// Makes sure the manifest `reference` is in the cache repository, as fresh as the
     /// upstream's settings ask, and says how it was found. The caller then serves it from
-    /// storage like any local manifest.
+    /// storage like any local manifest. Manifests are stored holding `gate`, as a manifest PUT
+    /// does (gc/gate.rs).
     pub(super) async fn ensure_manifest(
         self: &Arc<Self>,
         target: &Target,
         reference: &Reference,
+        gate: &Arc<GcGate>,
     ) -> Result<CacheStatus, RegistryError> {
         match reference {
             Reference::Digest(digest) => {
@@ -50,13 +53,13 @@ impl<S: StorageDriver> Mirror<S> {
                     return Ok(CacheStatus::Hit);
                 }
                 let stored = self
-                    .fetch_manifest(target, digest.as_str(), Some(digest), None)
+                    .fetch_manifest(target, digest.as_str(), Some(digest), None, gate)
                     .await
                     .map_err(|e| upstream_failure(&e, ErrorCode::ManifestUnknown))?;
-                self.prefetch_children(target, &stored);
+                self.prefetch_children(target, &stored, gate);
                 Ok(CacheStatus::Miss)
             }
-            Reference::Tag(tag) => self.ensure_tag(target, tag).await,
+            Reference::Tag(tag) => self.ensure_tag(target, tag, gate).await,
         }
     }
 
@@ -64,6 +67,7 @@ impl<S: StorageDriver> Mirror<S> {
         self: &Arc<Self>,
         target: &Target,
         tag: &str,
+        gate: &Arc<GcGate>,
     ) -> Result<CacheStatus, RegistryError> {
         let link = paths::tag_current_link(&target.storage, tag);
         let cached = match self.registry.driver().stat(&link).await {
@@ -93,7 +97,7 @@ impl<S: StorageDriver> Mirror<S> {
                 Method::HEAD,
                 &target.remote,
                 &rest,
-                Some(MANIFEST_ACCEPT),
+                &[(ACCEPT, MANIFEST_ACCEPT)],
                 true,
             )
             .await;
@@ -114,6 +118,7 @@ impl<S: StorageDriver> Mirror<S> {
         if let (Some((m, _)), Some(d)) = (&cached, &upstream_digest) {
             if m.digest == *d {
                 // Confirmed: rewriting the tag link restarts its freshness window and ttl.
+                let _writing = gate.writer(&target.storage).await;
                 self.registry
                     .put_mirrored_manifest(
                         &target.storage,
@@ -137,28 +142,30 @@ impl<S: StorageDriver> Mirror<S> {
                     .get_manifest(&target.storage, &by_digest)
                     .await
                 {
-                    Ok(m) => self
-                        .registry
-                        .put_mirrored_manifest(
-                            &target.storage,
-                            d,
-                            Some(&m.media_type),
-                            m.bytes,
-                            Some(tag),
-                        )
-                        .await
-                        .map(|_| ()),
+                    Ok(m) => {
+                        let _writing = gate.writer(&target.storage).await;
+                        self.registry
+                            .put_mirrored_manifest(
+                                &target.storage,
+                                d,
+                                Some(&m.media_type),
+                                m.bytes,
+                                Some(tag),
+                            )
+                            .await
+                            .map(|_| ())
+                    }
                     Err(_) => self
-                        .fetch_manifest(target, d.as_str(), Some(d), Some(tag))
+                        .fetch_manifest(target, d.as_str(), Some(d), Some(tag), gate)
                         .await
-                        .map(|stored| self.prefetch_children(target, &stored))
+                        .map(|stored| self.prefetch_children(target, &stored, gate))
                         .map_err(|e| upstream_failure(&e, ErrorCode::ManifestUnknown)),
                 }
             }
             None => self
-                .fetch_manifest(target, tag, None, Some(tag))
+                .fetch_manifest(target, tag, None, Some(tag), gate)
                 .await
-                .map(|stored| self.prefetch_children(target, &stored))
+                .map(|stored| self.prefetch_children(target, &stored, gate))
                 .map_err(|e| upstream_failure(&e, ErrorCode::ManifestUnknown)),
         };
         fetched?;
@@ -173,6 +180,7 @@ impl<S: StorageDriver> Mirror<S> {
         reference: &str,
         expected: Option<&Digest>,
         tag: Option<&str>,
+        gate: &GcGate,
     ) -> Result<ManifestBody, UpstreamError> {
         let protocol = |detail: String| UpstreamError::Protocol {
             upstream: target.upstream.name().to_string(),
@@ -184,7 +192,7 @@ impl<S: StorageDriver> Mirror<S> {
                 Method::GET,
                 &target.remote,
                 &format!("manifests/{reference}"),
-                Some(MANIFEST_ACCEPT),
+                &[(ACCEPT, MANIFEST_ACCEPT)],
                 true,
             )
             .await?;
@@ -213,6 +221,7 @@ impl<S: StorageDriver> Mirror<S> {
             }
             None => Digest::sha256_of(&bytes),
         };
+        let _writing = gate.writer(&target.storage).await;
         let stored = self
             .registry
             .put_mirrored_manifest(
@@ -234,29 +243,38 @@ impl<S: StorageDriver> Mirror<S> {
     }
 
     /// For an index just cached: fetches its child manifests in the background.
-    fn prefetch_children(self: &Arc<Self>, target: &Target, stored: &ManifestBody) {
+    fn prefetch_children(
+        self: &Arc<Self>,
+        target: &Target,
+        stored: &ManifestBody,
+        gate: &Arc<GcGate>,
+    ) {
         if let Ok((_, ManifestOrIndex::Index(index))) = ManifestOrIndex::parse_any(&stored.bytes) {
             let children: Vec<Digest> = index.manifests.iter().map(|d| d.digest.clone()).collect();
-            tokio::spawn(self.clone().prefetch(target.clone(), children));
+            tokio::spawn(
+                self.clone()
+                    .prefetch(target.clone(), children, gate.clone()),
+            );
         }
     }
 
     /// Fetches an index's child manifests that the cache lacks, a few at a time, so that the
     /// platform a client picks next is already here (and stays pullable when the upstream
     /// goes down). Indexes nested in indexes are fetched when asked for, not ahead.
-    async fn prefetch(self: Arc<Self>, target: Target, children: Vec<Digest>) {
+    async fn prefetch(self: Arc<Self>, target: Target, children: Vec<Digest>, gate: Arc<GcGate>) {
         use futures_util::StreamExt;
         futures_util::stream::iter(children)
             .for_each_concurrent(PREFETCH_CHILDREN, |digest| {
                 let this = self.clone();
                 let target = target.clone();
+                let gate = gate.clone();
                 async move {
                     let reference = Reference::Digest(digest.clone());
                     if this.registry.get_manifest(&target.storage, &reference).await.is_ok() {
                         return;
                     }
                     let fetched = this
-                        .fetch_manifest(&target, digest.as_str(), Some(&digest), None)
+                        .fetch_manifest(&target, digest.as_str(), Some(&digest), None, &gate)
                         .await;
                     if let Err(e) = fetched {
                         tracing::warn!(repository = %target.remote, %digest, error = %e, "mirror: prefetching a child manifest failed");

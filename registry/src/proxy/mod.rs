@@ -8,8 +8,8 @@
 //! upstream   async client for one upstream: Basic or Bearer auth, tokens cached per scope
 //! manifests  digests from the cache; tags revalidated after a freshness window, served
 //!            stale when the upstream fails; indexes kept byte for byte, children prefetched
-//! fill       cold blobs: one download per digest, streamed to every waiting client while
-//!            written through the verified upload path
+//! fill       cold blobs: one download per digest, spooled to a temporary file that every
+//!            waiting client and the verified upload path read
 //! cache      the size index (LRU) and the counters
 //! sweep      tag ttl, size-limit eviction, the index rebuilt at start
 //! ```
@@ -43,6 +43,7 @@ use routing::{Resolution, Routes, Target};
 use upstream::{Upstream, UpstreamError};
 
 use crate::error::{ErrorCode, RegistryError, RegistryResult};
+use crate::gc::GcGate;
 use crate::http::route::Route;
 use crate::names::{validate_repository, Reference};
 use crate::service::Registry;
@@ -112,6 +113,12 @@ impl<S: StorageDriver> Mirror<S> {
         let Some(settings) = proxy.settings().map_err(MirrorError::Config)? else {
             return Ok(None);
         };
+        // A spool directory that does not take files is a configuration error, said at start.
+        fill::create_spool(&settings.spool_dir).map_err(|e| {
+            MirrorError::Config(format!(
+                "proxy.spooldirectory: cannot create a spool file: {e}"
+            ))
+        })?;
         let mut upstreams = Vec::new();
         for u in &settings.upstreams {
             let upstream = Upstream::new(u.clone()).map_err(|source| MirrorError::Client {
@@ -165,12 +172,17 @@ impl<S: StorageDriver> Mirror<S> {
             }
             Resolution::Mirrored(t) => t,
         };
+        let gate = req
+            .extensions()
+            .get::<Arc<GcGate>>()
+            .cloned()
+            .ok_or_else(|| RegistryError::internal("the GC gate is not installed (gc/gate.rs)"))?;
         let method = req.method().clone();
         match (&route, &method) {
             (Route::Manifest { reference, .. }, &Method::GET | &Method::HEAD) => {
                 let parsed = Reference::parse(reference)
                     .ok_or_else(|| manifests::unknown_reference(reference))?;
-                let status = self.ensure_manifest(&target, &parsed).await?;
+                let status = self.ensure_manifest(&target, &parsed, &gate).await?;
                 self.count(status);
                 Ok(Intercept::Local(rewrite(req, name, &target.storage)?, Some(status)))
             }
@@ -178,7 +190,7 @@ impl<S: StorageDriver> Mirror<S> {
                 let digest: Digest = digest.parse().map_err(|e: oci::DigestError| {
                     RegistryError::bad_request(ErrorCode::DigestInvalid, e.to_string())
                 })?;
-                if self.blob_cached(&target, &digest).await? {
+                if self.blob_cached(&target, &digest, &gate).await? {
                     self.cache.touch(&digest);
                     self.count(CacheStatus::Hit);
                     return Ok(Intercept::Local(
@@ -190,7 +202,10 @@ impl<S: StorageDriver> Mirror<S> {
                 if method == Method::HEAD {
                     return self.head_cold_blob(&target, &digest).await.map(Intercept::Answer);
                 }
-                let (size, stream) = self.fetch_blob(&target, &digest).await?;
+                if let Some(range) = req.headers().get(header::RANGE) {
+                    return self.relay_range(&target, &digest, range).await.map(Intercept::Answer);
+                }
+                let (size, stream) = self.fetch_blob(&target, &digest, &gate).await?;
                 Ok(Intercept::Answer(blob_response(&digest, size, Body::from_stream(stream))))
             }
             (Route::Tags { .. }, &Method::GET) => self.pass_through(req, name, &target, "tags/list").await,
@@ -222,17 +237,25 @@ impl<S: StorageDriver> Mirror<S> {
 
     /// Whether the cache repository links the blob; a blob stored for another repository
     /// (content-addressed, so the same bytes) is linked on the way.
-    async fn blob_cached(&self, target: &Target, digest: &Digest) -> RegistryResult<bool> {
+    async fn blob_cached(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        gate: &GcGate,
+    ) -> RegistryResult<bool> {
         match self.registry.blob_size(&target.storage, digest).await {
             Ok(_) => return Ok(true),
             Err(e) if e.code == ErrorCode::BlobUnknown => {}
             Err(e) => return Err(e),
         }
-        if self
-            .registry
-            .mount_blob(&target.storage, digest, None)
-            .await?
-        {
+        // A mount adds a reference, as a mounting POST does: under the GC gate.
+        let mounted = {
+            let _writing = gate.writer(&target.storage).await;
+            self.registry
+                .mount_blob(&target.storage, digest, None)
+                .await?
+        };
+        if mounted {
             let size = self.registry.blob_size(&target.storage, digest).await?;
             self.cache.record(digest, size, &target.storage);
             return Ok(true);
@@ -241,16 +264,77 @@ impl<S: StorageDriver> Mirror<S> {
     }
 
     /// A HEAD for a blob the cache lacks: the upstream's size, without fetching the bytes.
+    /// Some upstreams refuse HEAD on blobs (405, 403, 501): then a GET tells the size, its
+    /// body is dropped unread.
     async fn head_cold_blob(&self, target: &Target, digest: &Digest) -> RegistryResult<Response> {
         let rest = format!("blobs/{digest}");
-        let resp = target
+        let head = target
             .upstream
-            .send(Method::HEAD, &target.remote, &rest, None, true)
-            .await
-            .map_err(|e| upstream_failure(&e, ErrorCode::BlobUnknown))?;
+            .send(Method::HEAD, &target.remote, &rest, &[], true)
+            .await;
+        let resp = match head {
+            Err(UpstreamError::Status { status, .. })
+                if [
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    StatusCode::FORBIDDEN,
+                    StatusCode::NOT_IMPLEMENTED,
+                ]
+                .contains(&status) =>
+            {
+                tracing::debug!(upstream = target.upstream.name(), %status, "mirror: the upstream refuses HEAD on blobs; asking with GET");
+                target
+                    .upstream
+                    .send(Method::GET, &target.remote, &rest, &[], false)
+                    .await
+            }
+            other => other,
+        }
+        .map_err(|e| upstream_failure(&e, ErrorCode::BlobUnknown))?;
+        // The header, not `content_length()`: a HEAD response's body is empty.
         let size = upstream::header_text(resp.headers(), header::CONTENT_LENGTH.as_str())
             .and_then(|v| v.parse().ok());
         Ok(blob_response(digest, size, Body::empty()))
+    }
+
+    /// A Range GET of a blob the cache lacks: the Range goes to the upstream, and its answer
+    /// (206, or 200 with the whole blob when it ignores Range) is relayed as it streams,
+    /// without caching anything: a part cannot be checked against the digest. A later whole
+    /// GET fills the cache.
+    async fn relay_range(
+        &self,
+        target: &Target,
+        digest: &Digest,
+        range: &HeaderValue,
+    ) -> RegistryResult<Response> {
+        let range = range.to_str().map_err(|_| {
+            RegistryError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                ErrorCode::BlobUnknown,
+                "the Range header is not text",
+            )
+        })?;
+        let rest = format!("blobs/{digest}");
+        let resp = target
+            .upstream
+            .send(
+                Method::GET,
+                &target.remote,
+                &rest,
+                &[(header::RANGE, range)],
+                false,
+            )
+            .await
+            .map_err(|e| upstream_failure(&e, ErrorCode::BlobUnknown))?;
+        let status = resp.status();
+        let size = resp.content_length();
+        let content_range = upstream::header_text(resp.headers(), header::CONTENT_RANGE.as_str())
+            .and_then(|v| HeaderValue::from_str(v).ok());
+        let mut response = blob_response(digest, size, Body::from_stream(resp.bytes_stream()));
+        *response.status_mut() = status;
+        if let Some(v) = content_range {
+            response.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+        Ok(response)
     }
 
     /// Tag lists and referrers come from the upstream (the cache holds only what was pulled);
@@ -276,7 +360,7 @@ impl<S: StorageDriver> Mirror<S> {
         };
         let answer = target
             .upstream
-            .send(Method::GET, &target.remote, &rest, None, true)
+            .send(Method::GET, &target.remote, &rest, &[], true)
             .await;
         let resp = match answer {
             Ok(r) => r,
@@ -336,8 +420,7 @@ pub fn mark(response: &mut Response, status: CacheStatus) {
     }
 }
 
-/// The response for a blob on its way from the upstream. Range requests get the whole blob
-/// (RFC 9110 lets a server ignore Range); once cached, ranges are served from storage.
+/// The response for a blob on its way from the upstream.
 fn blob_response(digest: &Digest, size: Option<u64>, body: Body) -> Response {
     let mut response = Response::new(body);
     let headers = response.headers_mut();
@@ -366,8 +449,11 @@ fn upstream_failure(e: &UpstreamError, unknown: ErrorCode) -> RegistryError {
     }
     let status = match e {
         UpstreamError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
-        UpstreamError::Status { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
-            StatusCode::TOO_MANY_REQUESTS
+        UpstreamError::Status { status, .. }
+            if *status == StatusCode::TOO_MANY_REQUESTS
+                || *status == StatusCode::RANGE_NOT_SATISFIABLE =>
+        {
+            *status
         }
         _ => StatusCode::BAD_GATEWAY,
     };

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use oci::registry_auth::challenge;
 use oci::registry_auth::{repository_scope, AuthScheme, TokenCache, TokenResponse, TokenServer};
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, WWW_AUTHENTICATE};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, WWW_AUTHENTICATE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 
 use super::config::UpstreamSettings;
@@ -89,7 +89,8 @@ impl Upstream {
         &self.settings.name
     }
 
-    /// `METHOD /v2/<repository>/<rest>` with `accept`, authorized for pulling `repository`.
+    /// `METHOD /v2/<repository>/<rest>` with `headers` (`Accept`, `Range`), authorized for
+    /// pulling `repository`.
     /// A 401 is answered once by reading the challenge and authorizing again. Non-success
     /// answers become [`UpstreamError::Status`]; redirects (blob CDNs) are followed.
     pub async fn send(
@@ -97,7 +98,7 @@ impl Upstream {
         method: Method,
         repository: &str,
         rest: &str,
-        accept: Option<&str>,
+        headers: &[(HeaderName, &str)],
         small: bool,
     ) -> Result<Response, UpstreamError> {
         let url = format!("{}/v2/{repository}/{rest}", self.settings.remoteurl);
@@ -105,8 +106,8 @@ impl Upstream {
         let mut reauthorized = false;
         loop {
             let mut request = self.http.request(method.clone(), &url);
-            if let Some(accept) = accept {
-                request = request.header(ACCEPT, accept);
+            for (name, value) in headers {
+                request = request.header(name, *value);
             }
             if small {
                 request = request.timeout(SMALL_REQUEST_TIMEOUT);

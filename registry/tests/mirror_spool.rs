@@ -1,0 +1,183 @@
+//! The pull-through mirror's spool (proxy/fill.rs), on the rregistry process: a cold blob far
+//! bigger than a download may hold in memory reaches a fast client and a stalled one (which
+//! reads the rest from the spool long after the download ended), the process's peak memory
+//! stays a fraction of the blob, and the spool directory never shows a file.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use conformance::peers::{free_port, wait_until, DockerRegistry, PeerProcess};
+use oci::{Algorithm, Digest, Digester};
+use reqwest::blocking::{Body, Client};
+use reqwest::StatusCode;
+
+const BLOB_BYTES: u64 = 256 << 20;
+/// The old design held a download whole in memory (>= 256 MiB here); the spool keeps a few
+/// MiB per reader. Generous for a debug build's own footprint.
+const PEAK_RSS_LIMIT: u64 = 96 << 20;
+
+/// xorshift bytes made on the fly, so that the test process never holds the blob either.
+struct PseudoRandom {
+    x: u64,
+    left: u64,
+}
+
+impl Read for PseudoRandom {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.left as usize) / 8 * 8;
+        let n = if n == 0 { self.left as usize } else { n };
+        for word in buf[..n].chunks_mut(8) {
+            self.x ^= self.x << 13;
+            self.x ^= self.x >> 7;
+            self.x ^= self.x << 17;
+            word.copy_from_slice(&self.x.to_le_bytes()[..word.len()]);
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+fn blob_source() -> PseudoRandom {
+    PseudoRandom {
+        x: 0x9e37_79b9_7f4a_7c15,
+        left: BLOB_BYTES,
+    }
+}
+
+fn hash_all(mut reader: impl Read, digester: &mut Digester) {
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read(&mut buf).expect("read");
+        if n == 0 {
+            return;
+        }
+        digester.update(&buf[..n]);
+    }
+}
+
+fn push_streamed(http: &Client, registry: &str, repo: &str) -> Digest {
+    let mut digester = Digester::new(Algorithm::Sha256);
+    hash_all(blob_source(), &mut digester);
+    let digest = digester.finish();
+    let start = http
+        .post(format!("http://{registry}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .expect("POST");
+    assert_eq!(start.status(), StatusCode::ACCEPTED);
+    let location = start.headers()["Location"].to_str().unwrap().to_string();
+    let url = if location.starts_with("http") {
+        location
+    } else {
+        format!("http://{registry}{location}")
+    };
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let put = http
+        .put(format!("{url}{sep}digest={digest}"))
+        .header("Content-Type", "application/octet-stream")
+        .body(Body::sized(blob_source(), BLOB_BYTES))
+        .send()
+        .expect("PUT");
+    assert_eq!(put.status(), StatusCode::CREATED);
+    digest
+}
+
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kib << 10
+}
+
+fn entries(dir: &Path) -> usize {
+    std::fs::read_dir(dir).expect("spool dir").count()
+}
+
+#[test]
+fn a_cold_blob_is_spooled_not_held_in_memory() {
+    let upstream = DockerRegistry::start("").expect("upstream");
+    let http = Client::builder().timeout(None).build().unwrap();
+    let digest = push_streamed(&http, &upstream.addr(), "team/huge");
+
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    let port = free_port();
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: info\nhttp:\n  addr: 127.0.0.1:{port}\nstorage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: http://{}\n  spooldirectory: {}\n",
+            dir.path().join("data").display(),
+            upstream.addr(),
+            spool.display()
+        ),
+    )
+    .unwrap();
+    let mut server = PeerProcess::spawn(
+        "rregistry",
+        Command::new(env!("CARGO_BIN_EXE_rregistry"))
+            .args(["serve", "--config"])
+            .arg(&config),
+        &dir.path().join("rregistry.log"),
+    )
+    .expect("rregistry");
+    wait_until("rregistry", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .expect("rregistry listening");
+    server.check_alive().expect("rregistry running");
+    let url = format!("http://127.0.0.1:{port}/v2/team/huge/blobs/{digest}");
+
+    // The stalled client takes its first MiB and waits until the fast one has everything.
+    let (fast_done, resume) = mpsc::channel::<()>();
+    let stalled = {
+        let (http, url) = (http.clone(), url.clone());
+        std::thread::spawn(move || {
+            let mut resp = http.get(&url).send().expect("GET (stalled)");
+            assert_eq!(resp.status(), StatusCode::OK);
+            let mut digester = Digester::new(Algorithm::Sha256);
+            let mut first = vec![0u8; 1 << 20];
+            resp.read_exact(&mut first).expect("first MiB");
+            digester.update(&first);
+            resume.recv().expect("the fast client finished");
+            hash_all(resp, &mut digester);
+            digester.finish()
+        })
+    };
+    let mut digester = Digester::new(Algorithm::Sha256);
+    let resp = http.get(&url).send().expect("GET (fast)");
+    assert_eq!(resp.status(), StatusCode::OK);
+    hash_all(resp, &mut digester);
+    assert_eq!(digester.finish(), digest);
+    // The download is over and a reader is still behind: the spool is alive, yet unlinked.
+    assert_eq!(entries(&spool), 0, "spool files are never visible");
+    fast_done.send(()).unwrap();
+    assert_eq!(stalled.join().expect("stalled client"), digest);
+
+    wait_until("the blob committed", Duration::from_secs(60), || {
+        http.head(&url)
+            .send()
+            .map(|r| {
+                r.headers()
+                    .get("X-Rregistry-Cache")
+                    .is_some_and(|v| v == "HIT")
+            })
+            .unwrap_or(false)
+    })
+    .expect("cached");
+    let peak = peak_rss(server.pid());
+    eprintln!("rregistry peak RSS: {} MiB", peak >> 20);
+    assert!(
+        peak < PEAK_RSS_LIMIT,
+        "rregistry's peak RSS {} MiB for a {} MiB blob",
+        peak >> 20,
+        BLOB_BYTES >> 20
+    );
+    assert_eq!(entries(&spool), 0);
+}
