@@ -293,7 +293,9 @@ async fn pump(
         } else if batch.len() >= SPOOL_BATCH {
             None
         } else {
-            tokio::time::timeout(SPOOL_DELAY, response.chunk()).await.ok()
+            tokio::time::timeout(SPOOL_DELAY, response.chunk())
+                .await
+                .ok()
         };
         let Some(next) = next else {
             written = spool_write(flight, batch.split().freeze(), written).await?;
