@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use oci::Digest;
-use support::client::{client, content, location, manifest, metric, rregistry_gc, Registry};
+use support::client::{
+    client, content, location, manifest, metric, rregistry_gc, GcScenario, Registry,
+};
 use support::{free_port, Server};
 
 fn blob_path(data_dir: &Path, digest: &Digest) -> PathBuf {
@@ -325,29 +327,14 @@ fn offline_gc_dry_run_sweep_and_delete_untagged() {
         server: &server,
         http: client(),
     };
-    let layer = content("kept-layer", 30_000);
-    let config_blob = content("kept-config", 200);
-    reg.push_blob("off/app", &layer);
-    reg.push_blob("off/app", &config_blob);
-    let kept = manifest(&config_blob, &[&layer]);
-    assert_eq!(reg.put_manifest("off/app", "v1", &kept).0, 201);
-    let orphan = reg.push_blob("off/app", &content("orphan", 20_000));
-    // An untagged manifest with a layer of its own.
-    let untagged_layer = content("untagged-layer", 25_000);
-    reg.push_blob("off/app", &untagged_layer);
-    let untagged = manifest(&config_blob, &[&untagged_layer]);
-    let untagged_digest = Digest::sha256_of(&untagged);
-    assert_eq!(
-        reg.put_manifest("off/app", &untagged_digest.to_string(), &untagged)
-            .0,
-        201
-    );
-    let session = location(
-        &reg.http
-            .post(reg.url("/v2/off/app/blobs/uploads/"))
-            .send()
-            .expect("POST"),
-    );
+    let GcScenario {
+        kept,
+        orphan,
+        untagged_layer: untagged_layer_digest,
+        untagged: untagged_digest,
+        session,
+        ..
+    } = reg.push_gc_scenario();
     drop(reg);
     assert!(server.terminate().success());
     age_storage(&data_dir);
@@ -357,10 +344,7 @@ fn offline_gc_dry_run_sweep_and_delete_untagged() {
         out.contains(&format!("would remove blob {orphan}")),
         "{out}"
     );
-    assert!(
-        !out.contains(&Digest::sha256_of(&untagged_layer).to_string()),
-        "{out}"
-    );
+    assert!(!out.contains(&untagged_layer_digest.to_string()), "{out}");
     assert!(
         out.contains("would remove upload session off/app/"),
         "{out}"
@@ -381,7 +365,7 @@ fn offline_gc_dry_run_sweep_and_delete_untagged() {
     );
     assert!(!blob_path(&data_dir, &orphan).exists());
     assert!(!layer_link_path(&data_dir, "off/app", &orphan).exists());
-    assert!(blob_path(&data_dir, &Digest::sha256_of(&untagged_layer)).exists());
+    assert!(blob_path(&data_dir, &untagged_layer_digest).exists());
 
     let out = rregistry_gc(&config, &["--delete-untagged"]);
     assert!(
@@ -390,7 +374,7 @@ fn offline_gc_dry_run_sweep_and_delete_untagged() {
         )),
         "{out}"
     );
-    assert!(!blob_path(&data_dir, &Digest::sha256_of(&untagged_layer)).exists());
+    assert!(!blob_path(&data_dir, &untagged_layer_digest).exists());
     assert!(!blob_path(&data_dir, &untagged_digest).exists());
 
     // The tagged image is whole; the session is gone.

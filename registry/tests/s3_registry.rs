@@ -15,7 +15,9 @@ use oci::Digest;
 use reqwest::blocking::Client;
 use reqwest::redirect::Policy;
 use serde_json::json;
-use support::client::{client, content, location, manifest, metric, rregistry_gc, Registry};
+use support::client::{
+    client, content, location, manifest, metric, rregistry_gc, GcScenario, Registry,
+};
 use support::{free_port, Server};
 
 /// A client that shows redirects instead of following them.
@@ -214,29 +216,15 @@ fn offline_gc_on_s3_sweeps_unreferenced_blobs_and_untagged_manifests() {
         server: &server,
         http: client(),
     };
-    let layer = content("kept-layer", 30_000);
-    let config_blob = content("kept-config", 200);
-    reg.push_blob("off/app", &layer);
-    reg.push_blob("off/app", &config_blob);
-    let kept = manifest(&config_blob, &[&layer]);
-    assert_eq!(reg.put_manifest("off/app", "v1", &kept).0, 201);
-    let orphan = reg.push_blob("off/app", &content("orphan", 20_000));
-    // An untagged manifest with a layer of its own.
-    let untagged_layer = content("untagged-layer", 25_000);
-    let untagged_layer_digest = reg.push_blob("off/app", &untagged_layer);
-    let untagged = manifest(&config_blob, &[&untagged_layer]);
-    let untagged_digest = Digest::sha256_of(&untagged);
-    assert_eq!(
-        reg.put_manifest("off/app", &untagged_digest.to_string(), &untagged)
-            .0,
-        201
-    );
-    let session = location(
-        &reg.http
-            .post(reg.url("/v2/off/app/blobs/uploads/"))
-            .send()
-            .expect("POST"),
-    );
+    let GcScenario {
+        layer,
+        config_blob,
+        kept,
+        orphan,
+        untagged_layer: untagged_layer_digest,
+        untagged: untagged_digest,
+        session,
+    } = reg.push_gc_scenario();
     drop(reg);
     assert!(server.terminate().success());
     let grace = ["--grace-period", "0s"];

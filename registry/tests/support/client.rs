@@ -208,3 +208,53 @@ pub fn metric(server: &Server, line_prefix: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{line_prefix} not in /metrics:\n{text}"))
 }
+
+/// What the offline GC tests (gc.rs on a directory, s3_registry.rs on a bucket) leave in
+/// `off/app`: a tagged image, an orphan blob, an untagged manifest with a layer of its own,
+/// and an idle upload session.
+pub struct GcScenario {
+    pub layer: Vec<u8>,
+    pub config_blob: Vec<u8>,
+    pub kept: Vec<u8>,
+    pub orphan: Digest,
+    pub untagged_layer: Digest,
+    pub untagged: Digest,
+    pub session: String,
+}
+
+impl Registry<'_> {
+    pub fn push_gc_scenario(&self) -> GcScenario {
+        let layer = content("kept-layer", 30_000);
+        let config_blob = content("kept-config", 200);
+        self.push_blob("off/app", &layer);
+        self.push_blob("off/app", &config_blob);
+        let kept = manifest(&config_blob, &[&layer]);
+        assert_eq!(self.put_manifest("off/app", "v1", &kept).0, 201);
+        let orphan = self.push_blob("off/app", &content("orphan", 20_000));
+        let untagged_layer_bytes = content("untagged-layer", 25_000);
+        let untagged_layer = self.push_blob("off/app", &untagged_layer_bytes);
+        let untagged_manifest = manifest(&config_blob, &[&untagged_layer_bytes]);
+        let untagged = Digest::sha256_of(&untagged_manifest);
+        assert_eq!(
+            self.put_manifest("off/app", &untagged.to_string(), &untagged_manifest)
+                .0,
+            201
+        );
+        let session = location(
+            &self
+                .http
+                .post(self.url("/v2/off/app/blobs/uploads/"))
+                .send()
+                .expect("POST"),
+        );
+        GcScenario {
+            layer,
+            config_blob,
+            kept,
+            orphan,
+            untagged_layer,
+            untagged,
+            session,
+        }
+    }
+}
