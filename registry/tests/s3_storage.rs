@@ -3,11 +3,15 @@
 use conformance::s3_server::{S3Server, ACCESS_KEY, REGION, SECRET_KEY};
 use registry::storage::s3::{S3Config, S3Driver};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn s3_driver_passes_the_storage_suite() {
-    let s3 = tokio::task::spawn_blocking(|| {
+/// A moto server with one empty bucket, and a driver on it with `tuning`'s other settings.
+async fn driver_on_a_new_bucket(
+    bucket: &'static str,
+    root: &str,
+    tuning: S3Config,
+) -> (S3Server, S3Driver) {
+    let s3 = tokio::task::spawn_blocking(move || {
         let s3 = S3Server::start().expect("start moto");
-        s3.create_bucket("suite").expect("bucket");
+        s3.create_bucket(bucket).expect("bucket");
         s3
     })
     .await
@@ -17,13 +21,19 @@ async fn s3_driver_passes_the_storage_suite() {
         regionendpoint: s3.endpoint(),
         forcepathstyle: true,
         secure: false,
-        bucket: "suite".into(),
+        bucket: bucket.into(),
         accesskey: ACCESS_KEY.into(),
         secretkey: SECRET_KEY.into(),
-        rootdirectory: "/some/root".into(),
-        ..S3Config::default()
+        rootdirectory: root.into(),
+        ..tuning
     })
     .expect("driver");
+    (s3, driver)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_driver_passes_the_storage_suite() {
+    let (s3, driver) = driver_on_a_new_bucket("suite", "/some/root", S3Config::default()).await;
     registry::storage::testsuite::run(driver).await;
     tokio::task::spawn_blocking(move || drop(s3))
         .await
@@ -38,25 +48,15 @@ async fn s3_multipart_writes_commit_whole_objects() {
     use futures_util::StreamExt;
     use registry::storage::{FileWriter, StorageDriver};
 
-    let s3 = tokio::task::spawn_blocking(|| {
-        let s3 = S3Server::start().expect("start moto");
-        s3.create_bucket("multipart").expect("bucket");
-        s3
-    })
-    .await
-    .expect("moto");
-    let driver = S3Driver::new(&S3Config {
-        region: REGION.into(),
-        regionendpoint: s3.endpoint(),
-        forcepathstyle: true,
-        secure: false,
-        bucket: "multipart".into(),
-        accesskey: ACCESS_KEY.into(),
-        secretkey: SECRET_KEY.into(),
-        chunksize: 5 << 20,
-        ..S3Config::default()
-    })
-    .expect("driver");
+    let (s3, driver) = driver_on_a_new_bucket(
+        "multipart",
+        "",
+        S3Config {
+            chunksize: 5 << 20,
+            ..S3Config::default()
+        },
+    )
+    .await;
     let data: Vec<u8> = (0..(13u32 << 20))
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
