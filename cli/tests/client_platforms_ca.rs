@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{busybox_archive, ok, rbuild};
+use conformance::auth_files::{ca_signed_cert, ec_key, LeafUse};
 use conformance::peers::{require, run_ok, DockerRegistry};
 use oci::archive::ArchiveFormat;
 use oci::content::ContentStore;
@@ -187,39 +188,13 @@ fn make_ca(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 
 /// A server certificate for 127.0.0.1 signed by the CA; returns (key, certificate).
 fn make_server_cert(dir: &Path, ca_key: &Path, ca_cert: &Path) -> (PathBuf, PathBuf) {
-    let (key, csr, cert, ext) = (
-        dir.join("server.key"),
-        dir.join("server.csr"),
-        dir.join("server.crt"),
-        dir.join("server.ext"),
-    );
-    let openssl = require("openssl");
-    run_ok(
-        Command::new(&openssl)
-            .args(["req", "-new", "-newkey", "rsa:2048", "-nodes"])
-            .args(["-subj", "/CN=127.0.0.1", "-keyout"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&csr),
-    )
-    .unwrap();
-    std::fs::write(
-        &ext,
-        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
-    )
-    .unwrap();
-    run_ok(
-        Command::new(&openssl)
-            .args(["x509", "-req", "-days", "2", "-set_serial", "7", "-in"])
-            .arg(&csr)
-            .arg("-CA")
-            .arg(ca_cert)
-            .arg("-CAkey")
-            .arg(ca_key)
-            .arg("-extfile")
-            .arg(&ext)
-            .arg("-out")
-            .arg(&cert),
+    let key = ec_key(dir, "server").unwrap();
+    let cert = ca_signed_cert(
+        dir,
+        "server",
+        &key,
+        (ca_cert, ca_key),
+        LeafUse::LoopbackServer,
     )
     .unwrap();
     (key, cert)

@@ -60,22 +60,37 @@ pub fn self_signed_cert(dir: &Path, name: &str, key: &Path) -> Result<PathBuf> {
     Ok(cert)
 }
 
+/// What a CA-signed leaf is for: its X.509 v3 extensions.
+#[derive(Debug, Clone, Copy)]
+pub enum LeafUse {
+    /// Signing tokens (x5c chains of token issuers).
+    TokenSigning,
+    /// A TLS server on 127.0.0.1.
+    LoopbackServer,
+}
+
+impl LeafUse {
+    fn extensions(self) -> &'static str {
+        match self {
+            LeafUse::TokenSigning => "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n",
+            LeafUse::LoopbackServer => "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
+        }
+    }
+}
+
 /// A certificate for `key` at `dir/name.crt`, signed by the CA `ca_cert`/`ca_key`: a leaf
-/// (CA:FALSE, digitalSignature) as token issuers use.
+/// (CA:FALSE) for `usage`.
 pub fn ca_signed_cert(
     dir: &Path,
     name: &str,
     key: &Path,
-    ca_cert: &Path,
-    ca_key: &Path,
+    (ca_cert, ca_key): (&Path, &Path),
+    usage: LeafUse,
 ) -> Result<PathBuf> {
     let csr = dir.join(format!("{name}.csr"));
     let ext = dir.join(format!("{name}.ext"));
     let cert = dir.join(format!("{name}.crt"));
-    std::fs::write(
-        &ext,
-        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n",
-    )?;
+    std::fs::write(&ext, usage.extensions())?;
     run_ok(
         Command::new(require("openssl"))
             .args(["req", "-new", "-subj"])

@@ -9,7 +9,7 @@ use std::path::Path;
 use base64::Engine;
 use conformance::auth_files::{
     alice_pushes_and_bob_is_denied, ca_signed_cert, cert_der, docker_tiny_image, ec_key,
-    htpasswd_file, self_signed_cert,
+    htpasswd_file, self_signed_cert, LeafUse,
 };
 use conformance::peers::{run_ok, Dockerd};
 use conformance::registry_suite::Rregistry;
@@ -312,7 +312,7 @@ fn external_tokens_x5c_chain_and_jwks() {
     let ca_key = ec_key(d, "ca").unwrap();
     let ca = self_signed_cert(d, "ca", &ca_key).unwrap();
     let leaf_key = ec_key(d, "leaf").unwrap();
-    let leaf = ca_signed_cert(d, "leaf", &leaf_key, &ca, &ca_key).unwrap();
+    let leaf = ca_signed_cert(d, "leaf", &leaf_key, (&ca, &ca_key), LeafUse::TokenSigning).unwrap();
     let stranger_key = ec_key(d, "stranger").unwrap();
     let stranger = self_signed_cert(d, "stranger", &stranger_key).unwrap();
     let jwks_key_path = ec_key(d, "jwks").unwrap();
