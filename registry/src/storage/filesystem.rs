@@ -364,12 +364,35 @@ impl FilesystemWriter {
         }
         let next = spare.unwrap_or_else(|| Vec::with_capacity(WRITE_CHUNK));
         let buf = std::mem::replace(&mut self.pending, next);
+        let offset = self.size - buf.len() as u64;
         let file = self.file.clone();
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
             let result = (&*file).write_all(&buf);
+            if result.is_ok() {
+                start_writeback(&file, offset, buf.len());
+            }
             (result, buf)
         }));
         Ok(())
+    }
+}
+
+/// Asks the kernel to start writing a chunk to disk now, without waiting for it. Otherwise a
+/// blob's pages stay dirty in the page cache until the commit's fsync, which then waits for
+/// the whole blob at disk speed (a 1 GiB push spent ~3 s there, issue 3); started early, the
+/// writeback overlaps with receiving the rest and the fsync only waits for the tail. A hint:
+/// durability still comes from the fsync, so a failure here changes nothing.
+fn start_writeback(file: &fs::File, offset: u64, len: usize) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for the call's duration (borrowed from `file`); the
+    // call reads no memory of ours.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
     }
 }
 
