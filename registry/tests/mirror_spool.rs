@@ -1,7 +1,8 @@
 //! The pull-through mirror's spool (proxy/fill.rs), on the rregistry process: a cold blob far
 //! bigger than a download may hold in memory reaches a fast client and a stalled one (which
 //! reads the rest from the spool long after the download ended), the process's peak memory
-//! stays a fraction of the blob, and the spool directory never shows a file.
+//! stays a fraction of the blob, and the spool's directory (`proxy.spooldirectory`, or the
+//! storage's `_tmp/` when the spool is adopted as the blob) never shows a file.
 
 use std::io::Read;
 use std::path::Path;
@@ -98,24 +99,49 @@ fn entries(dir: &Path) -> usize {
     std::fs::read_dir(dir).expect("spool dir").count()
 }
 
+/// With `proxy.spooldirectory` set: the spool is there and an upload session copies it into
+/// storage.
 #[test]
 fn a_cold_blob_is_spooled_not_held_in_memory() {
+    cold_blob_is_spooled(SpoolAt::SpoolDirectory);
+}
+
+/// Without it, on the filesystem driver: the spool is a nameless file in the storage's
+/// `_tmp/`, adopted as the blob.
+#[test]
+fn a_cold_blob_is_spooled_in_storage_and_adopted() {
+    cold_blob_is_spooled(SpoolAt::Storage);
+}
+
+enum SpoolAt {
+    SpoolDirectory,
+    Storage,
+}
+
+fn cold_blob_is_spooled(at: SpoolAt) {
     let upstream = DockerRegistry::start("").expect("upstream");
     let http = Client::builder().timeout(None).build().unwrap();
     let digest = push_streamed(&http, &upstream.addr(), "team/huge");
 
     let dir = tempfile::tempdir().unwrap();
-    let spool = dir.path().join("spool");
-    std::fs::create_dir(&spool).unwrap();
+    let data = dir.path().join("data");
+    let (spool, spool_yaml) = match at {
+        SpoolAt::SpoolDirectory => {
+            let spool = dir.path().join("spool");
+            std::fs::create_dir(&spool).unwrap();
+            let yaml = format!("  spooldirectory: {}\n", spool.display());
+            (spool, yaml)
+        }
+        SpoolAt::Storage => (data.join("_tmp"), String::new()),
+    };
     let port = free_port();
     let config = dir.path().join("config.yml");
     std::fs::write(
         &config,
         format!(
-            "version: 0.1\nlog:\n  level: info\nhttp:\n  addr: 127.0.0.1:{port}\nstorage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: http://{}\n  spooldirectory: {}\n",
-            dir.path().join("data").display(),
+            "version: 0.1\nlog:\n  level: info\nhttp:\n  addr: 127.0.0.1:{port}\nstorage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: http://{}\n{spool_yaml}",
+            data.display(),
             upstream.addr(),
-            spool.display()
         ),
     )
     .unwrap();
@@ -171,6 +197,9 @@ fn a_cold_blob_is_spooled_not_held_in_memory() {
             .unwrap_or(false)
     })
     .expect("cached");
+    let mut digester = Digester::new(Algorithm::Sha256);
+    hash_all(http.get(&url).send().expect("GET (cached)"), &mut digester);
+    assert_eq!(digester.finish(), digest, "the cached blob is whole");
     let peak = peak_rss(server.pid());
     eprintln!("rregistry peak RSS: {} MiB", peak >> 20);
     assert!(

@@ -39,8 +39,9 @@ pub struct ProxyConfig {
     /// Ours: how often the cache is swept for expired tags and excess size.
     #[serde(deserialize_with = "opt_go_duration")]
     pub sweepinterval: Option<Duration>,
-    /// Ours: where blobs being downloaded are spooled (unlinked temporary files, proxy/fill.rs);
-    /// the system's temporary directory (`TMPDIR`) by default.
+    /// Ours: where blobs being downloaded are spooled (unlinked temporary files, proxy/fill.rs).
+    /// Unset: in the storage itself on the filesystem driver (the spool then becomes the blob
+    /// without a copy), in the system's temporary directory (`TMPDIR`) otherwise.
     pub spooldirectory: Option<std::path::PathBuf>,
 }
 
@@ -91,7 +92,8 @@ pub struct MirrorSettings {
     pub local: Vec<String>,
     pub maxsize: u64,
     pub sweep_interval: Duration,
-    pub spool_dir: std::path::PathBuf,
+    /// `proxy.spooldirectory`; unset, see `fill.rs` (`new_spool`).
+    pub spool_dir: Option<std::path::PathBuf>,
 }
 
 impl ProxyConfig {
@@ -155,10 +157,7 @@ impl ProxyConfig {
             local,
             maxsize: self.maxsize,
             sweep_interval,
-            spool_dir: self
-                .spooldirectory
-                .clone()
-                .unwrap_or_else(std::env::temp_dir),
+            spool_dir: self.spooldirectory.clone(),
         }))
     }
 }

@@ -1,17 +1,21 @@
 //! Blobs the cache lacks: one upstream download per digest however many clients ask
 //! (single flight).
 //!
-//! The download is spooled to a temporary file as it arrives (unlinked at once, so it is
-//! never visible and vanishes with the last reader, whatever happens). Every waiting client,
-//! and the storage upload, reads that file at its own pace: a flight holds a few MiB of
-//! memory whatever the blob's size, clients that join late start from the file's first byte,
-//! and neither the download nor the clients wait for storage writes.
+//! The download is spooled to a temporary file as it arrives (without a name, so it is
+//! never visible and vanishes with the last reader, whatever happens). Every waiting client
+//! reads that file at its own pace: a flight holds a few MiB of memory whatever the blob's
+//! size, clients that join late start from the file's first byte, and neither the download
+//! nor the clients wait for storage writes.
 //!
-//! The storage side is an ordinary upload session, as a client's POST, PATCH and PUT
-//! (`start_upload`, `append_chunk`, `complete_upload`): hashed while written, verified, then
-//! renamed into place and linked. The final step holds the GC gate as a client's PUT does
-//! (gc/gate.rs), so online GC never sweeps a blob a fill is linking. A blob becomes visible
-//! only once its digest is verified, and a failed download leaves nothing behind.
+//! On the filesystem driver the spool is made in the storage itself (`local_temp_file`) and,
+//! once verified, is given the blob's name (`adopt_blob`): the bytes are written and hashed
+//! once. A cold pull spent about half of the mirror's CPU copying the spool through an upload
+//! and hashing it again (perf, issue 8). Elsewhere (S3, or a `proxy.spooldirectory`) the
+//! storage side is an ordinary upload session, as a client's POST, PATCH and PUT
+//! (`start_upload`, `append_chunk`, `complete_upload`), reading the spool as it grows. Both
+//! hold the GC gate for the final step as a client's PUT does (gc/gate.rs), so online GC never
+//! sweeps a blob a fill is linking. A blob becomes visible only once its digest is verified,
+//! and a failed download leaves nothing behind.
 //!
 //! Readers are held back from the last byte until the downloaded bytes match the digest
 //! (hashed as they arrive, beside the storage path's own check, so that clients need not wait
@@ -21,11 +25,13 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io;
+use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use oci::{Digest, Digester};
 use reqwest::Method;
@@ -62,8 +68,12 @@ struct Progress {
 /// One download in flight.
 pub struct Inflight {
     progress: watch::Sender<Progress>,
-    /// The bytes received so far (an unlinked temporary file, read and written by offset).
+    /// The bytes received so far (a temporary file without a name, read and written by
+    /// offset).
     spool: File,
+    /// The spool is the storage's own `local_temp_file`: at commit it is adopted as the blob,
+    /// not copied through an upload.
+    adoptable: bool,
     /// Cache repositories that asked for the blob meanwhile: all are linked at commit.
     repos: Mutex<BTreeSet<String>>,
 }
@@ -89,8 +99,8 @@ impl<S: StorageDriver> Mirror<S> {
             None => {
                 // The spool is made outside the map's lock (it is file I/O); a flight started
                 // meanwhile by another client wins, and this spool is dropped unused.
-                let dir = self.settings.spool_dir.clone();
-                let spool = tokio::task::spawn_blocking(move || create_spool(&dir))
+                let mirror = self.clone();
+                let (spool, adoptable) = tokio::task::spawn_blocking(move || mirror.new_spool())
                     .await
                     .map_err(|e| RegistryError::internal(format!("spool task: {e}")))?
                     .map_err(|e| RegistryError::internal(format!("mirror spool file: {e}")))?;
@@ -102,6 +112,7 @@ impl<S: StorageDriver> Mirror<S> {
                         let flight = Arc::new(Inflight {
                             progress,
                             spool,
+                            adoptable,
                             repos: Mutex::new(BTreeSet::new()),
                         });
                         map.insert(digest.clone(), flight.clone());
@@ -135,6 +146,19 @@ impl<S: StorageDriver> Mirror<S> {
             }
         };
         Ok((size, Box::pin(read_flight(flight, rx))))
+    }
+
+    /// A spool file, and whether the storage can adopt it: in `proxy.spooldirectory` when
+    /// that is set; otherwise in the storage itself when it keeps local files (the
+    /// filesystem driver), else in TMPDIR.
+    fn new_spool(&self) -> io::Result<(File, bool)> {
+        if let Some(dir) = &self.settings.spool_dir {
+            return Ok((create_spool(dir)?, false));
+        }
+        match self.registry.driver().local_temp_file()? {
+            Some(file) => Ok((file, true)),
+            None => Ok((create_spool(&std::env::temp_dir())?, false)),
+        }
     }
 
     fn flight(&self, digest: &Digest) -> Option<Arc<Inflight>> {
@@ -219,8 +243,10 @@ impl<S: StorageDriver> Mirror<S> {
         }
     }
 
-    /// Writes the flight's bytes to the cache repository through an upload session; the
-    /// session is cancelled when anything fails, so nothing of it stays.
+    /// Puts the flight's bytes in the cache repository. An adoptable spool becomes the blob
+    /// once the download is verified (no copy, no second hash); otherwise the bytes go
+    /// through an upload session as they arrive, cancelled when anything fails so that
+    /// nothing of it stays.
     async fn store(
         self: Arc<Self>,
         target: Target,
@@ -230,6 +256,13 @@ impl<S: StorageDriver> Mirror<S> {
     ) -> Result<(), RegistryError> {
         let registry = &self.registry;
         let repo = &target.storage;
+        if flight.adoptable {
+            let size = verified_size(&flight).await?;
+            let _writing = gate.writer(repo).await;
+            return registry
+                .adopt_blob(repo, &digest, &flight.spool, size)
+                .await;
+        }
         let upload = registry.start_upload(repo, digest.algorithm()).await?;
         let rx = flight.progress.subscribe();
         let body = read_flight(flight, rx)
@@ -283,14 +316,15 @@ async fn pump(
     metrics: &MirrorMetrics,
 ) -> Result<u64, String> {
     let mut digester = Digester::new(digest.algorithm());
-    let mut batch = BytesMut::new();
+    // The network's chunks as they came (not copied into one buffer: perf showed that copy).
+    let mut batch = Batch::default();
     let mut written = 0u64;
     loop {
         // Flush when the batch is full or the network paused (see SPOOL_BATCH). A chunk
         // future dropped by the timeout has consumed nothing: the body is read by polling.
         let next = if batch.is_empty() {
             Some(response.chunk().await)
-        } else if batch.len() >= SPOOL_BATCH {
+        } else if batch.len >= SPOOL_BATCH {
             None
         } else {
             tokio::time::timeout(SPOOL_DELAY, response.chunk())
@@ -298,18 +332,18 @@ async fn pump(
                 .ok()
         };
         let Some(next) = next else {
-            written = spool_write(flight, batch.split().freeze(), written).await?;
+            written = spool_write(flight, std::mem::take(&mut batch), written).await?;
             continue;
         };
         match next {
             Ok(Some(chunk)) => {
                 digester.update(&chunk);
                 MirrorMetrics::add(&metrics.upstream_bytes, chunk.len() as u64);
-                batch.extend_from_slice(&chunk);
+                batch.push(chunk);
             }
             Ok(None) => {
                 if !batch.is_empty() {
-                    written = spool_write(flight, batch.split().freeze(), written).await?;
+                    written = spool_write(flight, std::mem::take(&mut batch), written).await?;
                 }
                 let actual = digester.finish();
                 if actual != *digest {
@@ -323,26 +357,75 @@ async fn pump(
     }
 }
 
-/// Appends `bytes` at `offset` of the spool and tells the readers; returns the new end.
-async fn spool_write(flight: &Arc<Inflight>, bytes: Bytes, offset: u64) -> Result<u64, String> {
-    let end = offset + bytes.len() as u64;
+/// Network chunks waiting to be written to the spool together.
+#[derive(Default)]
+struct Batch {
+    chunks: Vec<Bytes>,
+    len: usize,
+}
+
+impl Batch {
+    fn push(&mut self, chunk: Bytes) {
+        self.len += chunk.len();
+        self.chunks.push(chunk);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Appends `batch` at `offset` of the spool and tells the readers; returns the new end.
+async fn spool_write(flight: &Arc<Inflight>, batch: Batch, offset: u64) -> Result<u64, String> {
+    let end = offset + batch.len as u64;
     let writer = flight.clone();
-    tokio::task::spawn_blocking(move || writer.spool.write_all_at(&bytes, offset))
-        .await
-        .map_err(|e| format!("spool task: {e}"))?
-        .map_err(|e| format!("writing the mirror spool file: {e}"))?;
+    tokio::task::spawn_blocking(move || {
+        let mut at = offset;
+        for chunk in &batch.chunks {
+            writer.spool.write_all_at(chunk, at)?;
+            at += chunk.len() as u64;
+        }
+        io::Result::Ok(())
+    })
+    .await
+    .map_err(|e| format!("spool task: {e}"))?
+    .map_err(|e| format!("writing the mirror spool file: {e}"))?;
     flight.progress.send_modify(|p| p.written = end);
     Ok(end)
 }
 
+/// Waits for the download to end; its size once every byte is verified.
+async fn verified_size(flight: &Inflight) -> Result<u64, RegistryError> {
+    let mut rx = flight.progress.subscribe();
+    loop {
+        {
+            let p = rx.borrow_and_update();
+            if p.verified {
+                return Ok(p.written);
+            }
+            if let Some(e) = &p.failed {
+                return Err(RegistryError::internal(format!(
+                    "mirror download failed: {e}"
+                )));
+            }
+        }
+        if rx.changed().await.is_err() {
+            return Err(RegistryError::internal("mirror download vanished"));
+        }
+    }
+}
+
 /// A reader of one download: every byte from the first, the last one only once the bytes
-/// are verified.
+/// are verified. The reader has its own handle on the spool, reopened through /proc with a
+/// position of its own, so that sequential reads fill fresh buffers without zeroing them
+/// first (a positional read needs an initialised buffer: perf showed that memset).
 fn read_flight(
     flight: Arc<Inflight>,
     rx: watch::Receiver<Progress>,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send {
-    futures_util::stream::unfold(Some((flight, rx, 0u64)), |state| async move {
-        let (flight, mut rx, next) = state?;
+    let start = (flight, rx, 0u64, None::<File>);
+    futures_util::stream::unfold(Some(start), |state| async move {
+        let (flight, mut rx, next, handle) = state?;
         loop {
             let (written, verified, failed) = {
                 let p = rx.borrow_and_update();
@@ -357,16 +440,23 @@ fn read_flight(
                 let len = (readable - next).min(READ_CHUNK);
                 let reader = flight.clone();
                 let read = tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0u8; len as usize];
-                    reader
-                        .spool
-                        .read_exact_at(&mut buf, next)
-                        .map(|()| Bytes::from(buf))
+                    let handle = match handle {
+                        Some(h) => h,
+                        None => File::open(format!("/proc/self/fd/{}", reader.spool.as_raw_fd()))?,
+                    };
+                    let mut buf = Vec::with_capacity(len as usize);
+                    (&handle).take(len).read_to_end(&mut buf)?;
+                    if buf.len() as u64 != len {
+                        return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+                    }
+                    Ok((Bytes::from(buf), handle))
                 })
                 .await
                 .unwrap_or_else(|e| Err(io::Error::other(format!("spool task: {e}"))));
                 return Some(match read {
-                    Ok(chunk) => (Ok(chunk), Some((flight, rx, next + len))),
+                    Ok((chunk, handle)) => {
+                        (Ok(chunk), Some((flight, rx, next + len, Some(handle))))
+                    }
                     Err(e) => (Err(e), None),
                 });
             }

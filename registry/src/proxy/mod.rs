@@ -114,11 +114,13 @@ impl<S: StorageDriver> Mirror<S> {
             return Ok(None);
         };
         // A spool directory that does not take files is a configuration error, said at start.
-        fill::create_spool(&settings.spool_dir).map_err(|e| {
-            MirrorError::Config(format!(
-                "proxy.spooldirectory: cannot create a spool file: {e}"
-            ))
-        })?;
+        if let Some(dir) = &settings.spool_dir {
+            fill::create_spool(dir).map_err(|e| {
+                MirrorError::Config(format!(
+                    "proxy.spooldirectory: cannot create a spool file: {e}"
+                ))
+            })?;
+        }
         let mut upstreams = Vec::new();
         for u in &settings.upstreams {
             let upstream = Upstream::new(u.clone()).map_err(|source| MirrorError::Client {

@@ -52,6 +52,29 @@ impl<S: StorageDriver> Registry<S> {
             .await
     }
 
+    /// Stores a blob whose bytes are already in a file from the driver's
+    /// `local_temp_file`, verified against `digest` by the caller (the mirror's fill), and
+    /// links it into the repository: the bytes are named in place, never copied or rehashed.
+    /// The upload limit applies as it does to uploads.
+    pub async fn adopt_blob(
+        &self,
+        name: &str,
+        digest: &Digest,
+        file: &std::fs::File,
+        size: u64,
+    ) -> Result<(), RegistryError> {
+        let limit = self.settings.upload_max_bytes;
+        if limit > 0 && size > limit {
+            return Err(super::uploads::over_upload_limit(limit));
+        }
+        if !self.blob_stored(digest).await? {
+            self.driver
+                .adopt_file(file, &paths::blob_data(digest))
+                .await?;
+        }
+        self.link_blob(name, digest).await
+    }
+
     /// Cross-repository mount (spec.md "Mounting a blob from another repository"). With
     /// `from`, the blob must be linked there; without it, any stored blob can be mounted.
     /// Returns false when the blob cannot be mounted and an upload should start instead.

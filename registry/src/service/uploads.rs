@@ -314,11 +314,7 @@ impl<S: StorageDriver> Registry<S> {
                 let _ = writer.cancel().await;
                 self.delete_if_present(&paths::upload_dir(name, &state.id))
                     .await?;
-                return Err(RegistryError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    ErrorCode::SizeInvalid,
-                    format!("blob exceeds the upload limit of {limit} bytes (http.uploadmaxbytes)"),
-                ));
+                return Err(over_upload_limit(limit));
             }
             if let Err(e) = writer.write(chunk.clone()).await {
                 // What reached storage is unknown: drop the running digest, rehash at PUT.
@@ -477,6 +473,15 @@ fn check_chunk(
         }
     }
     Ok(())
+}
+
+/// SIZE_INVALID for a blob larger than `http.uploadmaxbytes`, however it arrives.
+pub(super) fn over_upload_limit(limit: u64) -> RegistryError {
+    RegistryError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::SizeInvalid,
+        format!("blob exceeds the upload limit of {limit} bytes (http.uploadmaxbytes)"),
+    )
 }
 
 #[cfg(test)]

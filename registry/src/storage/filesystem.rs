@@ -1,6 +1,7 @@
 //! The filesystem backend. Every replace is write-to-temp, fsync, rename, fsync-directory, so a
 //! reader sees a whole old object or a whole new one and a crash leaves no half-written object
-//! under its final name. Temporary files live in `<root>/_tmp`, outside every listed directory.
+//! under its final name. Temporary files live in `<root>/_tmp`, outside every listed directory;
+//! the mirror's spools there are `O_TMPFILE`s, named only when adopted whole (`adopt_file`).
 
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -95,6 +96,31 @@ fn rename_into_place(from: &Path, to: &Path) -> io::Result<()> {
         sync_dir(parent)?;
     }
     Ok(())
+}
+
+/// Gives an open `O_TMPFILE` a name: `linkat` through `/proc/self/fd` is how open(2) says to
+/// link one without CAP_DAC_READ_SEARCH.
+fn link_open_file(file: &fs::File, to: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+    let to = CString::new(to.as_os_str().as_bytes())?;
+    // SAFETY: both paths are NUL-terminated strings that outlive the call.
+    let linked = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if linked == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 impl StorageDriver for FilesystemDriver {
@@ -220,6 +246,49 @@ impl StorageDriver for FilesystemDriver {
                 return Err(StorageError::NotFound(from.display().to_string()));
             }
             rename_into_place(&from, &to).map_err(|e| io_err(&to, e))
+        })
+        .await
+    }
+
+    /// An `O_TMPFILE` in `_tmp`: it has no name until adopted, so a crash leaves nothing.
+    fn local_temp_file(&self) -> io::Result<Option<fs::File>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = self.root.join(TMP_DIR);
+        let opened = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE)
+            .open(&dir);
+        match opened {
+            Ok(file) => Ok(Some(file)),
+            // Filesystems without O_TMPFILE answer one of these (open(2)).
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => Ok(None),
+            Err(e) => Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
+        }
+    }
+
+    /// fsync, then link the file's inode at `path` (a name appears only for complete, durable
+    /// bytes), then fsync the directory, as `rename_into_place` does.
+    async fn adopt_file(&self, file: &fs::File, path: &str) -> StorageResult<()> {
+        let full = self.full(path)?;
+        let file = file.try_clone().map_err(|e| io_err(&full, e))?;
+        blocking(move || {
+            let adopt = || -> io::Result<()> {
+                file.sync_all()?;
+                create_parent(&full)?;
+                match link_open_file(&file, &full) {
+                    Ok(()) => {}
+                    // Content-addressed: whoever got there first stored the same bytes.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+                match full.parent() {
+                    Some(parent) => sync_dir(parent),
+                    None => Ok(()),
+                }
+            };
+            adopt().map_err(|e| io_err(&full, e))
         })
         .await
     }
@@ -431,6 +500,35 @@ impl FileWriter for FilesystemWriter {
 mod tests {
     use super::*;
     use futures_util::StreamExt;
+
+    /// A local temporary file has no name until adopted; adopting names it with its bytes,
+    /// and an object already at the path is kept (content-addressed callers).
+    #[tokio::test]
+    async fn adopted_temp_files_appear_whole_and_only_when_adopted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let driver = FilesystemDriver::new(dir.path()).expect("driver");
+        let mut spool = driver.local_temp_file().expect("temp").expect("O_TMPFILE");
+        spool.write_all(b"spooled bytes").expect("write");
+        assert_eq!(fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(), 0);
+        driver.adopt_file(&spool, "b/blob").await.expect("adopt");
+        assert_eq!(
+            &driver.get_content("b/blob").await.unwrap()[..],
+            b"spooled bytes"
+        );
+
+        let mut other = driver.local_temp_file().unwrap().unwrap();
+        other.write_all(b"other").unwrap();
+        driver
+            .adopt_file(&other, "b/blob")
+            .await
+            .expect("adopt again");
+        assert_eq!(
+            &driver.get_content("b/blob").await.unwrap()[..],
+            b"spooled bytes"
+        );
+        drop((spool, other));
+        assert_eq!(fs::read_dir(dir.path().join(TMP_DIR)).unwrap().count(), 0);
+    }
 
     /// Several write buffers and read buffers each take turns: what comes back must be exactly
     /// what went in, never bytes left over from a buffer's previous use.

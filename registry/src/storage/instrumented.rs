@@ -25,10 +25,11 @@ pub enum StorageOp {
     List,
     Rename,
     Delete,
+    Adopt,
 }
 
 impl StorageOp {
-    pub const ALL: [StorageOp; 11] = [
+    pub const ALL: [StorageOp; 12] = [
         StorageOp::GetContent,
         StorageOp::PutContent,
         StorageOp::Reader,
@@ -40,6 +41,7 @@ impl StorageOp {
         StorageOp::List,
         StorageOp::Rename,
         StorageOp::Delete,
+        StorageOp::Adopt,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -55,6 +57,7 @@ impl StorageOp {
             StorageOp::List => "list",
             StorageOp::Rename => "rename",
             StorageOp::Delete => "delete",
+            StorageOp::Adopt => "adopt",
         }
     }
 
@@ -162,6 +165,20 @@ impl<S: StorageDriver> StorageDriver for Instrumented<S> {
 
     async fn delete(&self, path: &str) -> StorageResult<()> {
         timed(&self.metrics, StorageOp::Delete, self.inner.delete(path)).await
+    }
+
+    // Not timed: opening a local file is not a storage request.
+    fn local_temp_file(&self) -> std::io::Result<Option<std::fs::File>> {
+        self.inner.local_temp_file()
+    }
+
+    async fn adopt_file(&self, file: &std::fs::File, path: &str) -> StorageResult<()> {
+        timed(
+            &self.metrics,
+            StorageOp::Adopt,
+            self.inner.adopt_file(file, path),
+        )
+        .await
     }
 
     // Not timed: presigning is local work, not a storage request.

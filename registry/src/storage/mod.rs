@@ -123,6 +123,31 @@ pub trait StorageDriver: Send + Sync + 'static {
     /// Deletes an object or a whole directory tree.
     fn delete(&self, path: &str) -> impl Future<Output = StorageResult<()>> + Send;
 
+    /// A nameless temporary file on the storage's own filesystem, for bytes that will be
+    /// placed with [`StorageDriver::adopt_file`] without being copied: the mirror spools its
+    /// downloads in one (proxy/fill.rs). `None` (the default: object stores, or a filesystem
+    /// without `O_TMPFILE`) when the driver has none; callers then stream through a `writer`.
+    fn local_temp_file(&self) -> io::Result<Option<std::fs::File>> {
+        Ok(None)
+    }
+
+    /// Makes a file from [`StorageDriver::local_temp_file`] durable and gives it the name
+    /// `path` atomically. An object already at `path` is kept: callers adopt content-addressed
+    /// blobs, so it holds the same bytes.
+    fn adopt_file(
+        &self,
+        _file: &std::fs::File,
+        path: &str,
+    ) -> impl Future<Output = StorageResult<()>> + Send {
+        let path = path.to_string();
+        async move {
+            Err(StorageError::Io {
+                path,
+                source: io::Error::from(io::ErrorKind::Unsupported),
+            })
+        }
+    }
+
     /// A URL a client can send `method` (GET or HEAD) to for the object's bytes without going
     /// through the registry, as distribution's `URLFor`: a presigned URL on S3. `None` (the
     /// default: the filesystem) means the registry serves the bytes itself.
