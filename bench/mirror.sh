@@ -85,10 +85,22 @@ pull_time() { # port
     python3 -c "print($t1 - $t0)"
 }
 
+# distribution's proxy writes the cache after serving; wait for it, so that its writes do not
+# slow the next measurement.
+blob_count() { find "$WORK/$1/data/docker/registry/v2/blobs" -name data 2>/dev/null | wc -l; }
+wait_cached() { # name
+    for _ in $(seq 600); do
+        [ "$(blob_count "$1")" -ge "$(blob_count upstream)" ] && { sync; return 0; }
+        sleep 0.1
+    done
+    echo "$1 never cached every blob" >&2
+}
+
 RESULT[direct]=$(pull_time "$PORT_upstream")
 for name in distribution rregistry; do
     port_var=PORT_$name
     RESULT[cold_$name]=$(pull_time "${!port_var}")
+    wait_cached "$name"
     best=""
     for _ in $(seq "$ROUNDS"); do
         t=$(pull_time "${!port_var}")
@@ -96,8 +108,6 @@ for name in distribution rregistry; do
     done
     RESULT[warm_$name]=$best
 done
-# distribution's proxy may still be writing what it served; make sure both really cached it.
-blob_count() { find "$WORK/$1/data/docker/registry/v2/blobs" -name data | wc -l; }
 echo "blobs cached: distribution $(blob_count distribution), rregistry $(blob_count rregistry), upstream $(blob_count upstream)" >&2
 
 python3 - <<PY
