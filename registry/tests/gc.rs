@@ -1,5 +1,6 @@
-//! Garbage collection: online under a concurrent push loop (nothing referenced is lost,
-//! unreferenced old blobs go), and `rregistry gc` offline (dry run, sweep, --delete-untagged).
+//! Garbage collection: online under a concurrent push loop, on a directory and on S3 (moto)
+//! (nothing referenced is lost, unreferenced old blobs go), and `rregistry gc` offline (dry
+//! run, sweep, --delete-untagged; on S3 in tests/s3_registry.rs).
 
 mod support;
 
@@ -8,25 +9,41 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use conformance::s3_server::S3Server;
 use oci::Digest;
 use support::client::{
     client, content, location, manifest, metric, rregistry_gc, GcScenario, Registry,
 };
 use support::{free_port, Server};
 
-fn blob_path(data_dir: &Path, digest: &Digest) -> PathBuf {
-    data_dir
-        .join("docker/registry/v2/blobs/sha256")
-        .join(&digest.encoded()[..2])
-        .join(digest.encoded())
+/// Where a test looks for what GC left: the data directory or the bucket.
+enum Stored<'a> {
+    Dir(PathBuf),
+    Bucket(&'a S3Server, &'a str),
 }
 
-fn layer_link_path(data_dir: &Path, repo: &str, digest: &Digest) -> PathBuf {
-    data_dir
-        .join("docker/registry/v2/repositories")
-        .join(repo)
-        .join("_layers/sha256")
-        .join(digest.encoded())
+impl Stored<'_> {
+    fn has(&self, key: &str) -> bool {
+        match self {
+            Stored::Dir(data) => data.join(key).exists(),
+            Stored::Bucket(s3, bucket) => !s3.list_keys(bucket, key).expect("list").is_empty(),
+        }
+    }
+
+    fn blob(&self, digest: &Digest) -> bool {
+        self.has(&format!(
+            "docker/registry/v2/blobs/sha256/{}/{}/data",
+            &digest.encoded()[..2],
+            digest.encoded()
+        ))
+    }
+
+    fn layer_link(&self, repo: &str, digest: &Digest) -> bool {
+        self.has(&format!(
+            "docker/registry/v2/repositories/{repo}/_layers/sha256/{}/link",
+            digest.encoded()
+        ))
+    }
 }
 
 /// One image the loop pushed.
@@ -39,9 +56,27 @@ struct Pushed {
 #[test]
 fn online_gc_under_a_concurrent_push_loop_loses_nothing_referenced() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data_dir = dir.path().join("data");
-    let gc = "  maintenance:\n    gc:\n      enabled: true\n      interval: 300ms\n      graceperiod: 2s\n";
-    let server = Server::start_on(dir.path(), free_port(), "", gc);
+    let stored = Stored::Dir(dir.path().join("data"));
+    online_gc_under_a_push_loop(dir.path(), "", &stored);
+}
+
+/// The same on S3: blob ages are the objects' LastModified, sweeps are DELETEs on the bucket.
+#[test]
+fn online_gc_on_s3_under_a_concurrent_push_loop_loses_nothing_referenced() {
+    let s3 = S3Server::start().expect("start moto");
+    s3.create_bucket("online-gc").expect("bucket");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = S3Server::storage_yaml(&s3.endpoint(), "online-gc", "");
+    online_gc_under_a_push_loop(dir.path(), &storage, &Stored::Bucket(&s3, "online-gc"));
+}
+
+/// `storage_yaml`: lines for the `storage:` section beside the GC settings (empty: the
+/// directory under `dir`).
+fn online_gc_under_a_push_loop(dir: &Path, storage_yaml: &str, stored: &Stored) {
+    let gc = format!(
+        "  maintenance:\n    gc:\n      enabled: true\n      interval: 300ms\n      graceperiod: 2s\n{storage_yaml}"
+    );
+    let server = Server::start_on(dir, free_port(), "", &gc);
     let reg = Registry {
         server: &server,
         http: client(),
@@ -224,7 +259,7 @@ fn online_gc_under_a_concurrent_push_loop_loses_nothing_referenced() {
         let left: Vec<&Digest> = early_garbage
             .iter()
             .chain(&junk)
-            .filter(|d| blob_path(&data_dir, d).exists())
+            .filter(|d| stored.blob(d))
             .collect();
         let session = reg.get(&abandoned).status();
         if left.is_empty() && session == 404 {
@@ -239,7 +274,7 @@ fn online_gc_under_a_concurrent_push_loop_loses_nothing_referenced() {
     }
     for d in &orphans {
         assert!(
-            !layer_link_path(&data_dir, "gc/junk", d).exists(),
+            !stored.layer_link("gc/junk", d),
             "link to a swept blob left"
         );
     }
@@ -291,7 +326,7 @@ fn online_gc_under_a_concurrent_push_loop_loses_nothing_referenced() {
         deleted.len(),
         retries.lock().expect("retries")
     );
-    let log = std::fs::read_to_string(dir.path().join("rregistry.log")).unwrap_or_default();
+    let log = std::fs::read_to_string(dir.join("rregistry.log")).unwrap_or_default();
     assert!(!log.contains("panicked"), "server panicked:\n{log}");
     assert!(!log.contains("status=500"), "server answered 500:\n{log}");
 }
@@ -320,6 +355,7 @@ fn age_storage(root: &Path) {
 fn offline_gc_dry_run_sweep_and_delete_untagged() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("data");
+    let stored = Stored::Dir(data_dir.clone());
     let config = dir.path().join("config.yml");
     let port = free_port();
     let server = Server::start_on(dir.path(), port, "", "");
@@ -349,10 +385,7 @@ fn offline_gc_dry_run_sweep_and_delete_untagged() {
         out.contains("would remove upload session off/app/"),
         "{out}"
     );
-    assert!(
-        blob_path(&data_dir, &orphan).exists(),
-        "a dry run removes nothing"
-    );
+    assert!(stored.blob(&orphan), "a dry run removes nothing");
 
     let out = rregistry_gc(&config, &[]);
     assert!(
@@ -363,9 +396,9 @@ fn offline_gc_dry_run_sweep_and_delete_untagged() {
         out.contains("removed 1 blobs (20000 bytes), 1 layer links"),
         "{out}"
     );
-    assert!(!blob_path(&data_dir, &orphan).exists());
-    assert!(!layer_link_path(&data_dir, "off/app", &orphan).exists());
-    assert!(blob_path(&data_dir, &untagged_layer_digest).exists());
+    assert!(!stored.blob(&orphan));
+    assert!(!stored.layer_link("off/app", &orphan));
+    assert!(stored.blob(&untagged_layer_digest));
 
     let out = rregistry_gc(&config, &["--delete-untagged"]);
     assert!(
@@ -374,8 +407,8 @@ fn offline_gc_dry_run_sweep_and_delete_untagged() {
         )),
         "{out}"
     );
-    assert!(!blob_path(&data_dir, &untagged_layer_digest).exists());
-    assert!(!blob_path(&data_dir, &untagged_digest).exists());
+    assert!(!stored.blob(&untagged_layer_digest));
+    assert!(!stored.blob(&untagged_digest));
 
     // The tagged image is whole; the session is gone.
     let server = Server::start_on(dir.path(), port, "", "");
