@@ -6,13 +6,16 @@
 # GET and blob HEAD, >= 1.5x its throughput on 64 MiB GET, push+pull <= 0.7x its time.
 #
 # Usage: bench/registry.sh            (builds rregistry in release mode first)
-# Env:   WRK_SECONDS (default 10), WRK_CONNECTIONS (default 32), IMAGE_MIB (default 1024)
+# Env:   WRK_SECONDS (default 10), WRK_CONNECTIONS (default 32), IMAGE_MIB (default 1024),
+#        BENCH_ROUNDS (default 1): push/pull rounds, each on fresh storage with the registries
+#        taking turns going first; push and pull figures are the medians of the rounds.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 WRK_SECONDS=${WRK_SECONDS:-10}
 WRK_CONNECTIONS=${WRK_CONNECTIONS:-32}
 IMAGE_MIB=${IMAGE_MIB:-1024}
+ROUNDS=${BENCH_ROUNDS:-1}
 
 # wrk cannot measure HEAD (its parser waits for a body after a HEAD response's
 # Content-Length), so blob HEAD uses ApacheBench (`ab -i`, Debian's apache2-utils).
@@ -67,9 +70,10 @@ printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.
     "$manifest_digest" "$(stat -c %s "$WORK/manifest")" > "$LAYOUT/index.json"
 
 # --- the two registries, same config shape, logs at info to files ---
-start_registry() { # name binary args... ; sets PORT_<name>
+start_registry() { # name binary args... ; sets PORT_<name> and PID_<name>; fresh storage
     local name=$1 port; shift
     port=$(free_port)
+    rm -rf "$WORK/$name"
     mkdir -p "$WORK/$name"
     cat > "$WORK/$name/config.yml" <<EOF
 version: 0.1
@@ -89,8 +93,15 @@ EOF
     wait_port "$port"
     printf -v "PORT_$name" '%s' "$port"
 }
-start_registry distribution docker-registry serve
-start_registry rregistry "$RREGISTRY" serve --config
+start_registries() {
+    start_registry distribution docker-registry serve
+    start_registry rregistry "$RREGISTRY" serve --config
+}
+stop_registries() {
+    local pid
+    for pid in "$PID_distribution" "$PID_rregistry"; do kill "$pid"; wait "$pid" 2>/dev/null || true; done
+    PIDS=()
+}
 
 now() { date +%s.%N; }
 # A server's CPU time so far (user + system, in clock ticks): on a machine shared with other
@@ -111,19 +122,32 @@ copy_time() { # src dst
 # The client's own floor: the same copy between two local layouts, no registry involved.
 RESULT[local_copy]=$(copy_time "oci:$LAYOUT:bench" "oci:$WORK/local-copy:bench")
 rm -rf "$WORK/local-copy"
-for name in distribution rregistry; do
-    port_var=PORT_$name
-    port=${!port_var}
-    pid_var=PID_$name
-    pid=${!pid_var}
-    t0=$(cpu_ticks "$pid")
-    RESULT[push_$name]=$(copy_time "oci:$LAYOUT:bench" "docker://127.0.0.1:$port/bench/image:bench")
-    RESULT[pushcpu_$name]=$(cpu_since "$pid" "$t0")
-    sync
-    t0=$(cpu_ticks "$pid")
-    RESULT[pull_$name]=$(copy_time "docker://127.0.0.1:$port/bench/image:bench" "oci:$WORK/pulled-$name:bench")
-    RESULT[pullcpu_$name]=$(cpu_since "$pid" "$t0")
-    rm -rf "$WORK/pulled-$name"
+declare -A SAMPLES
+median() { python3 -c 'import statistics, sys; print(statistics.median(map(float, sys.argv[1:])))' "$@"; }
+for round in $(seq "$ROUNDS"); do
+    # Fresh storage every round: a blob already stored is not written again.
+    if [ "$round" -gt 1 ]; then stop_registries; fi
+    start_registries
+    if ((round % 2)); then order=(distribution rregistry); else order=(rregistry distribution); fi
+    for name in "${order[@]}"; do
+        port_var=PORT_$name
+        port=${!port_var}
+        pid_var=PID_$name
+        pid=${!pid_var}
+        sync
+        t0=$(cpu_ticks "$pid")
+        SAMPLES[push_$name]+="$(copy_time "oci:$LAYOUT:bench" "docker://127.0.0.1:$port/bench/image:bench") "
+        SAMPLES[pushcpu_$name]+="$(cpu_since "$pid" "$t0") "
+        sync
+        t0=$(cpu_ticks "$pid")
+        SAMPLES[pull_$name]+="$(copy_time "docker://127.0.0.1:$port/bench/image:bench" "oci:$WORK/pulled-$name:bench") "
+        SAMPLES[pullcpu_$name]+="$(cpu_since "$pid" "$t0") "
+        rm -rf "$WORK/pulled-$name"
+    done
+done
+for key in "${!SAMPLES[@]}"; do
+    # shellcheck disable=SC2086 # the samples are words
+    RESULT[$key]=$(median ${SAMPLES[$key]})
 done
 
 # --- wrk ---
@@ -196,6 +220,8 @@ def line(label, d, o, unit, better_high, target=None):
     goal = "" if target is None else f">= {target}x " + ("ok" if ratio >= target else "MISSED")
     print(f"{label:<34}{d:>12.2f} {unit:<3}{o:>12.2f} {unit:<3}{ratio:>8.2f}x   {goal}")
 mib = "${IMAGE_MIB}"
+if ${ROUNDS} > 1:
+    print(f"(push and pull: medians of ${ROUNDS} rounds, fresh storage each, alternating who goes first)")
 line(f"skopeo push {mib} MiB / 9 layers", num("push_distribution"), num("push_rregistry"), "s", False)
 line(f"skopeo pull {mib} MiB / 9 layers", num("pull_distribution"), num("pull_rregistry"), "s", False)
 pp_d = num("push_distribution") + num("pull_distribution")
