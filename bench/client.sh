@@ -21,19 +21,9 @@ RUNS=${BENCH_RUNS:-3}
 WORK=${BENCH_DIR:-$(mktemp -d /var/tmp/rbuild-client-bench.XXXXXX)}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
-for tool in skopeo docker-registry python3; do
-    command -v "$tool" >/dev/null || { echo "missing peer tool: $tool" >&2; exit 1; }
-done
-
-REGISTRY_PID=
-stop_registry() {
-    if [[ -n "$REGISTRY_PID" ]]; then
-        kill "$REGISTRY_PID" 2>/dev/null || true
-        wait "$REGISTRY_PID" 2>/dev/null || true
-        REGISTRY_PID=
-    fi
-}
-cleanup() { stop_registry; rm -rf "$WORK"; }
+source "$ROOT/bench/lib.sh"
+require_tools skopeo docker-registry python3
+cleanup() { stop_servers; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 echo "building rbuild and rbuild-fixtures (release)..." >&2
@@ -43,13 +33,9 @@ TARGET=$(cargo metadata --format-version 1 --no-deps --manifest-path "$ROOT/Carg
 RBUILD=$TARGET/rbuild
 export DOCKER_CONFIG=$WORK/docker-config
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
 # Starts an empty registry on a new port; sets PORT.
 start_registry() {
-    stop_registry
+    stop_servers
     PORT=$(free_port)
     local dir=$WORK/registry-$PORT
     mkdir -p "$dir"
@@ -64,16 +50,10 @@ http:
   addr: 127.0.0.1:$PORT
 YML
     docker-registry serve "$dir/config.yml" >"$dir/log" 2>&1 &
-    REGISTRY_PID=$!
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "docker-registry did not start: $(cat "$dir/log")" >&2
-    exit 1
+    PIDS+=($!)
+    wait_port "$PORT"
 }
 
-now() { date +%s.%N; }
 # best NAME SECONDS: keeps the smallest time per name.
 declare -A BEST
 record() {
@@ -116,7 +96,7 @@ for run in $(seq "$RUNS"); do
     record "pull skopeo" "$(python3 -c "print($(now) - $t0)")"
     rm -rf "$WORK/pull-skopeo"
 done
-stop_registry
+stop_servers
 
 printf '\n%-6s %12s %12s %16s\n' op rbuild_s skopeo_s rbuild/skopeo
 for op in push pull; do

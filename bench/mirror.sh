@@ -17,9 +17,8 @@ LAYERS=${LAYERS:-9}
 LAYER_MB=${LAYER_MB:-110}
 ROUNDS=${ROUNDS:-1}
 
-for tool in docker-registry skopeo python3; do
-    command -v "$tool" >/dev/null || { echo "missing peer: $tool" >&2; exit 1; }
-done
+source bench/lib.sh
+require_tools docker-registry skopeo python3
 
 cargo build --release -q -p registry --bin rregistry
 cargo build --release -q -p fixtures --bin rbuild-fixtures
@@ -27,16 +26,8 @@ RREGISTRY=$PWD/target/release/rregistry
 FIXTURES=$PWD/target/release/rbuild-fixtures
 
 WORK=$(mktemp -d /var/tmp/rbuild-bench-mirror.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
+cleanup() { stop_servers; rm -rf "$WORK"; }
 trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
 start_registry() { # name extra-yaml binary args... ; sets PORT_<name>
     local name=$1 extra=$2 port; shift 2
@@ -72,7 +63,6 @@ PROXY="proxy:
 start_registry distribution "$PROXY" docker-registry serve
 start_registry rregistry "$PROXY" "$RREGISTRY" serve --config
 
-now() { date +%s.%N; }
 declare -A RESULT
 pull_time() { # port
     local t0 t1

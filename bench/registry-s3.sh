@@ -23,9 +23,8 @@ LAYERS=${LAYERS:-8}
 LAYER_MB=${LAYER_MB:-32}
 RUNS=${RUNS:-2}
 
-for tool in docker-registry skopeo curl python3; do
-    command -v "$tool" >/dev/null || { echo "missing peer: $tool" >&2; exit 1; }
-done
+source bench/lib.sh
+require_tools docker-registry skopeo curl python3
 python3 -c 'import moto.server, flask' 2>/dev/null \
     || { echo "missing peer: moto[server] (run scripts/install-deps.sh)" >&2; exit 1; }
 
@@ -34,18 +33,8 @@ TARGET=$(cargo metadata --format-version 1 --no-deps \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release
 
 WORK=${BENCH_DIR:-$(mktemp -d /var/tmp/rbuild-bench-registry-s3.XXXXXX)}
-PIDS=()
-stop_all() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    PIDS=()
-}
-cleanup() { stop_all; rm -rf "$WORK"; }
+cleanup() { stop_servers; rm -rf "$WORK"; }
 trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
-now() { date +%s.%N; }
 
 echo "generating a ${LAYERS}x${LAYER_MB} MiB image..." >&2
 "$TARGET/rbuild-fixtures" synthetic --layers "$LAYERS" --layer-mb "$LAYER_MB" -o "$WORK/image.tar" >&2
@@ -125,7 +114,7 @@ for run in $(seq "$RUNS"); do
         record "pull_$name" "$(copy_time "docker://127.0.0.1:$port/bench/image:bench" "oci:$WORK/pulled-$name:bench")"
         rm -rf "$WORK/pulled-$name"
     done
-    stop_all
+    stop_servers
 done
 
 python3 - <<EOF

@@ -15,24 +15,15 @@ cd "$(dirname "$0")/.."
 WRK_SECONDS=${WRK_SECONDS:-10}
 WRK_CONNECTIONS=${WRK_CONNECTIONS:-32}
 
-for tool in docker-registry wrk curl openssl htpasswd sha256sum python3; do
-    command -v "$tool" >/dev/null || { echo "missing peer: $tool" >&2; exit 1; }
-done
+source bench/lib.sh
+require_tools docker-registry wrk curl openssl htpasswd sha256sum python3
 
 cargo build --release -q -p registry --bin rregistry
 RREGISTRY=$PWD/target/release/rregistry
 
 WORK=$(mktemp -d /var/tmp/rbuild-bench-registry-tls.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
+cleanup() { stop_servers; rm -rf "$WORK"; }
 trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=bench \
     -addext subjectAltName=IP:127.0.0.1 -keyout "$WORK/server.key" -out "$WORK/server.crt" 2>/dev/null

@@ -19,24 +19,15 @@ ROUNDS=${BENCH_ROUNDS:-1}
 
 # wrk cannot measure HEAD (its parser waits for a body after a HEAD response's
 # Content-Length), so blob HEAD uses ApacheBench (`ab -i`, Debian's apache2-utils).
-for tool in docker-registry skopeo wrk ab pigz curl sha256sum python3; do
-    command -v "$tool" >/dev/null || { echo "missing peer: $tool" >&2; exit 1; }
-done
+source bench/lib.sh
+require_tools docker-registry skopeo wrk ab pigz curl sha256sum python3
 
 cargo build --release -q -p registry --bin rregistry
 RREGISTRY=$PWD/target/release/rregistry
 
 WORK=$(mktemp -d /var/tmp/rbuild-bench-registry.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
+cleanup() { stop_servers; rm -rf "$WORK"; }
 trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
 # --- the image: 9 gzip layers of random data (incompressible, so sizes are what they say) ---
 echo "generating a ${IMAGE_MIB} MiB 9-layer OCI layout..." >&2
@@ -97,18 +88,7 @@ start_registries() {
     start_registry distribution docker-registry serve
     start_registry rregistry "$RREGISTRY" serve --config
 }
-stop_registries() {
-    local pid
-    for pid in "$PID_distribution" "$PID_rregistry"; do kill "$pid"; wait "$pid" 2>/dev/null || true; done
-    PIDS=()
-}
 
-now() { date +%s.%N; }
-# A server's CPU time so far (user + system, in clock ticks): on a machine shared with other
-# work, wall-clock rates swing with the load, CPU spent per operation much less.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-ticks_per_sec=$(getconf CLK_TCK)
-cpu_since() { python3 -c "print(($(cpu_ticks "$1") - $2) / $ticks_per_sec)"; } # pid start-ticks -> s
 declare -A RESULT
 
 # --- skopeo push and pull, alternating who goes first ---
@@ -126,7 +106,7 @@ declare -A SAMPLES
 median() { python3 -c 'import statistics, sys; print(statistics.median(map(float, sys.argv[1:])))' "$@"; }
 for round in $(seq "$ROUNDS"); do
     # Fresh storage every round: a blob already stored is not written again.
-    if [ "$round" -gt 1 ]; then stop_registries; fi
+    if [ "$round" -gt 1 ]; then stop_servers; fi
     start_registries
     if ((round % 2)); then order=(distribution rregistry); else order=(rregistry distribution); fi
     for name in "${order[@]}"; do
