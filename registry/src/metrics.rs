@@ -8,10 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
@@ -21,9 +19,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use bytes::Bytes;
-use http_body::{Body as HttpBody, Frame, SizeHint};
 
+use crate::http::body::{FrameObserver, ObservedBody};
 use crate::http::route::Route;
 use crate::paths;
 use crate::service::Registry;
@@ -417,68 +414,31 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next
         .query()
         .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("mount=")));
     let req = req.map(|body| {
-        Body::new(CountedBody {
-            inner: body,
-            counter: CounterRef::Received(metrics.clone(), route),
-        })
+        Body::new(ObservedBody::new(
+            body,
+            CounterRef::Received(metrics.clone(), route),
+        ))
     });
     let resp = next.run(req).await;
     let status = resp.status().as_u16();
     metrics.observe_request(route, method, status);
     metrics.observe_upload(route, method, status, mount);
-    resp.map(|body| {
-        Body::new(CountedBody {
-            inner: body,
-            counter: CounterRef::Sent(metrics, route),
-        })
-    })
+    resp.map(|body| Body::new(ObservedBody::new(body, CounterRef::Sent(metrics, route))))
 }
 
+/// Which byte counter a body adds its data frames to.
 enum CounterRef {
     Received(Arc<Metrics>, RouteLabel),
     Sent(Arc<Metrics>, RouteLabel),
 }
 
-impl CounterRef {
-    fn add(&self, n: u64) {
+impl FrameObserver for CounterRef {
+    fn data(&mut self, n: u64) {
         let (counters, route) = match self {
             CounterRef::Received(m, r) => (&m.received_bytes, *r),
             CounterRef::Sent(m, r) => (&m.sent_bytes, *r),
         };
         counters[route as usize].fetch_add(n, Ordering::Relaxed);
-    }
-}
-
-/// A body that adds the bytes of every data frame to a counter as they pass, so aborted
-/// transfers count what was really moved.
-struct CountedBody {
-    inner: Body,
-    counter: CounterRef,
-}
-
-impl HttpBody for CountedBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.counter.add(data.len() as u64);
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

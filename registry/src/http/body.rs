@@ -1,5 +1,5 @@
-//! Request bodies as the services read them (with a stall timeout), and response bodies that
-//! write the access-log line when they finish.
+//! Request bodies as the services read them (with a stall timeout), and bodies observed frame
+//! by frame: the access-log line when a response finishes, the byte metrics.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -90,25 +90,25 @@ pub struct AccessRecord {
     pub started: Instant,
 }
 
-/// A response body that counts the bytes it sends and logs the request when it is dropped,
-/// so the line reports the whole transfer, not just the time to the headers.
-pub struct LoggedBody {
-    inner: Body,
-    bytes: u64,
-    record: AccessRecord,
+/// Told the size of every data frame an [`ObservedBody`] passes on.
+pub trait FrameObserver: Send + Unpin + 'static {
+    fn data(&mut self, bytes: u64);
 }
 
-impl LoggedBody {
-    pub fn new(inner: Body, record: AccessRecord) -> Self {
-        LoggedBody {
-            inner,
-            bytes: 0,
-            record,
-        }
+/// A body that tells its observer about each data frame as it passes, so that aborted
+/// transfers report what was really moved: the access log and the byte metrics.
+pub struct ObservedBody<O> {
+    inner: Body,
+    observer: O,
+}
+
+impl<O: FrameObserver> ObservedBody<O> {
+    pub fn new(inner: Body, observer: O) -> Self {
+        ObservedBody { inner, observer }
     }
 }
 
-impl HttpBody for LoggedBody {
+impl<O: FrameObserver> HttpBody for ObservedBody<O> {
     type Data = Bytes;
     type Error = axum::Error;
 
@@ -119,7 +119,8 @@ impl HttpBody for LoggedBody {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
-                self.bytes += data.len() as u64;
+                let len = data.len() as u64;
+                self.observer.data(len);
             }
         }
         polled
@@ -131,6 +132,25 @@ impl HttpBody for LoggedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Counts a response's bytes and logs the request when the body is dropped, so the line
+/// reports the whole transfer, not just the time to the headers.
+pub struct LoggedBody {
+    bytes: u64,
+    record: AccessRecord,
+}
+
+impl LoggedBody {
+    pub fn new(record: AccessRecord) -> Self {
+        LoggedBody { bytes: 0, record }
+    }
+}
+
+impl FrameObserver for LoggedBody {
+    fn data(&mut self, bytes: u64) {
+        self.bytes += bytes;
     }
 }
 

@@ -1,7 +1,7 @@
 //! The HTTP face of the registry: one axum fallback handler that parses the API's paths
 //! ([`route`]), checks names, and calls the services; plus the access log.
 
-mod body;
+pub(crate) mod body;
 pub mod connections;
 mod handlers;
 pub mod route;
@@ -95,5 +95,11 @@ async fn log_access(req: Request, next: Next) -> Response {
         status: parts.status.as_u16(),
         ..record
     };
-    Response::from_parts(parts, Body::new(body::LoggedBody::new(inner, record)))
+    Response::from_parts(
+        parts,
+        Body::new(body::ObservedBody::new(
+            inner,
+            body::LoggedBody::new(record),
+        )),
+    )
 }
