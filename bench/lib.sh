@@ -38,3 +38,50 @@ now() { date +%s.%N; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 ticks_per_sec=$(getconf CLK_TCK)
 cpu_since() { python3 -c "print(($(cpu_ticks "$1") - $2) / $ticks_per_sec)"; } # pid start-ticks -> s
+
+# wrk for WRK_SECONDS with WRK_CONNECTIONS on URL; prints "requests/s MiB/s" and fails on any
+# error response.
+wrk_run() { # url [extra wrk args]
+    local out
+    out=$(wrk -t2 -c"$WRK_CONNECTIONS" -d"${WRK_SECONDS}s" "${@:2}" "$1")
+    python3 - "$out" <<'EOF'
+import re, sys
+out = sys.argv[1]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+m = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out)
+scale = {"B": 1 / 2**20, "KB": 1 / 1024, "MB": 1, "GB": 1024}[m.group(2)]
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+if errors:
+    sys.exit(f"wrk saw {errors.group(1)} error responses:\n{out}")
+print(f"{rps:.1f} {float(m.group(1)) * scale:.1f}")
+EOF
+}
+
+# Starts a registry (docker-registry or rregistry: both read this config) on a free port, with
+# fresh filesystem storage in $WORK/NAME/data and its log in $WORK/NAME/log. EXTRA is more
+# top-level YAML (a proxy: section). Sets PORT_<name> and PID_<name>.
+start_fs_registry() { # name extra binary args...
+    local name=$1 extra=$2 port
+    shift 2
+    port=$(free_port)
+    rm -rf "${WORK:?}/$name"
+    mkdir -p "$WORK/$name"
+    cat > "$WORK/$name/config.yml" <<YAML
+version: 0.1
+log:
+  level: info
+http:
+  addr: 127.0.0.1:$port
+storage:
+  filesystem:
+    rootdirectory: $WORK/$name/data
+  delete:
+    enabled: true
+$extra
+YAML
+    "$@" "$WORK/$name/config.yml" > "$WORK/$name/log" 2>&1 &
+    PIDS+=($!)
+    printf -v "PID_$name" '%s' "$!"
+    wait_port "$port"
+    printf -v "PORT_$name" '%s' "$port"
+}

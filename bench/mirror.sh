@@ -29,39 +29,16 @@ WORK=$(mktemp -d /var/tmp/rbuild-bench-mirror.XXXXXX)
 cleanup() { stop_servers; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-start_registry() { # name extra-yaml binary args... ; sets PORT_<name>
-    local name=$1 extra=$2 port; shift 2
-    port=$(free_port)
-    mkdir -p "$WORK/$name"
-    cat > "$WORK/$name/config.yml" <<YAML
-version: 0.1
-log:
-  level: info
-http:
-  addr: 127.0.0.1:$port
-storage:
-  filesystem:
-    rootdirectory: $WORK/$name/data
-  delete:
-    enabled: true
-$extra
-YAML
-    "$@" "$WORK/$name/config.yml" > "$WORK/$name/log" 2>&1 &
-    PIDS+=($!)
-    wait_port "$port"
-    printf -v "PORT_$name" '%s' "$port"
-}
-
 echo "generating a ${LAYERS}x${LAYER_MB} MB synthetic image..." >&2
 "$FIXTURES" synthetic --layers "$LAYERS" --layer-mb "$LAYER_MB" --name bench/image:bench -o "$WORK/image.tar"
 
-start_registry upstream "" docker-registry serve
+start_fs_registry upstream "" docker-registry serve
 skopeo copy -q --dest-tls-verify=false "oci-archive:$WORK/image.tar" "docker://127.0.0.1:$PORT_upstream/bench/image:bench"
 rm -f "$WORK/image.tar"
 PROXY="proxy:
   remoteurl: http://127.0.0.1:$PORT_upstream"
-start_registry distribution "$PROXY" docker-registry serve
-start_registry rregistry "$PROXY" "$RREGISTRY" serve --config
+start_fs_registry distribution "$PROXY" docker-registry serve
+start_fs_registry rregistry "$PROXY" "$RREGISTRY" serve --config
 
 declare -A RESULT
 pull_time() { # port

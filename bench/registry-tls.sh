@@ -81,21 +81,6 @@ push_blob() { # port file -> digest (POST then PUT)
 head -c $((64 << 20)) /dev/urandom > "$WORK/blob64m"
 echo '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}' > "$WORK/config"
 declare -A RESULT
-wrk_run() { # url [extra wrk args] -> "req/s MiB/s"
-    local out
-    out=$(wrk -t2 -c"$WRK_CONNECTIONS" -d"${WRK_SECONDS}s" "${@:2}" "$1")
-    python3 - "$out" <<'EOF'
-import re, sys
-out = sys.argv[1]
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-m = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out)
-scale = {"B": 1 / 2**20, "KB": 1 / 1024, "MB": 1, "GB": 1024}[m.group(2)]
-errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-if errors:
-    sys.exit(f"wrk saw {errors.group(1)} error responses:\n{out}")
-print(f"{rps:.1f} {float(m.group(1)) * scale:.1f}")
-EOF
-}
 for name in distribution rregistry; do
     plain_var=PORT_${name}_plain
     tls_var=PORT_${name}_tls

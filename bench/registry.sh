@@ -60,33 +60,10 @@ echo '{"imageLayoutVersion":"1.0.0"}' > "$LAYOUT/oci-layout"
 printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%d,"annotations":{"org.opencontainers.image.ref.name":"bench"}}]}' \
     "$manifest_digest" "$(stat -c %s "$WORK/manifest")" > "$LAYOUT/index.json"
 
-# --- the two registries, same config shape, logs at info to files ---
-start_registry() { # name binary args... ; sets PORT_<name> and PID_<name>; fresh storage
-    local name=$1 port; shift
-    port=$(free_port)
-    rm -rf "$WORK/$name"
-    mkdir -p "$WORK/$name"
-    cat > "$WORK/$name/config.yml" <<EOF
-version: 0.1
-log:
-  level: info
-http:
-  addr: 127.0.0.1:$port
-storage:
-  filesystem:
-    rootdirectory: $WORK/$name/data
-  delete:
-    enabled: true
-EOF
-    "$@" "$WORK/$name/config.yml" > "$WORK/$name/log" 2>&1 &
-    PIDS+=($!)
-    printf -v "PID_$name" '%s' "$!"
-    wait_port "$port"
-    printf -v "PORT_$name" '%s' "$port"
-}
+# --- the two registries, same config shape (bench/lib.sh), logs at info to files ---
 start_registries() {
-    start_registry distribution docker-registry serve
-    start_registry rregistry "$RREGISTRY" serve --config
+    start_fs_registry distribution "" docker-registry serve
+    start_fs_registry rregistry "" "$RREGISTRY" serve --config
 }
 
 declare -A RESULT
@@ -142,21 +119,6 @@ push_blob() { # port file -> digest; POST then PUT, which both registries suppor
 }
 head -c $((1 << 20)) /dev/urandom > "$WORK/blob1m"
 head -c $((64 << 20)) /dev/urandom > "$WORK/blob64m"
-wrk_run() { # label url [extra wrk args] -> "req/s MiB/s"
-    local out
-    out=$(wrk -t2 -c"$WRK_CONNECTIONS" -d"${WRK_SECONDS}s" "${@:3}" "$2")
-    python3 - "$out" <<'EOF'
-import re, sys
-out = sys.argv[1]
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-m = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out)
-scale = {"B": 1 / 2**20, "KB": 1 / 1024, "MB": 1, "GB": 1024}[m.group(2)]
-errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-if errors:
-    sys.exit(f"wrk saw {errors.group(1)} error responses:\n{out}")
-print(f"{rps:.1f} {float(m.group(1)) * scale:.1f}")
-EOF
-}
 ab_head() { # url -> "req/s 0"
     local out
     out=$(ab -q -i -k -c "$WRK_CONNECTIONS" -t "$WRK_SECONDS" -n 100000000 "$1" 2>&1)
@@ -176,12 +138,12 @@ for name in distribution rregistry; do
     base=http://127.0.0.1:$port
     d1=$(push_blob "$port" "$WORK/blob1m")
     d64=$(push_blob "$port" "$WORK/blob64m")
-    RESULT[manifest_$name]=$(wrk_run manifest "$base/v2/bench/image/manifests/bench" -H "Accept: application/vnd.oci.image.manifest.v1+json")
+    RESULT[manifest_$name]=$(wrk_run "$base/v2/bench/image/manifests/bench" -H "Accept: application/vnd.oci.image.manifest.v1+json")
     RESULT[head_$name]=$(ab_head "$base/v2/bench/blobs/blobs/$d1")
-    RESULT[get1m_$name]=$(wrk_run get1m "$base/v2/bench/blobs/blobs/$d1")
+    RESULT[get1m_$name]=$(wrk_run "$base/v2/bench/blobs/blobs/$d1")
     pid_var=PID_$name
     t0=$(cpu_ticks "${!pid_var}")
-    RESULT[get64m_$name]=$(wrk_run get64m "$base/v2/bench/blobs/blobs/$d64" -c4)
+    RESULT[get64m_$name]=$(wrk_run "$base/v2/bench/blobs/blobs/$d64" -c4)
     # CPU seconds per GiB sent: MiB/s times the run's length is what was sent.
     RESULT[get64mcpu_$name]=$(python3 -c "print($(cpu_since "${!pid_var}" "$t0") / (${RESULT[get64m_$name]#* } * $WRK_SECONDS / 1024))")
 done
