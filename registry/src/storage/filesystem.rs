@@ -257,7 +257,8 @@ impl StorageDriver for FilesystemDriver {
         let opened = fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .mode(0o600)
+            // As every other object of the driver: 0666 less the umask.
+            .mode(0o666)
             .custom_flags(libc::O_TMPFILE)
             .open(&dir);
         match opened {
