@@ -40,7 +40,7 @@ ticks_per_sec=$(getconf CLK_TCK)
 cpu_since() { python3 -c "print(($(cpu_ticks "$1") - $2) / $ticks_per_sec)"; } # pid start-ticks -> s
 
 # wrk for WRK_SECONDS with WRK_CONNECTIONS on URL; prints "requests/s MiB/s" and fails on any
-# error response.
+# error response, or when no request completed at all.
 wrk_run() { # url [extra wrk args]
     local out
     out=$(wrk -t2 -c"$WRK_CONNECTIONS" -d"${WRK_SECONDS}s" "${@:2}" "$1")
@@ -53,6 +53,8 @@ scale = {"B": 1 / 2**20, "KB": 1 / 1024, "MB": 1, "GB": 1024}[m.group(2)]
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
 if errors:
     sys.exit(f"wrk saw {errors.group(1)} error responses:\n{out}")
+if rps == 0:
+    sys.exit(f"wrk completed no request; give it longer (WRK_SECONDS):\n{out}")
 print(f"{rps:.1f} {float(m.group(1)) * scale:.1f}")
 EOF
 }
