@@ -2,10 +2,11 @@
 //! bigger than a download may hold in memory reaches a fast client and a stalled one (which
 //! reads the rest from the spool long after the download ended), the process's peak memory
 //! stays a fraction of the blob, and the spool's directory (`proxy.spooldirectory`, or the
-//! storage's `_tmp/` when the spool is adopted as the blob) never shows a file.
+//! storage's `_tmp/` when the spool is adopted as the blob) never shows a file. On both spool
+//! paths a blob over `http.uploadmaxbytes` reaches the client but is not cached.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -118,16 +119,19 @@ enum SpoolAt {
     Storage,
 }
 
-fn cold_blob_is_spooled(at: SpoolAt) {
-    let upstream = DockerRegistry::start("").expect("upstream");
-    let http = Client::builder().timeout(None).build().unwrap();
-    let digest = push_streamed(&http, &upstream.addr(), "team/huge");
-
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+/// A mirror of `upstream` under `dir`, spooling as `at` says, with `http_extra` (lines
+/// indented by 2) in its `http:` section. Returns the server, its port and the directory
+/// its spools live in.
+fn start_mirror(
+    dir: &Path,
+    upstream: &str,
+    at: SpoolAt,
+    http_extra: &str,
+) -> (PeerProcess, u16, PathBuf) {
+    let data = dir.join("data");
     let (spool, spool_yaml) = match at {
         SpoolAt::SpoolDirectory => {
-            let spool = dir.path().join("spool");
+            let spool = dir.join("spool");
             std::fs::create_dir(&spool).unwrap();
             let yaml = format!("  spooldirectory: {}\n", spool.display());
             (spool, yaml)
@@ -135,13 +139,12 @@ fn cold_blob_is_spooled(at: SpoolAt) {
         SpoolAt::Storage => (data.join("_tmp"), String::new()),
     };
     let port = free_port();
-    let config = dir.path().join("config.yml");
+    let config = dir.join("config.yml");
     std::fs::write(
         &config,
         format!(
-            "version: 0.1\nlog:\n  level: info\nhttp:\n  addr: 127.0.0.1:{port}\nstorage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: http://{}\n{spool_yaml}",
+            "version: 0.1\nlog:\n  level: info\nhttp:\n  addr: 127.0.0.1:{port}\n{http_extra}storage:\n  filesystem:\n    rootdirectory: {}\nproxy:\n  remoteurl: http://{upstream}\n{spool_yaml}",
             data.display(),
-            upstream.addr(),
         ),
     )
     .unwrap();
@@ -150,7 +153,7 @@ fn cold_blob_is_spooled(at: SpoolAt) {
         Command::new(env!("CARGO_BIN_EXE_rregistry"))
             .args(["serve", "--config"])
             .arg(&config),
-        &dir.path().join("rregistry.log"),
+        &dir.join("rregistry.log"),
     )
     .expect("rregistry");
     wait_until("rregistry", Duration::from_secs(20), || {
@@ -158,6 +161,16 @@ fn cold_blob_is_spooled(at: SpoolAt) {
     })
     .expect("rregistry listening");
     server.check_alive().expect("rregistry running");
+    (server, port, spool)
+}
+
+fn cold_blob_is_spooled(at: SpoolAt) {
+    let upstream = DockerRegistry::start("").expect("upstream");
+    let http = Client::builder().timeout(None).build().unwrap();
+    let digest = push_streamed(&http, &upstream.addr(), "team/huge");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (server, port, spool) = start_mirror(dir.path(), &upstream.addr(), at, "");
     let url = format!("http://127.0.0.1:{port}/v2/team/huge/blobs/{digest}");
 
     // The stalled client takes its first MiB and waits until the fast one has everything.
@@ -209,4 +222,39 @@ fn cold_blob_is_spooled(at: SpoolAt) {
         BLOB_BYTES >> 20
     );
     assert_eq!(entries(&spool), 0);
+}
+
+/// `http.uploadmaxbytes` bounds what a fill may store, on both spool paths: the client still
+/// gets the whole (verified) blob, nothing is cached, and the log says why.
+#[test]
+fn a_blob_over_the_upload_limit_is_served_but_not_cached() {
+    let upstream = DockerRegistry::start("").expect("upstream");
+    let http = Client::builder().timeout(None).build().unwrap();
+    let digest = push_streamed(&http, &upstream.addr(), "team/huge");
+    for at in [SpoolAt::SpoolDirectory, SpoolAt::Storage] {
+        let dir = tempfile::tempdir().unwrap();
+        let limit = "  uploadmaxbytes: 1048576\n";
+        let (_server, port, _) = start_mirror(dir.path(), &upstream.addr(), at, limit);
+        let url = format!("http://127.0.0.1:{port}/v2/team/huge/blobs/{digest}");
+        let mut digester = Digester::new(Algorithm::Sha256);
+        let resp = http.get(&url).send().expect("GET");
+        assert_eq!(resp.status(), StatusCode::OK);
+        hash_all(resp, &mut digester);
+        assert_eq!(digester.finish(), digest);
+        let log = dir.path().join("rregistry.log");
+        wait_until("the fill's outcome", Duration::from_secs(60), || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("nothing cached"))
+        })
+        .expect("the log says the blob was not cached");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("uploadmaxbytes"), "{text}");
+        let head = http.head(&url).send().expect("HEAD");
+        assert_eq!(
+            head.headers().get("X-Rregistry-Cache").unwrap(),
+            "MISS",
+            "a blob over the limit is not cached"
+        );
+        let blobs = dir.path().join("data/docker/registry/v2/blobs");
+        assert!(!blobs.exists() || entries(&blobs) == 0, "no blob stored");
+    }
 }
