@@ -92,7 +92,7 @@ pub struct MirrorSettings {
     pub local: Vec<String>,
     pub maxsize: u64,
     pub sweep_interval: Duration,
-    /// `proxy.spooldirectory`; unset, see `fill.rs` (`new_spool`).
+    /// `proxy.spooldirectory`; unset, see `fill::new_spool`.
     pub spool_dir: Option<std::path::PathBuf>,
 }
 

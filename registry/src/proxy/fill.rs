@@ -100,10 +100,15 @@ impl<S: StorageDriver> Mirror<S> {
                 // The spool is made outside the map's lock (it is file I/O); a flight started
                 // meanwhile by another client wins, and this spool is dropped unused.
                 let mirror = self.clone();
-                let (spool, adoptable) = tokio::task::spawn_blocking(move || mirror.new_spool())
-                    .await
-                    .map_err(|e| RegistryError::internal(format!("spool task: {e}")))?
-                    .map_err(|e| RegistryError::internal(format!("mirror spool file: {e}")))?;
+                let (spool, adoptable) = tokio::task::spawn_blocking(move || {
+                    new_spool(
+                        mirror.settings.spool_dir.as_deref(),
+                        mirror.registry.driver(),
+                    )
+                })
+                .await
+                .map_err(|e| RegistryError::internal(format!("spool task: {e}")))?
+                .map_err(|e| RegistryError::internal(format!("mirror spool file: {e}")))?;
                 let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
                 match map.get(digest) {
                     Some(f) => f.clone(),
@@ -146,19 +151,6 @@ impl<S: StorageDriver> Mirror<S> {
             }
         };
         Ok((size, Box::pin(read_flight(flight, rx))))
-    }
-
-    /// A spool file, and whether the storage can adopt it: in `proxy.spooldirectory` when
-    /// that is set; otherwise in the storage itself when it keeps local files (the
-    /// filesystem driver), else in TMPDIR.
-    fn new_spool(&self) -> io::Result<(File, bool)> {
-        if let Some(dir) = &self.settings.spool_dir {
-            return Ok((create_spool(dir)?, false));
-        }
-        match self.registry.driver().local_temp_file()? {
-            Some(file) => Ok((file, true)),
-            None => Ok((create_spool(&std::env::temp_dir())?, false)),
-        }
     }
 
     fn flight(&self, digest: &Digest) -> Option<Arc<Inflight>> {
@@ -475,9 +467,26 @@ fn read_flight(
     })
 }
 
+/// A spool file, and whether the storage can adopt it: in `spool_dir`
+/// (`proxy.spooldirectory`) when that is set; otherwise in the storage itself when it keeps
+/// local files (the filesystem driver), else in TMPDIR. Also made once at start, so that a
+/// spool location that takes no files is an error then, not at the first cold pull.
+pub(super) fn new_spool(
+    spool_dir: Option<&Path>,
+    driver: &impl StorageDriver,
+) -> io::Result<(File, bool)> {
+    if let Some(dir) = spool_dir {
+        return Ok((create_spool(dir)?, false));
+    }
+    match driver.local_temp_file()? {
+        Some(file) => Ok((file, true)),
+        None => Ok((create_spool(&std::env::temp_dir())?, false)),
+    }
+}
+
 /// A new spool file in `dir`, unlinked as soon as it is open: its bytes are never visible to
 /// anyone, and the system frees it with its last handle (a crash included).
-pub(super) fn create_spool(dir: &Path) -> io::Result<File> {
+fn create_spool(dir: &Path) -> io::Result<File> {
     let path = dir.join(format!(".rregistry-mirror-{:032x}", rand::random::<u128>()));
     let file = std::fs::OpenOptions::new()
         .read(true)

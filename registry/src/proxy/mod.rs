@@ -113,14 +113,12 @@ impl<S: StorageDriver> Mirror<S> {
         let Some(settings) = proxy.settings().map_err(MirrorError::Config)? else {
             return Ok(None);
         };
-        // A spool directory that does not take files is a configuration error, said at start.
-        if let Some(dir) = &settings.spool_dir {
-            fill::create_spool(dir).map_err(|e| {
-                MirrorError::Config(format!(
-                    "proxy.spooldirectory: cannot create a spool file: {e}"
-                ))
-            })?;
-        }
+        // A spool location that does not take files is a configuration error, said at start.
+        fill::new_spool(settings.spool_dir.as_deref(), registry.driver()).map_err(|e| {
+            MirrorError::Config(format!(
+                "proxy.spooldirectory: cannot create a spool file: {e}"
+            ))
+        })?;
         let mut upstreams = Vec::new();
         for u in &settings.upstreams {
             let upstream = Upstream::new(u.clone()).map_err(|source| MirrorError::Client {
