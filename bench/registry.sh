@@ -72,12 +72,14 @@ start_registries() {
 declare -A RESULT
 
 # --- skopeo push and pull, alternating who goes first ---
-copy_time() { # src dst
-    local t0 t1
+seconds_of() { # command... -> wall seconds; the script stops if the command fails
+    local t0 log=$WORK/command.log
     t0=$(now)
-    skopeo copy -q --preserve-digests --src-tls-verify=false --dest-tls-verify=false "$1" "$2" >/dev/null
-    t1=$(now)
-    python3 -c "print($t1 - $t0)"
+    "$@" >"$log" 2>&1 || { echo "failed: $*" >&2; cat "$log" >&2; exit 1; }
+    python3 -c "print($(now) - $t0)"
+}
+copy_time() { # src dst
+    seconds_of skopeo copy -q --preserve-digests --src-tls-verify=false --dest-tls-verify=false "$1" "$2"
 }
 # The client's own floor: the same copy between two local layouts, no registry involved.
 RESULT[local_copy]=$(copy_time "oci:$LAYOUT:bench" "oci:$WORK/local-copy:bench")
@@ -112,12 +114,6 @@ done
 
 # --- the same image pushed and pulled by rbuild's own client, which is not the bound that
 # skopeo is (bench/client.sh): what the servers allow a faster client. Fresh storage, once.
-seconds_of() { # command... -> wall seconds; the script stops if the command fails
-    local t0 log=$WORK/command.log
-    t0=$(now)
-    "$@" >"$log" 2>&1 || { echo "failed: $*" >&2; cat "$log" >&2; exit 1; }
-    python3 -c "print($(now) - $t0)"
-}
 skopeo copy -q "oci:$LAYOUT:bench" "oci-archive:$WORK/image.tar:bench/image:bench"
 RBUILD_ROOT=$WORK/rbuild-store "$RBUILD" load -q -i "$WORK/image.tar"
 rm -f "$WORK/image.tar"
