@@ -16,9 +16,14 @@ async fn driver_on_a_new_bucket(
     })
     .await
     .expect("moto");
-    let driver = S3Driver::new(&S3Config {
+    let driver = driver_at(s3.endpoint(), bucket, root, tuning);
+    (s3, driver)
+}
+
+fn driver_at(endpoint: String, bucket: &str, root: &str, tuning: S3Config) -> S3Driver {
+    S3Driver::new(&S3Config {
         region: REGION.into(),
-        regionendpoint: s3.endpoint(),
+        regionendpoint: endpoint,
         forcepathstyle: true,
         secure: false,
         bucket: bucket.into(),
@@ -27,8 +32,7 @@ async fn driver_on_a_new_bucket(
         rootdirectory: root.into(),
         ..tuning
     })
-    .expect("driver");
-    (s3, driver)
+    .expect("driver")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -98,4 +102,118 @@ async fn s3_multipart_writes_commit_whole_objects() {
     tokio::task::spawn_blocking(move || drop(s3))
         .await
         .expect("stop moto");
+}
+
+/// An upload session's chunks, suspended between requests, keep one S3 multipart upload open:
+/// each part goes to S3 once (a chunk's tail at most once more, as `<key>.tail-<size>`), and
+/// the chunks alternate between two drivers, as between two replicas, which continue from the
+/// state in the bucket. Deleting a suspended upload aborts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn suspended_uploads_send_each_part_once_and_resume_on_another_replica() {
+    use bytes::Bytes;
+    use conformance::counting_proxy::CountingProxy;
+    use futures_util::StreamExt;
+    use registry::storage::{FileWriter, StorageDriver};
+
+    let (s3, _) = driver_on_a_new_bucket("resume", "", S3Config::default()).await;
+    let moto = s3.endpoint();
+    let proxy = CountingProxy::start(
+        moto.trim_start_matches("http://")
+            .parse()
+            .expect("moto address"),
+    )
+    .expect("proxy");
+    let tuning = S3Config {
+        chunksize: 5 << 20,
+        ..S3Config::default()
+    };
+    let replicas = [
+        driver_at(proxy.url(), "resume", "", tuning.clone()),
+        driver_at(proxy.url(), "resume", "", tuning),
+    ];
+    let data: Vec<u8> = (0..(24u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+
+    // Six 4 MiB chunks: every other one completes an 8 MiB part with the stored tail.
+    for (i, chunk) in data.chunks(4 << 20).enumerate() {
+        let replica = &replicas[i % 2];
+        let mut w = replica.writer("u/data", true).await.expect("append writer");
+        assert_eq!(w.size(), (i as u64) << 22);
+        w.write(Bytes::copy_from_slice(chunk)).await.expect("write");
+        w.suspend().await.expect("suspend");
+        assert!(
+            replica.stat("u/data").await.is_err(),
+            "a suspended upload is not readable"
+        );
+    }
+    assert_eq!(
+        replicas[0].written_size("u/data").await.expect("size"),
+        24 << 20
+    );
+    replicas[1].seal("u/data").await.expect("seal");
+
+    let requests = proxy.requests();
+    let parts = requests
+        .iter()
+        .filter(|r| r.starts_with("PUT /resume/u/data?") && r.contains("partNumber="))
+        .count();
+    let tails = requests
+        .iter()
+        .filter(|r| r.starts_with("PUT /resume/u/data.tail-"))
+        .count();
+    assert_eq!((parts, tails), (3, 3), "{requests:#?}");
+    // Only the first writer looks for a committed object to continue (and finds none).
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|r| *r == "GET /resume/u/data")
+            .count(),
+        1,
+        "earlier bytes were read back: {requests:#?}"
+    );
+    let (_, mut stream) = replicas[0].reader("u/data", 0, None).await.expect("reader");
+    let mut read = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        read.extend_from_slice(&chunk.expect("chunk"));
+    }
+    assert!(read == data, "the sealed object differs");
+    let left = list_keys(&s3, "u/");
+    assert_eq!(
+        left,
+        vec!["u/data".to_string()],
+        "state left beside the object"
+    );
+
+    // A cancelled (or purged) session: its directory goes, and its open upload is aborted.
+    let mut w = replicas[0].writer("v/data", true).await.expect("writer");
+    w.write(Bytes::copy_from_slice(&data[..6 << 20]))
+        .await
+        .expect("write");
+    w.suspend().await.expect("suspend");
+    replicas[1].delete("v").await.expect("delete");
+    assert_eq!(
+        proxy
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with("DELETE /resume/v/data?uploadId="))
+            .count(),
+        1,
+        "the open upload was not aborted"
+    );
+    assert!(list_keys(&s3, "v/").is_empty());
+    tokio::task::spawn_blocking(move || drop((s3, proxy)))
+        .await
+        .expect("stop moto");
+}
+
+/// The bucket's keys under `prefix`, from a thread of its own: the listing is a blocking
+/// client, which must not run on the test's runtime.
+fn list_keys(s3: &S3Server, prefix: &str) -> Vec<String> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| s3.list_keys("resume", prefix).expect("list"))
+            .join()
+            .expect("list thread")
+    })
 }

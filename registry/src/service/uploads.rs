@@ -2,9 +2,11 @@
 //! status, DELETE to cancel, and the single-POST monolithic push.
 //!
 //! A session is the directory `_uploads/<id>/` in storage (`paths.rs`); the bytes received so
-//! far are its `data` object, whose size is the session's offset. A server restart therefore
-//! loses nothing: the running digest kept in memory is only a cache, and when it is missing
-//! (after a restart, or on another replica) the digest is recomputed from storage at PUT.
+//! far are its `data` object, suspended between requests (`FileWriter::suspend`: on S3 an open
+//! multipart upload) and sealed by the closing PUT; its written size is the session's offset.
+//! A server restart therefore loses nothing: the running digest kept in memory is only a
+//! cache, and when it is missing (after a restart, or on another replica) the digest is
+//! recomputed from storage at PUT.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -147,8 +149,12 @@ impl<S: StorageDriver> Registry<S> {
         if !valid_upload_id(id) || !self.exists(&paths::upload_started_at(name, id)).await? {
             return Err(upload_unknown(id));
         }
-        let offset = match self.driver.stat(&paths::upload_data(name, id)).await {
-            Ok(meta) => meta.size,
+        let offset = match self
+            .driver
+            .written_size(&paths::upload_data(name, id))
+            .await
+        {
+            Ok(size) => size,
             Err(e) if e.is_not_found() => 0,
             Err(e) => return Err(e.into()),
         };
@@ -171,7 +177,7 @@ impl<S: StorageDriver> Registry<S> {
         let _held = lock.lock().await;
         let state = self.upload_status(name, id).await?;
         check_chunk(&state, range, content_length)?;
-        self.write_body(name, &state, body).await
+        self.write_body(name, &state, body, false).await
     }
 
     /// Closes a session (end-6), with an optional final chunk, verifying the whole digest.
@@ -190,7 +196,9 @@ impl<S: StorageDriver> Registry<S> {
         // A body is read unless the client declared it empty (chunked bodies have no length).
         if content_length != Some(0) {
             check_chunk(&state, range, content_length)?;
-            state = self.write_body(name, &state, body).await?;
+            state = self.write_body(name, &state, body, true).await?;
+        } else {
+            self.driver.seal(&paths::upload_data(name, id)).await?;
         }
         let computed = match self.take_cached_digest(id, state.offset, digest.algorithm()) {
             Some(d) => d,
@@ -282,12 +290,14 @@ impl<S: StorageDriver> Registry<S> {
         Ok(purged)
     }
 
-    /// Streams a request body onto the session's data, hashing as it goes.
+    /// Streams a request body onto the session's data, hashing as it goes. The `last` body
+    /// of a session leaves the data sealed, the others suspended.
     async fn write_body(
         &self,
         name: &str,
         state: &UploadState,
         mut body: impl BodyStream,
+        last: bool,
     ) -> Result<UploadState, RegistryError> {
         let data_path = paths::upload_data(name, &state.id);
         let mut writer = self.driver.writer(&data_path, true).await?;
@@ -328,7 +338,11 @@ impl<S: StorageDriver> Registry<S> {
         let offset = writer.size();
         // Whatever arrived is kept and made durable, so that a client whose connection broke
         // can ask for the offset (end-13) and resume from there.
-        writer.commit().await?;
+        if last && failure.is_none() {
+            writer.commit().await?;
+        } else {
+            writer.suspend().await?;
+        }
         if let Some(r) = running {
             self.cache_digest(&state.id, r);
         }

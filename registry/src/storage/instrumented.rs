@@ -20,8 +20,10 @@ pub enum StorageOp {
     Writer,
     Write,
     Commit,
+    Suspend,
     Cancel,
     Stat,
+    Seal,
     List,
     Rename,
     Delete,
@@ -29,15 +31,17 @@ pub enum StorageOp {
 }
 
 impl StorageOp {
-    pub const ALL: [StorageOp; 12] = [
+    pub const ALL: [StorageOp; 14] = [
         StorageOp::GetContent,
         StorageOp::PutContent,
         StorageOp::Reader,
         StorageOp::Writer,
         StorageOp::Write,
         StorageOp::Commit,
+        StorageOp::Suspend,
         StorageOp::Cancel,
         StorageOp::Stat,
+        StorageOp::Seal,
         StorageOp::List,
         StorageOp::Rename,
         StorageOp::Delete,
@@ -52,8 +56,10 @@ impl StorageOp {
             StorageOp::Writer => "writer",
             StorageOp::Write => "write",
             StorageOp::Commit => "commit",
+            StorageOp::Suspend => "suspend",
             StorageOp::Cancel => "cancel",
             StorageOp::Stat => "stat",
+            StorageOp::Seal => "seal",
             StorageOp::List => "list",
             StorageOp::Rename => "rename",
             StorageOp::Delete => "delete",
@@ -150,6 +156,19 @@ impl<S: StorageDriver> StorageDriver for Instrumented<S> {
         timed(&self.metrics, StorageOp::Stat, self.inner.stat(path)).await
     }
 
+    async fn written_size(&self, path: &str) -> StorageResult<u64> {
+        timed(
+            &self.metrics,
+            StorageOp::Stat,
+            self.inner.written_size(path),
+        )
+        .await
+    }
+
+    async fn seal(&self, path: &str) -> StorageResult<()> {
+        timed(&self.metrics, StorageOp::Seal, self.inner.seal(path)).await
+    }
+
     async fn list(&self, path: &str) -> StorageResult<Vec<String>> {
         timed(&self.metrics, StorageOp::List, self.inner.list(path)).await
     }
@@ -207,6 +226,10 @@ impl<W: FileWriter> FileWriter for InstrumentedWriter<W> {
 
     async fn commit(self) -> StorageResult<()> {
         timed(&self.metrics, StorageOp::Commit, self.inner.commit()).await
+    }
+
+    async fn suspend(self) -> StorageResult<()> {
+        timed(&self.metrics, StorageOp::Suspend, self.inner.suspend()).await
     }
 
     async fn cancel(self) -> StorageResult<()> {

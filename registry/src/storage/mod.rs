@@ -73,8 +73,19 @@ pub trait FileWriter: Send {
     fn write(&mut self, data: Bytes) -> impl Future<Output = StorageResult<()>> + Send;
     /// Bytes in the object so far, including what was there before an appending open.
     fn size(&self) -> u64;
-    /// Makes the written bytes durable (fsync on a filesystem).
+    /// Makes the written bytes durable (fsync on a filesystem) and readable at the path.
     fn commit(self) -> impl Future<Output = StorageResult<()>> + Send;
+    /// Makes the written bytes durable for an appending `writer` on the same path, in this
+    /// process or another, to continue: an upload session between two chunks. The path need
+    /// not be readable until [`StorageDriver::seal`]; its size is
+    /// [`StorageDriver::written_size`]. On a filesystem this is `commit`; on S3 the multipart
+    /// upload stays open and its part list is stored (s3/writer.rs).
+    fn suspend(self) -> impl Future<Output = StorageResult<()>> + Send
+    where
+        Self: Sized,
+    {
+        self.commit()
+    }
     fn cancel(self) -> impl Future<Output = StorageResult<()>> + Send;
 }
 
@@ -113,6 +124,17 @@ pub trait StorageDriver: Send + Sync + 'static {
     ) -> impl Future<Output = StorageResult<Self::Writer>> + Send;
 
     fn stat(&self, path: &str) -> impl Future<Output = StorageResult<Metadata>> + Send;
+
+    /// The bytes at `path` so far, whether suspended ([`FileWriter::suspend`]) or committed.
+    fn written_size(&self, path: &str) -> impl Future<Output = StorageResult<u64>> + Send {
+        async move { self.stat(path).await.map(|meta| meta.size) }
+    }
+
+    /// Turns suspended bytes at `path` into an ordinary object that can be read and renamed;
+    /// nothing to do for a committed object or none.
+    fn seal(&self, _path: &str) -> impl Future<Output = StorageResult<()>> + Send {
+        async { Ok(()) }
+    }
 
     /// The names (not paths) of the direct children of a directory, unsorted.
     fn list(&self, path: &str) -> impl Future<Output = StorageResult<Vec<String>>> + Send;

@@ -17,6 +17,7 @@ pub async fn run<S: StorageDriver>(driver: S) {
     invalid_paths(&*driver).await;
     ranged_reads(&*driver).await;
     streaming_writes(&*driver).await;
+    suspended_writes_resume(&*driver).await;
     stat_list_delete(&*driver).await;
     rename_replaces(&*driver).await;
     concurrent_replaces_are_never_torn(driver.clone()).await;
@@ -134,6 +135,62 @@ async fn streaming_writes<S: StorageDriver>(d: &S) {
         d.stat("w/cancelled").await,
         Err(StorageError::NotFound(_))
     ));
+}
+
+/// An upload session: chunks come in separate requests (each perhaps to another replica), each
+/// suspended, and the last seals the bytes into an ordinary object.
+async fn suspended_writes_resume<S: StorageDriver>(d: &S) {
+    let data: Vec<u8> = (0..12u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    assert!(matches!(
+        d.written_size("u/data").await,
+        Err(StorageError::NotFound(_))
+    ));
+    append_suspended(d, "u/data", &data[..6 << 20]).await;
+    assert_eq!(d.written_size("u/data").await.expect("size"), 6 << 20);
+    append_suspended(d, "u/data", &data[6 << 20..7 << 20]).await;
+    assert_eq!(d.written_size("u/data").await.expect("size"), 7 << 20);
+
+    // A request that fails mid-body: the bytes suspended before it stay whole, and the
+    // session goes on from whatever the driver kept.
+    let mut w = d.writer("u/data", true).await.expect("append writer");
+    assert_eq!(w.size(), 7 << 20);
+    w.write(Bytes::copy_from_slice(&data[7 << 20..9 << 20]))
+        .await
+        .expect("write");
+    drop(w);
+    let kept = d.written_size("u/data").await.expect("size") as usize;
+    assert!((7 << 20..=9 << 20).contains(&kept), "kept {kept} bytes");
+    append_suspended(d, "u/data", &data[kept..]).await;
+    assert_eq!(d.written_size("u/data").await.expect("size"), 12 << 20);
+
+    d.seal("u/data").await.expect("seal");
+    d.seal("u/data").await.expect("seal twice");
+    assert_eq!(d.stat("u/data").await.expect("stat").size, 12 << 20);
+    let (_, stream) = d.reader("u/data", 0, None).await.expect("reader");
+    assert!(collect(stream).await == data, "sealed bytes differ");
+    d.delete("u").await.expect("delete");
+
+    // A suspended session deleted (cancelled, or purged) is gone whole.
+    append_suspended(d, "v/data", &data[..6 << 20]).await;
+    d.delete("v").await.expect("delete");
+    assert!(matches!(
+        d.written_size("v/data").await,
+        Err(StorageError::NotFound(_))
+    ));
+    let w = d.writer("v/data", true).await.expect("append writer");
+    assert_eq!(w.size(), 0);
+    w.cancel().await.expect("cancel");
+}
+
+/// One request's chunk: an appending writer, suspended at the end.
+async fn append_suspended<S: StorageDriver>(d: &S, path: &str, bytes: &[u8]) {
+    let mut w = d.writer(path, true).await.expect("append writer");
+    for piece in bytes.chunks(3 << 20) {
+        w.write(Bytes::copy_from_slice(piece)).await.expect("write");
+    }
+    w.suspend().await.expect("suspend");
 }
 
 async fn stat_list_delete<S: StorageDriver>(d: &S) {

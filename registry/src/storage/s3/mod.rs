@@ -191,7 +191,17 @@ impl StorageDriver for S3Driver {
             self.chunk_size,
         );
         if append {
-            // The existing bytes become the start of the new object (see writer.rs).
+            let resumed = S3Writer::resume(
+                self.store.clone(),
+                key.clone(),
+                path.to_string(),
+                self.chunk_size,
+            )
+            .await?;
+            if let Some(resumed) = resumed {
+                return Ok(resumed);
+            }
+            // A committed object: its bytes become the start of a new one (see writer.rs).
             match self.store.get(&key).await {
                 Ok(existing) => {
                     let mut stream = existing.into_stream();
@@ -230,6 +240,34 @@ impl StorageDriver for S3Driver {
             }),
             Some(Err(e)) => Err(storage_error(path, e)),
             None => Err(StorageError::NotFound(path.to_string())),
+        }
+    }
+
+    async fn written_size(&self, path: &str) -> StorageResult<u64> {
+        let key = self.key(path)?;
+        match writer::read_stored(&self.store, &key, path).await? {
+            Some(stored) => Ok(stored.size),
+            None => self.stat(path).await.map(|meta| meta.size),
+        }
+    }
+
+    async fn seal(&self, path: &str) -> StorageResult<()> {
+        let key = self.key(path)?;
+        let Some(stored) = writer::read_stored(&self.store, &key, path).await? else {
+            return Ok(());
+        };
+        // Completed before, but its state outlived it (a crash between the two): tidy up.
+        if let Ok(meta) = self.store.head(&key).await {
+            if meta.size == stored.size {
+                return writer::forget_stored(&self.store, &key, &stored, path).await;
+            }
+        }
+        let resumed =
+            S3Writer::resume(self.store.clone(), key, path.to_string(), self.chunk_size).await?;
+        match resumed {
+            Some(writer) => crate::storage::FileWriter::commit(writer).await,
+            // Sealed by another request meanwhile.
+            None => Ok(()),
         }
     }
 
@@ -276,9 +314,23 @@ impl StorageDriver for S3Driver {
             .map_err(|e| storage_error(path, e))?;
         match self.store.head(&key).await {
             Ok(_) => doomed.push(key),
-            Err(object_store::Error::NotFound { .. }) => {}
+            Err(object_store::Error::NotFound { .. }) => {
+                // A suspended object is only its state (writer.rs).
+                let parts = writer::parts_key(&key);
+                if self.store.head(&parts).await.is_ok() {
+                    doomed.push(parts);
+                }
+            }
             Err(e) => return Err(storage_error(path, e)),
         }
+        // Suspended uploads being deleted are aborted, so their parts go too.
+        let mut tails = Vec::new();
+        for parts in doomed.iter().filter(|k| k.as_ref().ends_with(".parts")) {
+            tails.extend(writer::abort_stored(&self.store, parts).await);
+        }
+        doomed.extend(tails);
+        doomed.sort();
+        doomed.dedup();
         if doomed.is_empty() {
             return Err(StorageError::NotFound(path.to_string()));
         }

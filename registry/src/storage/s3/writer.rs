@@ -3,21 +3,34 @@
 //! multipart upload (or, for an object smaller than one part, sends it in one PUT), and S3
 //! makes the whole object visible at once: nobody ever sees a half-written object.
 //!
-//! Between requests nothing lives in memory: a committed writer's bytes are the object itself,
-//! so an upload session resumed on another replica (or after a crash) continues from the
-//! object's size. Appending starts a new multipart upload whose first bytes are the existing
-//! object's, streamed back through the writer (object_store has no UploadPartCopy). A writer
-//! dropped without `commit` aborts its multipart upload; an abort lost to a crash leaves
-//! only invisible parts for the bucket's `AbortIncompleteMultipartUpload` lifecycle rule.
+//! An upload session's chunks come in separate requests, perhaps to different replicas. Between
+//! two of them `suspend` leaves the multipart upload open and stores its state in the bucket
+//! beside the key: `<key>.parts` ([`StoredParts`]: the upload id, the ETags of the parts sent,
+//! the size) and `<key>.tail-<size>`, the bytes after the last whole part (S3 refuses parts
+//! under 5 MiB but the last). An appending writer, on any replica, reads both and goes on with
+//! the next part number; `seal` or `commit` completes the upload. So every byte goes to S3
+//! once (a tail at most once more), however many chunks the client sends.
+//!
+//! Appending to a committed object (one without `.parts`) streams its bytes back through the
+//! writer as the first parts of a new upload (object_store has no UploadPartCopy); upload
+//! sessions never do that.
+//!
+//! A writer dropped without `commit` or `suspend` (a failed request) aborts a multipart upload
+//! it started itself; a stored one stays for the next writer, which sends the lost part
+//! numbers again. Deleting a suspended key, or its directory, aborts its upload
+//! ([`abort_stored`]); an abort lost to a crash leaves only invisible parts, for the bucket's
+//! `AbortIncompleteMultipartUpload` lifecycle rule.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{MultipartId, ObjectStore, PutPayload};
+use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use super::storage_error;
@@ -26,6 +39,76 @@ use crate::storage::{FileWriter, StorageError, StorageResult};
 /// Parts uploading at once per writer: enough to keep S3 busy while the client sends the
 /// next part, bounded so one upload holds at most this many parts in memory.
 const PARTS_IN_FLIGHT: usize = 4;
+
+/// What `suspend` stores at `<key>.parts`: enough for any replica to continue the upload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct StoredParts {
+    /// The multipart upload; none while every byte is still in the tail.
+    upload_id: Option<MultipartId>,
+    /// The ETags of parts 1..=n, in order.
+    parts: Vec<String>,
+    /// Bytes written: the parts' and then the tail's.
+    pub(super) size: u64,
+    /// Bytes in `<key>.tail-<size>`.
+    tail: u64,
+}
+
+pub(super) fn parts_key(key: &Path) -> Path {
+    Path::from(format!("{key}.parts"))
+}
+
+fn tail_key(key: &Path, size: u64) -> Path {
+    Path::from(format!("{key}.tail-{size}"))
+}
+
+/// The keys a suspended upload keeps beside its own.
+fn stored_keys(key: &Path, stored: &StoredParts) -> Vec<Path> {
+    let mut keys = vec![parts_key(key)];
+    if stored.tail > 0 {
+        keys.push(tail_key(key, stored.size));
+    }
+    keys
+}
+
+/// The state `suspend` stored for `key`, if any.
+pub(super) async fn read_stored(
+    store: &AmazonS3,
+    key: &Path,
+    path: &str,
+) -> StorageResult<Option<StoredParts>> {
+    let bytes = match store.get(&parts_key(key)).await {
+        Ok(got) => got.bytes().await.map_err(|e| storage_error(path, e))?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(storage_error(path, e)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| StorageError::Backend {
+            path: path.to_string(),
+            source: format!("unreadable multipart state {}: {e}", parts_key(key)).into(),
+        })
+}
+
+/// Aborts the multipart upload stored at `parts` (a `<key>.parts` about to be deleted) and
+/// returns the other key it kept, the tail. Best effort: an upload that is not aborted only
+/// holds invisible parts.
+pub(super) async fn abort_stored(store: &AmazonS3, parts: &Path) -> Option<Path> {
+    let key = Path::from(parts.as_ref().strip_suffix(".parts")?);
+    let stored = match read_stored(store, &key, parts.as_ref()).await {
+        Ok(Some(stored)) => stored,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(key = %parts, error = %e, "reading a stored S3 multipart upload failed");
+            return None;
+        }
+    };
+    if let Some(id) = &stored.upload_id {
+        if let Err(e) = store.abort_multipart(&key, id).await {
+            tracing::warn!(key = %key, error = %e, "abort of an S3 multipart upload failed");
+        }
+    }
+    (stored.tail > 0).then(|| tail_key(&key, stored.size))
+}
 
 pub struct S3Writer {
     store: Arc<AmazonS3>,
@@ -37,6 +120,9 @@ pub struct S3Writer {
     pending_len: usize,
     size: u64,
     multipart: Option<Multipart>,
+    /// The state this writer was resumed from: its keys go when the writer commits, and its
+    /// tail is replaced when it suspends.
+    resumed_from: Option<StoredParts>,
 }
 
 struct Multipart {
@@ -45,6 +131,8 @@ struct Multipart {
     /// Parts being uploaded, oldest first; their results join `done` in order.
     in_flight: VecDeque<JoinHandle<object_store::Result<PartId>>>,
     done: Vec<PartId>,
+    /// A `<key>.parts` names this upload, so a failed writer must leave it for the next one.
+    stored: bool,
 }
 
 impl S3Writer {
@@ -58,7 +146,60 @@ impl S3Writer {
             pending_len: 0,
             size: 0,
             multipart: None,
+            resumed_from: None,
         }
+    }
+
+    /// Continues the upload that `suspend` stored for the key, if there is one.
+    pub(super) async fn resume(
+        store: Arc<AmazonS3>,
+        key: Path,
+        path: String,
+        chunk_size: usize,
+    ) -> StorageResult<Option<S3Writer>> {
+        let Some(stored) = read_stored(&store, &key, &path).await? else {
+            return Ok(None);
+        };
+        let mut writer = S3Writer::new(store, key, path, chunk_size);
+        if stored.tail > 0 {
+            let tail = writer
+                .store
+                .get(&tail_key(&writer.key, stored.size))
+                .await
+                .map_err(|e| storage_error(&writer.path, e))?
+                .bytes()
+                .await
+                .map_err(|e| storage_error(&writer.path, e))?;
+            if tail.len() as u64 != stored.tail {
+                return Err(StorageError::Backend {
+                    path: writer.path.clone(),
+                    source: format!(
+                        "the stored tail has {} bytes, its state says {}",
+                        tail.len(),
+                        stored.tail
+                    )
+                    .into(),
+                });
+            }
+            writer.pending_len = tail.len();
+            writer.pending.push(tail);
+        }
+        writer.size = stored.size;
+        writer.multipart = stored.upload_id.clone().map(|id| Multipart {
+            id,
+            next_index: stored.parts.len(),
+            in_flight: VecDeque::new(),
+            done: stored
+                .parts
+                .iter()
+                .map(|etag| PartId {
+                    content_id: etag.clone(),
+                })
+                .collect(),
+            stored: true,
+        });
+        writer.resumed_from = Some(stored);
+        Ok(Some(writer))
     }
 
     fn take_pending(&mut self) -> PutPayload {
@@ -80,6 +221,7 @@ impl S3Writer {
                 next_index: 0,
                 in_flight: VecDeque::new(),
                 done: Vec::new(),
+                stored: false,
             },
         };
         let started = self.start_part(&mut mp, payload).await;
@@ -107,21 +249,28 @@ impl S3Writer {
     }
 
     async fn finish(&mut self) -> StorageResult<()> {
-        let Some(mut mp) = self.multipart.take() else {
+        match self.multipart.take() {
             // Smaller than one part: a single PUT, atomic like a multipart completion.
-            let payload = self.take_pending();
-            return self
-                .store
-                .put(&self.key, payload)
-                .await
-                .map(|_| ())
-                .map_err(|e| storage_error(&self.path, e));
-        };
-        let completed = self.complete(&mut mp).await;
-        if completed.is_err() {
-            abort(self.store.clone(), self.key.clone(), mp).await;
+            None => {
+                let payload = self.take_pending();
+                self.store
+                    .put(&self.key, payload)
+                    .await
+                    .map_err(|e| storage_error(&self.path, e))?;
+            }
+            Some(mut mp) => {
+                let completed = self.complete(&mut mp).await;
+                if completed.is_err() && !mp.stored {
+                    abort(self.store.clone(), self.key.clone(), mp).await;
+                }
+                completed?;
+            }
         }
-        completed
+        // The object is whole; the state it was resumed from is spent.
+        if let Some(stored) = self.resumed_from.take() {
+            forget_stored(&self.store, &self.key, &stored, &self.path).await?;
+        }
+        Ok(())
     }
 
     /// Sends the last part, waits for all, and completes: the object appears whole.
@@ -130,15 +279,92 @@ impl S3Writer {
             let payload = self.take_pending();
             self.start_part(mp, payload).await?;
         }
-        while !mp.in_flight.is_empty() {
-            wait_oldest(mp, &self.path).await?;
-        }
+        self.wait_all(mp).await?;
         self.store
-            .complete_multipart(&self.key, &mp.id, std::mem::take(&mut mp.done))
+            .complete_multipart(&self.key, &mp.id, mp.done.clone())
             .await
             .map(|_| ())
             .map_err(|e| storage_error(&self.path, e))
     }
+
+    async fn wait_all(&self, mp: &mut Multipart) -> StorageResult<()> {
+        while !mp.in_flight.is_empty() {
+            wait_oldest(mp, &self.path).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the parts on their way, then stores the tail and the part list. The tail's
+    /// key names the size, so the old state and its tail stay whole until the new state
+    /// replaces them in one PUT.
+    async fn store_state(&mut self) -> StorageResult<()> {
+        let mut upload = None;
+        if let Some(mut mp) = self.multipart.take() {
+            let waited = self.wait_all(&mut mp).await;
+            self.multipart = Some(mp);
+            waited?;
+            upload = self.multipart.as_ref();
+        }
+        let tail = match self.pending.as_slice() {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            many => {
+                let mut joined = BytesMut::with_capacity(self.pending_len);
+                many.iter().for_each(|b| joined.extend_from_slice(b));
+                joined.freeze()
+            }
+        };
+        let stored = StoredParts {
+            upload_id: upload.map(|mp| mp.id.clone()),
+            parts: upload.map_or_else(Vec::new, |mp| {
+                mp.done.iter().map(|p| p.content_id.clone()).collect()
+            }),
+            size: self.size,
+            tail: tail.len() as u64,
+        };
+        if !tail.is_empty() {
+            self.store
+                .put(&tail_key(&self.key, self.size), tail.into())
+                .await
+                .map_err(|e| storage_error(&self.path, e))?;
+        }
+        let json = serde_json::to_vec(&stored).expect("StoredParts serializes");
+        self.store
+            .put(&parts_key(&self.key), json.into())
+            .await
+            .map_err(|e| storage_error(&self.path, e))?;
+        if let Some(mp) = self.multipart.as_mut() {
+            mp.stored = true;
+        }
+        // The previous tail is superseded, unless this writer added nothing (the same key).
+        if let Some(old) = self.resumed_from.take() {
+            if old.tail > 0 && old.size != self.size {
+                let old_tail = vec![tail_key(&self.key, old.size)];
+                let _ = delete_keys(&self.store, old_tail, &self.path).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Removes the keys a spent state kept beside `key`.
+pub(super) async fn forget_stored(
+    store: &AmazonS3,
+    key: &Path,
+    stored: &StoredParts,
+    path: &str,
+) -> StorageResult<()> {
+    delete_keys(store, stored_keys(key, stored), path).await
+}
+
+async fn delete_keys(store: &AmazonS3, keys: Vec<Path>, path: &str) -> StorageResult<()> {
+    let keys = futures_util::stream::iter(keys.into_iter().map(Ok)).boxed();
+    store
+        .delete_stream(keys)
+        .try_collect::<Vec<_>>()
+        .await
+        .map(|_| ())
+        .map_err(|e| storage_error(path, e))
 }
 
 async fn wait_oldest(mp: &mut Multipart, path: &str) -> StorageResult<()> {
@@ -175,14 +401,19 @@ impl FileWriter for S3Writer {
         self.finish().await
     }
 
+    async fn suspend(mut self) -> StorageResult<()> {
+        self.store_state().await
+    }
+
     async fn cancel(mut self) -> StorageResult<()> {
         if let Some(mp) = self.multipart.take() {
             abort(self.store.clone(), self.key.clone(), mp).await;
         }
-        self.store
-            .delete(&self.key)
-            .await
-            .map_err(|e| storage_error(&self.path, e))
+        let mut doomed = vec![self.key.clone()];
+        if let Some(stored) = self.resumed_from.take() {
+            doomed.extend(stored_keys(&self.key, &stored));
+        }
+        delete_keys(&self.store, doomed, &self.path).await
     }
 }
 
@@ -199,8 +430,9 @@ async fn abort(store: Arc<AmazonS3>, key: Path, mp: Multipart) {
 
 impl Drop for S3Writer {
     fn drop(&mut self) {
-        // Dropped mid-write (a failed request): abort in the background.
-        if let Some(mp) = self.multipart.take() {
+        // Dropped mid-write (a failed request): abort in the background, unless a stored
+        // state names the upload for the next writer.
+        if let Some(mp) = self.multipart.take().filter(|mp| !mp.stored) {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(abort(self.store.clone(), self.key.clone(), mp));
             }
