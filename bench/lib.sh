@@ -32,6 +32,12 @@ wait_port() {
 }
 
 now() { date +%s.%N; }
+seconds_of() { # command... -> wall seconds; the script stops if the command fails ($WORK holds its log)
+    local t0 log=$WORK/command.log
+    t0=$(now)
+    "$@" >"$log" 2>&1 || { echo "failed: $*" >&2; cat "$log" >&2; exit 1; }
+    python3 -c "print($(now) - $t0)"
+}
 
 # A process's CPU time so far (user + system, in clock ticks): on a machine shared with other
 # work, wall-clock rates swing with the load, CPU spent per operation much less.

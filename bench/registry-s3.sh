@@ -3,7 +3,8 @@
 # side by side in one run against the same S3 server (moto's server mode, PyPI moto[server]):
 # skopeo push and pull of a synthetic image (`rbuild-fixtures synthetic`, random layers).
 # Prints throughputs and the ratios. Target (issue 7): >= 1.5x distribution's push and pull
-# throughput.
+# throughput. A last row fetches the image's blobs with concurrent curls instead of skopeo,
+# showing the registries' read path without skopeo's own bound.
 #
 # Each run starts a fresh moto and, per registry, a fresh bucket and a new port (so no
 # client-side blob-location cache turns a push into mounts); the order alternates per run and
@@ -85,11 +86,24 @@ EOF
 }
 
 copy_time() { # src dst -> seconds
-    local t0 t1
-    t0=$(now)
-    skopeo copy -q --src-tls-verify=false --dest-tls-verify=false "$1" "$2" >/dev/null
-    t1=$(now)
-    python3 -c "print($t1 - $t0)"
+    seconds_of skopeo copy -q --src-tls-verify=false --dest-tls-verify=false "$1" "$2"
+}
+
+LAYER_DIGESTS=$(python3 - "$WORK/layout" <<'EOF'
+import json, sys
+blobs = sys.argv[1] + "/blobs/sha256/"
+index = json.load(open(sys.argv[1] + "/index.json"))
+manifest = json.load(open(blobs + index["manifests"][0]["digest"].split(":")[1]))
+print(" ".join(layer["digest"] for layer in manifest["layers"]))
+EOF
+)
+parallel_gets() { # port: every layer blob at once, as a client with no bound of its own would
+    local pids=() pid digest
+    for digest in $LAYER_DIGESTS; do
+        curl -sf -o /dev/null "http://127.0.0.1:$1/v2/bench/image/blobs/$digest" &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || return 1; done
 }
 
 declare -A BEST
@@ -112,6 +126,7 @@ for run in $(seq "$RUNS"); do
         echo "run $run/$RUNS: $name push, pull" >&2
         record "push_$name" "$(copy_time "oci:$WORK/layout:bench" "docker://127.0.0.1:$port/bench/image:bench")"
         record "pull_$name" "$(copy_time "docker://127.0.0.1:$port/bench/image:bench" "oci:$WORK/pulled-$name:bench")"
+        record "gets_$name" "$(seconds_of parallel_gets "$port")"
         rm -rf "$WORK/pulled-$name"
     done
     stop_servers
@@ -127,4 +142,8 @@ for op in ("push", "pull"):
     ratio = o / d
     verdict = "ok" if ratio >= 1.5 else "MISSED"
     print(f"{'skopeo ' + op:<16}{d:>10.1f} MiB/s{o:>10.1f} MiB/s{ratio:>8.2f}x   >= 1.5x {verdict}")
+# Not a target row: the same blobs fetched all at once by curl, so neither skopeo's hashing and
+# writing nor its concurrency limit bounds the registries' read path.
+d, o = mib / best["gets_distribution"], mib / best["gets_rregistry"]
+print(f"{'blob GETs (curl)':<16}{d:>10.1f} MiB/s{o:>10.1f} MiB/s{o / d:>8.2f}x   (no client bound)")
 EOF

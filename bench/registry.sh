@@ -72,12 +72,6 @@ start_registries() {
 declare -A RESULT
 
 # --- skopeo push and pull, alternating who goes first ---
-seconds_of() { # command... -> wall seconds; the script stops if the command fails
-    local t0 log=$WORK/command.log
-    t0=$(now)
-    "$@" >"$log" 2>&1 || { echo "failed: $*" >&2; cat "$log" >&2; exit 1; }
-    python3 -c "print($(now) - $t0)"
-}
 copy_time() { # src dst
     seconds_of skopeo copy -q --preserve-digests --src-tls-verify=false --dest-tls-verify=false "$1" "$2"
 }

@@ -184,23 +184,14 @@ impl StorageDriver for S3Driver {
 
     async fn writer(&self, path: &str, append: bool) -> StorageResult<S3Writer> {
         let key = self.key(path)?;
-        let mut writer = S3Writer::new(
-            self.store.clone(),
-            key.clone(),
-            path.to_string(),
-            self.chunk_size,
-        );
+        let (store, owned_path) = (self.store.clone(), path.to_string());
         if append {
-            let resumed = S3Writer::resume(
-                self.store.clone(),
-                key.clone(),
-                path.to_string(),
-                self.chunk_size,
-            )
-            .await?;
-            if let Some(resumed) = resumed {
-                return Ok(resumed);
+            if let Some(stored) = writer::read_stored(&store, &key, path).await? {
+                return S3Writer::resume(store, key, owned_path, self.chunk_size, stored).await;
             }
+        }
+        let mut writer = S3Writer::new(store, key.clone(), owned_path, self.chunk_size);
+        if append {
             // A committed object: its bytes become the start of a new one (see writer.rs).
             match self.store.get(&key).await {
                 Ok(existing) => {
@@ -256,19 +247,28 @@ impl StorageDriver for S3Driver {
         let Some(stored) = writer::read_stored(&self.store, &key, path).await? else {
             return Ok(());
         };
-        // Completed before, but its state outlived it (a crash between the two): tidy up.
-        if let Ok(meta) = self.store.head(&key).await {
-            if meta.size == stored.size {
-                return writer::forget_stored(&self.store, &key, &stored, path).await;
+        let (store, owned_path) = (self.store.clone(), path.to_string());
+        let sealed = match S3Writer::resume(
+            store,
+            key.clone(),
+            owned_path,
+            self.chunk_size,
+            stored.clone(),
+        )
+        .await
+        {
+            Ok(writer) => crate::storage::FileWriter::commit(writer).await,
+            Err(e) => Err(e),
+        };
+        if sealed.is_err() {
+            // Completed before, but its state outlived it (a crash between the two): tidy up.
+            if let Ok(meta) = self.store.head(&key).await {
+                if meta.size == stored.size {
+                    return writer::forget_stored(&self.store, &key, &stored, path).await;
+                }
             }
         }
-        let resumed =
-            S3Writer::resume(self.store.clone(), key, path.to_string(), self.chunk_size).await?;
-        match resumed {
-            Some(writer) => crate::storage::FileWriter::commit(writer).await,
-            // Sealed by another request meanwhile.
-            None => Ok(()),
-        }
+        sealed
     }
 
     async fn list(&self, path: &str) -> StorageResult<Vec<String>> {

@@ -150,16 +150,14 @@ impl S3Writer {
         }
     }
 
-    /// Continues the upload that `suspend` stored for the key, if there is one.
+    /// Continues the upload that `suspend` stored for the key (read by [`read_stored`]).
     pub(super) async fn resume(
         store: Arc<AmazonS3>,
         key: Path,
         path: String,
         chunk_size: usize,
-    ) -> StorageResult<Option<S3Writer>> {
-        let Some(stored) = read_stored(&store, &key, &path).await? else {
-            return Ok(None);
-        };
+        stored: StoredParts,
+    ) -> StorageResult<S3Writer> {
         let mut writer = S3Writer::new(store, key, path, chunk_size);
         if stored.tail > 0 {
             let tail = writer
@@ -199,7 +197,7 @@ impl S3Writer {
             stored: true,
         });
         writer.resumed_from = Some(stored);
-        Ok(Some(writer))
+        Ok(writer)
     }
 
     fn take_pending(&mut self) -> PutPayload {
