@@ -3,12 +3,15 @@
 //! reads the rest from the spool long after the download ended), the process's peak memory
 //! stays a fraction of the blob, and the spool's directory (`proxy.spooldirectory`, or the
 //! storage's `_tmp/` when the spool is adopted as the blob) never shows a file. On both spool
-//! paths a blob over `http.uploadmaxbytes` reaches the client but is not cached.
+//! paths a blob over `http.uploadmaxbytes` reaches the client but is not cached. Range GETs
+//! during a download are read from its spool.
 
-use std::io::Read;
+use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use conformance::peers::{free_port, wait_until, DockerRegistry, PeerProcess};
@@ -257,4 +260,149 @@ fn a_blob_over_the_upload_limit_is_served_but_not_cached() {
         let blobs = dir.path().join("data/docker/registry/v2/blobs");
         assert!(!blobs.exists() || entries(&blobs) == 0, "no blob stored");
     }
+}
+
+/// An upstream serving one blob, its first half at once and the rest only once released:
+/// a download that stays under way as long as a test needs. It records every request head.
+struct HeldUpstream {
+    addr: String,
+    released: Arc<AtomicBool>,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl HeldUpstream {
+    fn start(blob: Arc<Vec<u8>>, digest: Digest) -> HeldUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().unwrap().to_string();
+        let released = Arc::new(AtomicBool::new(false));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let (released2, heads2) = (released.clone(), heads.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let (blob, digest) = (blob.clone(), digest.clone());
+                let (released, heads) = (released2.clone(), heads2.clone());
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if conn.read(&mut byte).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).to_string();
+                    heads.lock().unwrap().push(head.clone());
+                    if !head.starts_with(&format!("GET /v2/team/ranged/blobs/{digest} ")) {
+                        let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                        return;
+                    }
+                    let half = blob.len() / 2;
+                    let headers = format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nDocker-Content-Digest: {digest}\r\nConnection: close\r\n\r\n", blob.len());
+                    let _ = conn.write_all(headers.as_bytes());
+                    let _ = conn.write_all(&blob[..half]);
+                    while !released.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    let _ = conn.write_all(&blob[half..]);
+                });
+            }
+        });
+        HeldUpstream {
+            addr,
+            released,
+            heads,
+        }
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+/// Range GETs of a blob whose download is under way (a client resuming a broken pull, or
+/// fetching parts in parallel) are read from the download's spool, not sent upstream: a range
+/// of the bytes already there is answered at once, one that reaches the blob's last byte once
+/// the whole blob is verified.
+#[test]
+fn range_gets_during_a_download_read_its_spool() {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let blob: Vec<u8> = (0..8 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let mut digester = Digester::new(Algorithm::Sha256);
+    digester.update(&blob);
+    let digest = digester.finish();
+    let blob = Arc::new(blob);
+    let upstream = HeldUpstream::start(blob.clone(), digest.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, port, _) = start_mirror(dir.path(), &upstream.addr, SpoolAt::Storage, "");
+    let url = format!("http://127.0.0.1:{port}/v2/team/ranged/blobs/{digest}");
+    let http = Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+
+    let whole = {
+        let (http, url) = (http.clone(), url.clone());
+        std::thread::spawn(move || {
+            let resp = http.get(&url).send().expect("GET");
+            assert_eq!(resp.status(), StatusCode::OK);
+            let mut digester = Digester::new(Algorithm::Sha256);
+            hash_all(resp, &mut digester);
+            digester.finish()
+        })
+    };
+    wait_until("the download started", Duration::from_secs(20), || {
+        !upstream.heads().is_empty()
+    })
+    .expect("the mirror asked the upstream");
+    // The first half is on its way to the spool; give it a moment to land.
+    std::thread::sleep(Duration::from_millis(300));
+
+    let early = http
+        .get(&url)
+        .header("Range", "bytes=1000-1999")
+        .send()
+        .expect("Range GET");
+    assert_eq!(early.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        early.headers()["Content-Range"],
+        format!("bytes 1000-1999/{}", blob.len()).as_str()
+    );
+    assert!(early.bytes().unwrap()[..] == blob[1000..2000]);
+
+    let len = blob.len();
+    let tail = {
+        let (http, url) = (http.clone(), url.clone());
+        std::thread::spawn(move || {
+            let resp = http
+                .get(&url)
+                .header("Range", format!("bytes={}-{}", len - 100, len - 1))
+                .send()
+                .expect("Range GET of the end");
+            assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+            resp.bytes().unwrap().to_vec()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !tail.is_finished(),
+        "the blob's end was served before it arrived"
+    );
+    upstream.released.store(true, Ordering::SeqCst);
+    assert_eq!(whole.join().expect("whole GET"), digest);
+    assert!(tail.join().expect("tail GET")[..] == blob[len - 100..]);
+
+    let heads = upstream.heads();
+    assert_eq!(heads.len(), 1, "one upstream request: {heads:#?}");
+    assert!(
+        !heads[0].to_ascii_lowercase().contains("\r\nrange:"),
+        "{heads:#?}"
+    );
 }

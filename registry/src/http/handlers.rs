@@ -194,7 +194,7 @@ fn blob_created(name: &str, digest: &Digest) -> Response {
 
 /// A single byte range of RFC 9110 section 14: `bytes=a-b`, `bytes=a-` or `bytes=-n`.
 /// `Ok(None)` means "serve the whole blob" (no header, or a form we choose to ignore).
-fn byte_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
+pub(crate) fn byte_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
     let Some(value) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
         return Ok(None);
     };

@@ -6,6 +6,8 @@ pub mod connections;
 mod handlers;
 pub mod route;
 
+pub(crate) use handlers::byte_range;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -25,7 +25,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io;
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -137,20 +137,20 @@ impl<S: StorageDriver> Mirror<S> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(target.storage.clone());
-        let mut rx = flight.progress.subscribe();
-        let size = loop {
-            let started = rx.borrow_and_update().started.clone();
-            match started {
-                Some(Ok(size)) => break size,
-                Some(Err(e)) => return Err(super::upstream_failure(&e, ErrorCode::BlobUnknown)),
-                None => {
-                    if rx.changed().await.is_err() {
-                        return Err(RegistryError::internal("blob download vanished"));
-                    }
-                }
-            }
+        let size = started(&flight).await?;
+        Ok((size, read_flight(flight, 0..u64::MAX)))
+    }
+
+    /// The download of `digest` under way, if there is one and the upstream announced its
+    /// size, for a Range GET to read from ([`read_flight`]) instead of asking the upstream.
+    pub(super) async fn sized_flight(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<(u64, Arc<Inflight>)>, RegistryError> {
+        let Some(flight) = self.flight(digest) else {
+            return Ok(None);
         };
-        Ok((size, Box::pin(read_flight(flight, rx))))
+        Ok(started(&flight).await?.map(|size| (size, flight)))
     }
 
     fn flight(&self, digest: &Digest) -> Option<Arc<Inflight>> {
@@ -256,8 +256,7 @@ impl<S: StorageDriver> Mirror<S> {
                 .await;
         }
         let upload = registry.start_upload(repo, digest.algorithm()).await?;
-        let rx = flight.progress.subscribe();
-        let body = read_flight(flight, rx)
+        let body = read_flight(flight, 0..u64::MAX)
             .map(|chunk| chunk.map_err(|e| RegistryError::internal(e.to_string())))
             .boxed();
         let stored = async {
@@ -386,6 +385,23 @@ async fn spool_write(flight: &Arc<Inflight>, batch: Batch, offset: u64) -> Resul
     Ok(end)
 }
 
+/// Waits for the upstream's answer to a download: the size it announced, if it did.
+async fn started(flight: &Inflight) -> Result<Option<u64>, RegistryError> {
+    let mut rx = flight.progress.subscribe();
+    loop {
+        let started = rx.borrow_and_update().started.clone();
+        match started {
+            Some(Ok(size)) => return Ok(size),
+            Some(Err(e)) => return Err(super::upstream_failure(&e, ErrorCode::BlobUnknown)),
+            None => {
+                if rx.changed().await.is_err() {
+                    return Err(RegistryError::internal("blob download vanished"));
+                }
+            }
+        }
+    }
+}
+
 /// Waits for the download to end; its size once every byte is verified.
 async fn verified_size(flight: &Inflight) -> Result<u64, RegistryError> {
     let mut rx = flight.progress.subscribe();
@@ -407,64 +423,74 @@ async fn verified_size(flight: &Inflight) -> Result<u64, RegistryError> {
     }
 }
 
-/// A reader of one download: every byte from the first, the last one only once the bytes
-/// are verified. The reader has its own handle on the spool, reopened through /proc with a
-/// position of its own, so that sequential reads fill fresh buffers without zeroing them
-/// first (a positional read needs an initialised buffer: perf showed that memset).
-fn read_flight(
-    flight: Arc<Inflight>,
-    rx: watch::Receiver<Progress>,
-) -> impl Stream<Item = io::Result<Bytes>> + Send {
-    let start = (flight, rx, 0u64, None::<File>);
-    futures_util::stream::unfold(Some(start), |state| async move {
-        let (flight, mut rx, next, handle) = state?;
-        loop {
-            let (written, verified, failed) = {
-                let p = rx.borrow_and_update();
-                (p.written, p.verified, p.failed.clone())
-            };
-            let readable = if verified {
-                written
-            } else {
-                written.saturating_sub(1)
-            };
-            if next < readable {
-                let len = (readable - next).min(READ_CHUNK);
-                let reader = flight.clone();
-                let read = tokio::task::spawn_blocking(move || {
-                    let handle = match handle {
-                        Some(h) => h,
-                        None => File::open(format!("/proc/self/fd/{}", reader.spool.as_raw_fd()))?,
-                    };
-                    let mut buf = Vec::with_capacity(len as usize);
-                    (&handle).take(len).read_to_end(&mut buf)?;
-                    if buf.len() as u64 != len {
-                        return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
-                    }
-                    Ok((Bytes::from(buf), handle))
-                })
-                .await
-                .unwrap_or_else(|e| Err(io::Error::other(format!("spool task: {e}"))));
-                return Some(match read {
-                    Ok((chunk, handle)) => {
-                        (Ok(chunk), Some((flight, rx, next + len, Some(handle))))
-                    }
-                    Err(e) => (Err(e), None),
-                });
+/// A reader of one download: the bytes of `range` (`0..u64::MAX` for all) as they arrive,
+/// the blob's last one only once the bytes are verified. The reader has its own handle on
+/// the spool, reopened through /proc with a position of its own, so that sequential reads
+/// fill fresh buffers without zeroing them first (a positional read needs an initialised
+/// buffer: perf showed that memset).
+pub(super) fn read_flight(flight: Arc<Inflight>, range: std::ops::Range<u64>) -> FlightReader {
+    let rx = flight.progress.subscribe();
+    let start = (flight, rx, range.start, None::<File>);
+    Box::pin(futures_util::stream::unfold(
+        Some(start),
+        move |state| async move {
+            let (flight, mut rx, next, handle) = state?;
+            loop {
+                let (written, verified, failed) = {
+                    let p = rx.borrow_and_update();
+                    (p.written, p.verified, p.failed.clone())
+                };
+                let arrived = if verified {
+                    written
+                } else {
+                    written.saturating_sub(1)
+                };
+                let readable = arrived.min(range.end);
+                if next < readable {
+                    let len = (readable - next).min(READ_CHUNK);
+                    let reader = flight.clone();
+                    let read = tokio::task::spawn_blocking(move || {
+                        let handle = match handle {
+                            Some(h) => h,
+                            None => {
+                                let mut h = File::open(format!(
+                                    "/proc/self/fd/{}",
+                                    reader.spool.as_raw_fd()
+                                ))?;
+                                h.seek(io::SeekFrom::Start(next))?;
+                                h
+                            }
+                        };
+                        let mut buf = Vec::with_capacity(len as usize);
+                        (&handle).take(len).read_to_end(&mut buf)?;
+                        if buf.len() as u64 != len {
+                            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+                        }
+                        Ok((Bytes::from(buf), handle))
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(format!("spool task: {e}"))));
+                    return Some(match read {
+                        Ok((chunk, handle)) => {
+                            (Ok(chunk), Some((flight, rx, next + len, Some(handle))))
+                        }
+                        Err(e) => (Err(e), None),
+                    });
+                }
+                if verified || next >= range.end {
+                    return None;
+                }
+                if let Some(e) = failed {
+                    let e = io::Error::other(format!("mirror download failed: {e}"));
+                    return Some((Err(e), None));
+                }
+                if rx.changed().await.is_err() {
+                    let e = io::Error::other("mirror download vanished");
+                    return Some((Err(e), None));
+                }
             }
-            if verified {
-                return None;
-            }
-            if let Some(e) = failed {
-                let e = io::Error::other(format!("mirror download failed: {e}"));
-                return Some((Err(e), None));
-            }
-            if rx.changed().await.is_err() {
-                let e = io::Error::other("mirror download vanished");
-                return Some((Err(e), None));
-            }
-        }
-    })
+        },
+    ))
 }
 
 /// A spool file, and whether the storage can adopt it: in `spool_dir`

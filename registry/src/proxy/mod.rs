@@ -203,6 +203,9 @@ impl<S: StorageDriver> Mirror<S> {
                     return self.head_cold_blob(&target, &digest).await.map(Intercept::Answer);
                 }
                 if let Some(range) = req.headers().get(header::RANGE) {
+                    if let Some((size, flight)) = self.sized_flight(&digest).await? {
+                        return Ok(Intercept::Answer(range_of_flight(&digest, req.headers(), size, flight)));
+                    }
                     return self.relay_range(&target, &digest, range).await.map(Intercept::Answer);
                 }
                 let (size, stream) = self.fetch_blob(&target, &digest, &gate).await?;
@@ -296,7 +299,8 @@ impl<S: StorageDriver> Mirror<S> {
         Ok(blob_response(digest, size, Body::empty()))
     }
 
-    /// A Range GET of a blob the cache lacks: the Range goes to the upstream, and its answer
+    /// A Range GET of a blob the cache lacks and no download is fetching: the Range goes to
+    /// the upstream, and its answer
     /// (206, or 200 with the whole blob when it ignores Range) is relayed as it streams,
     /// without caching anything: a part cannot be checked against the digest. A later whole
     /// GET fills the cache.
@@ -421,6 +425,41 @@ pub fn mark(response: &mut Response, status: CacheStatus) {
 }
 
 /// The response for a blob on its way from the upstream.
+/// A Range GET of a blob being downloaded, answered from the download's spool as the bytes
+/// arrive (a client resuming a broken pull, or fetching parts in parallel, while another
+/// fills the cache): no second upstream request.
+fn range_of_flight(
+    digest: &Digest,
+    headers: &axum::http::HeaderMap,
+    size: u64,
+    flight: Arc<fill::Inflight>,
+) -> Response {
+    match crate::http::byte_range(headers, size) {
+        Err(()) => {
+            let mut response = blob_response(digest, Some(0), Body::empty());
+            *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                response.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            response
+        }
+        Ok(None) => blob_response(
+            digest,
+            Some(size),
+            Body::from_stream(fill::read_flight(flight, 0..size)),
+        ),
+        Ok(Some((start, end))) => {
+            let body = Body::from_stream(fill::read_flight(flight, start..end + 1));
+            let mut response = blob_response(digest, Some(end - start + 1), body);
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{size}")) {
+                response.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            response
+        }
+    }
+}
+
 fn blob_response(digest: &Digest, size: Option<u64>, body: Body) -> Response {
     let mut response = Response::new(body);
     let headers = response.headers_mut();
