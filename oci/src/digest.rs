@@ -9,7 +9,9 @@ use std::io::{self, Write};
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use sha2::{Digest as _, Sha256, Sha512};
+use sha2::{Digest as _, Sha512};
+
+use crate::resumable_sha256::ResumableSha256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Algorithm {
@@ -145,17 +147,35 @@ impl<'de> Deserialize<'de> for Digest {
 }
 
 /// Incremental hashing; also an [`io::Write`] sink so it can sit behind `io::copy` or a tee.
+/// A SHA-256 digester's running state can be saved and restored ([`Digester::save`]).
 #[derive(Clone)]
 pub enum Digester {
-    Sha256(Sha256),
+    Sha256(ResumableSha256),
     Sha512(Sha512),
 }
 
 impl Digester {
     pub fn new(algorithm: Algorithm) -> Self {
         match algorithm {
-            Algorithm::Sha256 => Digester::Sha256(Sha256::new()),
+            Algorithm::Sha256 => Digester::Sha256(ResumableSha256::default()),
             Algorithm::Sha512 => Digester::Sha512(Sha512::new()),
+        }
+    }
+
+    /// The running state, for [`Digester::restore`]; `None` for SHA-512, which is not
+    /// resumable.
+    pub fn save(&self) -> Option<Vec<u8>> {
+        match self {
+            Digester::Sha256(h) => Some(h.save()),
+            Digester::Sha512(_) => None,
+        }
+    }
+
+    /// A digester continuing from a saved state of `algorithm`; `None` if `saved` is not one.
+    pub fn restore(algorithm: Algorithm, saved: &[u8]) -> Option<Digester> {
+        match algorithm {
+            Algorithm::Sha256 => ResumableSha256::restore(saved).map(Digester::Sha256),
+            Algorithm::Sha512 => None,
         }
     }
 

@@ -15,6 +15,7 @@ pub mod layer;
 pub mod media_type;
 pub mod reference;
 pub mod registry_auth;
+mod resumable_sha256;
 pub mod timestamp;
 
 pub use descriptor::{Descriptor, Platform};

@@ -12,6 +12,7 @@
 //!     _uploads/<id>/data                             bytes received so far
 //!     _uploads/<id>/startedat                        session marker: start time in Unix
 //!                                                    seconds; purging goes by its mtime
+//!     _uploads/<id>/hashstates/<alg>/<offset>        running digest after <offset> bytes
 //! <root>/_tmp/                                       the filesystem driver's temporary files
 //! ```
 //!
@@ -101,6 +102,12 @@ pub fn upload_data(name: &str, id: &str) -> String {
 
 pub fn upload_started_at(name: &str, id: &str) -> String {
     format!("{V2}/repositories/{name}/_uploads/{id}/startedat")
+}
+
+/// A session's running digest after `offset` bytes (distribution's `hashstates/` layout; the
+/// state is ours, `oci::Digester::save`).
+pub fn upload_hash_state(name: &str, id: &str, algorithm: &str, offset: u64) -> String {
+    format!("{V2}/repositories/{name}/_uploads/{id}/hashstates/{algorithm}/{offset}")
 }
 
 #[cfg(test)]

@@ -169,6 +169,19 @@ fn an_upload_on_a_replica_killed_mid_chunk_finishes_on_the_other() {
         .send()
         .expect("PUT on B");
     assert_eq!(resp.status(), 201, "{:?}", resp.text());
+    // B continued the digest A saved after the first chunk: it never read the data back.
+    let metrics = http
+        .get(b.url("/metrics"))
+        .send()
+        .and_then(|r| r.text())
+        .expect("metrics of B");
+    let reads = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("rregistry_storage_operation_duration_seconds_count{op=\"reader\"} ")
+        })
+        .expect("B's storage read count");
+    assert_eq!(reads, "0", "B rehashed the upload from storage");
     let got = http
         .get(b.url(&format!("/v2/kill/me/blobs/{digest}")))
         .send()

@@ -4,9 +4,10 @@
 //! A session is the directory `_uploads/<id>/` in storage (`paths.rs`); the bytes received so
 //! far are its `data` object, suspended between requests (`FileWriter::suspend`: on S3 an open
 //! multipart upload) and sealed by the closing PUT; its written size is the session's offset.
-//! A server restart therefore loses nothing: the running digest kept in memory is only a
-//! cache, and when it is missing (after a restart, or on another replica) the digest is
-//! recomputed from storage at PUT.
+//! A server restart therefore loses nothing: the running digest is kept in memory between
+//! requests and saved beside the data (`hashstates/`) when a request ends, so a request on
+//! another replica, or after a restart, continues it; lacking both (SHA-512 is not
+//! resumable), the digest is recomputed from storage at PUT.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -202,7 +203,13 @@ impl<S: StorageDriver> Registry<S> {
         }
         let computed = match self.take_cached_digest(id, state.offset, digest.algorithm()) {
             Some(d) => d,
-            None => self.rehash_upload(name, id, digest.algorithm()).await?,
+            None => match self
+                .saved_digest(name, id, state.offset, digest.algorithm())
+                .await
+            {
+                Some(saved) => saved.digester.finish(),
+                None => self.rehash_upload(name, id, digest.algorithm()).await?,
+            },
         };
         if computed != *digest {
             self.delete_if_present(&paths::upload_dir(name, id)).await?;
@@ -309,7 +316,14 @@ impl<S: StorageDriver> Registry<S> {
                 state.offset
             )));
         }
-        let mut running = self.take_running_digest(&state.id, state.offset);
+        let mut running = match self.take_running_digest(&state.id, state.offset) {
+            Some(r) => Some(r),
+            // Another replica (or this one before a restart) took the earlier bytes.
+            None => {
+                self.saved_digest(name, &state.id, state.offset, Algorithm::Sha256)
+                    .await
+            }
+        };
         let limit = self.settings.upload_max_bytes;
         let mut failure = None;
         while let Some(chunk) = body.next().await {
@@ -342,6 +356,9 @@ impl<S: StorageDriver> Registry<S> {
             writer.commit().await?;
         } else {
             writer.suspend().await?;
+            if let Some(r) = running.as_ref().filter(|r| r.offset == offset) {
+                self.save_digest(name, &state.id, r).await;
+            }
         }
         if let Some(r) = running {
             self.cache_digest(&state.id, r);
@@ -409,6 +426,35 @@ impl<S: StorageDriver> Registry<S> {
             Err(e) => return Err(e.into()),
         }
         Ok(digester.finish())
+    }
+
+    /// Saves a running digest in storage, for the session's next request wherever it lands.
+    /// Best effort: without it, that request's PUT rehashes the data.
+    async fn save_digest(&self, name: &str, id: &str, running: &RunningDigest) {
+        let Some(saved) = running.digester.save() else {
+            return;
+        };
+        let path = paths::upload_hash_state(name, id, running.algorithm.name(), running.offset);
+        if let Err(e) = self.driver.put_content(&path, Bytes::from(saved)).await {
+            tracing::warn!(upload = id, error = %e, "saving an upload's running digest failed");
+        }
+    }
+
+    /// The running digest a request saved at `offset`, if any.
+    async fn saved_digest(
+        &self,
+        name: &str,
+        id: &str,
+        offset: u64,
+        algorithm: Algorithm,
+    ) -> Option<RunningDigest> {
+        let path = paths::upload_hash_state(name, id, algorithm.name(), offset);
+        let saved = self.driver.get_content(&path).await.ok()?;
+        Some(RunningDigest {
+            offset,
+            algorithm,
+            digester: Digester::restore(algorithm, &saved)?,
+        })
     }
 
     fn cache_digest(&self, id: &str, running: RunningDigest) {

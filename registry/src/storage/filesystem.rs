@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -188,10 +189,13 @@ impl StorageDriver for FilesystemDriver {
         let (file, size) = blocking(move || {
             let open = || -> io::Result<(fs::File, u64)> {
                 create_parent(&full)?;
+                // Not O_APPEND: writes go to explicit offsets, so that a write still in flight
+                // from a dropped writer (a request cut off mid-body) lands where its bytes
+                // belong, bytes the session's next request writes there again, instead of
+                // after whatever that request appended.
                 let f = fs::OpenOptions::new()
                     .create(true)
                     .write(true)
-                    .append(append)
                     .truncate(!append)
                     .open(&full)?;
                 let size = f.metadata()?.len();
@@ -437,7 +441,7 @@ impl FilesystemWriter {
         let offset = self.size - buf.len() as u64;
         let file = self.file.clone();
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
-            let result = (&*file).write_all(&buf);
+            let result = file.write_all_at(&buf, offset);
             if result.is_ok() {
                 start_writeback(&file, offset, buf.len());
             }
