@@ -300,10 +300,9 @@ impl<S: StorageDriver> Mirror<S> {
     }
 
     /// A Range GET of a blob the cache lacks and no download is fetching: the Range goes to
-    /// the upstream, and its answer
-    /// (206, or 200 with the whole blob when it ignores Range) is relayed as it streams,
-    /// without caching anything: a part cannot be checked against the digest. A later whole
-    /// GET fills the cache.
+    /// the upstream, and its answer (206, or 200 with the whole blob when it ignores Range) is
+    /// relayed as it streams, without caching anything: a part cannot be checked against the
+    /// digest. A later whole GET fills the cache.
     async fn relay_range(
         &self,
         target: &Target,
@@ -424,7 +423,6 @@ pub fn mark(response: &mut Response, status: CacheStatus) {
     }
 }
 
-/// The response for a blob on its way from the upstream.
 /// A Range GET of a blob being downloaded, answered from the download's spool as the bytes
 /// arrive (a client resuming a broken pull, or fetching parts in parallel, while another
 /// fills the cache): no second upstream request.
@@ -460,6 +458,7 @@ fn range_of_flight(
     }
 }
 
+/// The response for a blob on its way from the upstream.
 fn blob_response(digest: &Digest, size: Option<u64>, body: Body) -> Response {
     let mut response = Response::new(body);
     let headers = response.headers_mut();

@@ -201,15 +201,10 @@ impl<S: StorageDriver> Registry<S> {
         } else {
             self.driver.seal(&paths::upload_data(name, id)).await?;
         }
-        let computed = match self.take_cached_digest(id, state.offset, digest.algorithm()) {
-            Some(d) => d,
-            None => match self
-                .saved_digest(name, id, state.offset, digest.algorithm())
-                .await
-            {
-                Some(saved) => saved.digester.finish(),
-                None => self.rehash_upload(name, id, digest.algorithm()).await?,
-            },
+        let algorithm = digest.algorithm();
+        let computed = match self.running_digest(name, id, state.offset, algorithm).await {
+            Some(r) if r.algorithm == algorithm => r.digester.finish(),
+            _ => self.rehash_upload(name, id, algorithm).await?,
         };
         if computed != *digest {
             self.delete_if_present(&paths::upload_dir(name, id)).await?;
@@ -316,14 +311,10 @@ impl<S: StorageDriver> Registry<S> {
                 state.offset
             )));
         }
-        let mut running = match self.take_running_digest(&state.id, state.offset) {
-            Some(r) => Some(r),
-            // Another replica (or this one before a restart) took the earlier bytes.
-            None => {
-                self.saved_digest(name, &state.id, state.offset, Algorithm::Sha256)
-                    .await
-            }
-        };
+        // Saved by another replica, or by this one before a restart, it can only be SHA-256.
+        let mut running = self
+            .running_digest(name, &state.id, state.offset, Algorithm::Sha256)
+            .await;
         let limit = self.settings.upload_max_bytes;
         let mut failure = None;
         while let Some(chunk) = body.next().await {
@@ -440,6 +431,21 @@ impl<S: StorageDriver> Registry<S> {
         }
     }
 
+    /// The session's running digest at `offset`: this process's, or else the one a request
+    /// saved in storage for `algorithm`.
+    async fn running_digest(
+        &self,
+        name: &str,
+        id: &str,
+        offset: u64,
+        algorithm: Algorithm,
+    ) -> Option<RunningDigest> {
+        match self.take_running_digest(id, offset) {
+            Some(r) => Some(r),
+            None => self.saved_digest(name, id, offset, algorithm).await,
+        }
+    }
+
     /// The running digest a request saved at `offset`, if any.
     async fn saved_digest(
         &self,
@@ -488,11 +494,6 @@ impl<S: StorageDriver> Registry<S> {
             }),
             _ => None,
         }
-    }
-
-    fn take_cached_digest(&self, id: &str, offset: u64, algorithm: Algorithm) -> Option<Digest> {
-        let running = self.take_running_digest(id, offset)?;
-        (running.algorithm == algorithm).then(|| running.digester.finish())
     }
 
     fn forget_upload(&self, id: &str) {

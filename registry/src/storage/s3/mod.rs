@@ -325,7 +325,10 @@ impl StorageDriver for S3Driver {
         }
         // Suspended uploads being deleted are aborted, so their parts go too.
         let mut tails = Vec::new();
-        for parts in doomed.iter().filter(|k| k.as_ref().ends_with(".parts")) {
+        for parts in doomed
+            .iter()
+            .filter(|k| k.as_ref().ends_with(writer::PARTS_SUFFIX))
+        {
             tails.extend(writer::abort_stored(&self.store, parts).await);
         }
         doomed.extend(tails);

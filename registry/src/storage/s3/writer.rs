@@ -24,7 +24,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3;
 use object_store::multipart::{MultipartStore, PartId};
@@ -53,8 +53,11 @@ pub(super) struct StoredParts {
     tail: u64,
 }
 
+/// The suffix of a key's stored state, `<key>.parts`.
+pub(super) const PARTS_SUFFIX: &str = ".parts";
+
 pub(super) fn parts_key(key: &Path) -> Path {
-    Path::from(format!("{key}.parts"))
+    Path::from(format!("{key}{PARTS_SUFFIX}"))
 }
 
 fn tail_key(key: &Path, size: u64) -> Path {
@@ -93,7 +96,7 @@ pub(super) async fn read_stored(
 /// returns the other key it kept, the tail. Best effort: an upload that is not aborted only
 /// holds invisible parts.
 pub(super) async fn abort_stored(store: &AmazonS3, parts: &Path) -> Option<Path> {
-    let key = Path::from(parts.as_ref().strip_suffix(".parts")?);
+    let key = Path::from(parts.as_ref().strip_suffix(PARTS_SUFFIX)?);
     let stored = match read_stored(store, &key, parts.as_ref()).await {
         Ok(Some(stored)) => stored,
         Ok(None) => return None,
@@ -296,33 +299,24 @@ impl S3Writer {
     /// key names the size, so the old state and its tail stay whole until the new state
     /// replaces them in one PUT.
     async fn store_state(&mut self) -> StorageResult<()> {
-        let mut upload = None;
         if let Some(mut mp) = self.multipart.take() {
             let waited = self.wait_all(&mut mp).await;
             self.multipart = Some(mp);
             waited?;
-            upload = self.multipart.as_ref();
         }
-        let tail = match self.pending.as_slice() {
-            [] => Bytes::new(),
-            [one] => one.clone(),
-            many => {
-                let mut joined = BytesMut::with_capacity(self.pending_len);
-                many.iter().for_each(|b| joined.extend_from_slice(b));
-                joined.freeze()
-            }
-        };
+        let upload = self.multipart.as_ref();
         let stored = StoredParts {
             upload_id: upload.map(|mp| mp.id.clone()),
             parts: upload.map_or_else(Vec::new, |mp| {
                 mp.done.iter().map(|p| p.content_id.clone()).collect()
             }),
             size: self.size,
-            tail: tail.len() as u64,
+            tail: self.pending_len as u64,
         };
-        if !tail.is_empty() {
+        if self.pending_len > 0 {
+            let tail: PutPayload = self.pending.iter().cloned().collect();
             self.store
-                .put(&tail_key(&self.key, self.size), tail.into())
+                .put(&tail_key(&self.key, self.size), tail)
                 .await
                 .map_err(|e| storage_error(&self.path, e))?;
         }
