@@ -280,7 +280,13 @@ fn prepare(store: &Store, args: RunArgs) -> anyhow::Result<Prepared> {
     });
     options.init = args.init;
     options.forward_signals = true;
-    options.overlay = Some(OverlayRootfs { lower, upper, work });
+    // The upper directory goes with the run: nothing in it needs to reach the disk.
+    options.overlay = Some(OverlayRootfs {
+        lower,
+        upper,
+        work,
+        volatile: true,
+    });
     Ok(Prepared {
         spec,
         options,
@@ -653,7 +659,9 @@ fn prepare_rootfs(
             .spawn(|| {
                 runtime_exec::overlay::enter_private_mount_namespace()
                     .context("private mount namespace for the image view")?;
-                runtime_exec::overlay::mount_overlay(lower, upper, work, merged)
+                // Not volatile: that would mark the work directory as unusable for the
+                // container's own (volatile) mount of the same upper directory.
+                runtime_exec::overlay::mount_overlay(lower, upper, work, merged, false)
                     .context("mount the container's root filesystem")?;
                 let (uid, gid, groups) = if user.is_empty() {
                     (0, 0, Vec::new())

@@ -160,7 +160,7 @@ fn supervise(
         .ok_or_else(|| SetupError::other("the Spec has no root"))?;
     let overlay = match &options.overlay {
         Some(o) => Some(
-            crate::overlay::mount_options(&o.lower, &o.upper, &o.work)
+            crate::overlay::mount_options(&o.lower, &o.upper, &o.work, o.volatile)
                 .map_err(|e| SetupError::other(e.to_string()))?,
         ),
         None => None,

@@ -180,14 +180,8 @@ pub(crate) fn prepare_rootfs(
 
     // pivot_root needs the new root to be a mount point.
     match overlay {
-        Some(data) => mount(
-            Some("overlay"),
-            rootfs,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(data),
-        )
-        .map_err(|e| fail(format!("mount overlay rootfs on {}", rootfs.display()), e))?,
+        Some(data) => crate::overlay::mount_with_options(rootfs, data)
+            .map_err(|e| fail(format!("mount overlay rootfs on {}", rootfs.display()), e))?,
         None => mount(
             Some(rootfs),
             rootfs,

@@ -56,4 +56,9 @@ pub struct OverlayRootfs {
     pub lower: Vec<PathBuf>,
     pub upper: PathBuf,
     pub work: PathBuf,
+    /// Mount with overlayfs's `volatile`: the container's fsync calls return at once and the
+    /// end of the mount does not write the upper directory back. For an upper directory that
+    /// is thrown away afterwards, or that the caller syncs once itself when it keeps it (a
+    /// build step's layer): per-file durability inside such a container buys nothing.
+    pub volatile: bool,
 }

@@ -3,13 +3,24 @@
 
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::error::{Error, Result};
 
+/// The overlay option that skips every sync of the upper filesystem: fsync(2) in the overlay
+/// returns at once and the unmount does not write the upper directory back (kernel 5.10+,
+/// overlayfs.rst "Volatile mount").
+const VOLATILE: &str = ",volatile";
+
 /// The mount(2) data string: overlayfs wants the topmost lower directory first, layers come
-/// bottom first (image order).
-pub fn mount_options(lower: &[PathBuf], upper: &Path, work: &Path) -> Result<String> {
+/// bottom first (image order). `volatile`: see [`crate::OverlayRootfs::volatile`].
+pub fn mount_options(
+    lower: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    volatile: bool,
+) -> Result<String> {
     if lower.is_empty() {
         return Err(Error::InvalidSpec(
             "an overlay rootfs needs at least one lower directory".into(),
@@ -28,12 +39,15 @@ pub fn mount_options(lower: &[PathBuf], upper: &Path, work: &Path) -> Result<Str
         }
         lowers.push(text.to_string());
     }
-    let data = format!(
+    let mut data = format!(
         "lowerdir={},upperdir={},workdir={}",
         lowers.join(":"),
         upper.display(),
         work.display()
     );
+    if volatile {
+        data.push_str(VOLATILE);
+    }
     // mount(2) copies at most one page of option data.
     if data.len() >= 4096 {
         return Err(Error::InvalidSpec(format!(
@@ -49,16 +63,35 @@ pub fn mount_options(lower: &[PathBuf], upper: &Path, work: &Path) -> Result<Str
 /// caller's mount namespace. `work` must be an empty directory on the same filesystem as
 /// `upper`. Prefer [`crate::RunOptions::overlay`] for containers: that mount lives only in the
 /// container's namespace and can never be left behind.
-pub fn mount_overlay(lower: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()> {
-    let data = mount_options(lower, upper, work)?;
-    mount(
-        Some("overlay"),
-        target,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(data.as_str()),
-    )
-    .map_err(|e| Error::sys(format!("mount overlay on {}", target.display()), e))
+pub fn mount_overlay(
+    lower: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    volatile: bool,
+) -> Result<()> {
+    let data = mount_options(lower, upper, work, volatile)?;
+    mount_with_options(target, &data)
+        .map_err(|e| Error::sys(format!("mount overlay on {}", target.display()), e))
+}
+
+/// Mounts an overlay with the data string of [`mount_options`]. Kernels before 5.10 refuse
+/// `volatile` (EINVAL): there the overlay is mounted without it, which only costs the syncs
+/// it would have skipped.
+pub(crate) fn mount_with_options(target: &Path, data: &str) -> nix::Result<()> {
+    let overlay = |data: &str| {
+        mount(
+            Some("overlay"),
+            target,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(data),
+        )
+    };
+    match (overlay(data), data.strip_suffix(VOLATILE)) {
+        (Err(Errno::EINVAL), Some(without)) => overlay(without),
+        (result, _) => result,
+    }
 }
 
 /// Unmounts what [`mount_overlay`] mounted.

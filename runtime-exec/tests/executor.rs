@@ -271,17 +271,27 @@ fn overlay_rootfs_lives_only_in_the_container() {
     for d in [&upper, &work, &target] {
         std::fs::create_dir(d).unwrap();
     }
-    let args = ["sh", "-c", "echo hi > /tmp/new; rm /etc/group; ls /tmp"].map(String::from);
+    let script =
+        "echo hi > /tmp/new; rm /etc/group; grep -q ' - overlay overlay .*volatile' /proc/self/mountinfo";
+    let args = ["sh", "-c", script].map(String::from);
     let spec = defaults::docker_spec(&target, &args).unwrap();
     let mut options = RunOptions::new(unique_id("overlay"));
     options.overlay = Some(OverlayRootfs {
         lower: vec![lower.clone()],
         upper: upper.clone(),
-        work,
+        work: work.clone(),
+        volatile: true,
     });
     let before = mount_count();
     let o = run_spec(&spec, &options);
-    assert_eq!(status(&o), ExitStatus::Exited(0), "{}", o.stderr);
+    assert_eq!(
+        status(&o),
+        ExitStatus::Exited(0),
+        "the rootfs is not a volatile overlay: {}",
+        o.stderr
+    );
+    // The kernel marks a work directory that a volatile mount used (overlayfs.rst).
+    assert!(work.join("work/incompat/volatile").exists());
     assert_eq!(
         std::fs::read_to_string(upper.join("tmp/new")).unwrap(),
         "hi\n"
@@ -313,7 +323,8 @@ fn overlay_helpers_mount_and_unmount() {
         std::fs::create_dir(d).unwrap();
     }
     let before = mount_count();
-    runtime_exec::overlay::mount_overlay(&[lower.clone(), top], &upper, &work, &target).unwrap();
+    runtime_exec::overlay::mount_overlay(&[lower.clone(), top], &upper, &work, &target, false)
+        .unwrap();
     let merged_host = std::fs::read_to_string(target.join("etc/hostname"));
     let merged_passwd = target.join("etc/passwd").exists();
     runtime_exec::overlay::unmount_overlay(&target).unwrap();
@@ -329,6 +340,7 @@ fn overlay_helpers_mount_and_unmount() {
         &upper,
         &dir.path().join("w2"),
         &target,
+        false,
     );
     assert!(matches!(bad, Err(Error::InvalidSpec(_))));
 }

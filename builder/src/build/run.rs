@@ -228,10 +228,14 @@ pub(crate) fn execute(
         stderr: Some(write_end),
     };
     let mut options = RunOptions::new(format!("rbuild-run-{}", std::process::id()));
+    // Volatile: apt-get's dpkg, for one, fsyncs every file it unpacks, a sync per file that a
+    // build step does not need (a step that fails or is cut off is thrown away whole).
+    // The layer is made durable once, below, before the cache can name it.
     options.overlay = Some(OverlayRootfs {
         lower: lower.clone(),
         upper: ws.upper(),
         work: ws.path("work"),
+        volatile: true,
     });
     // Stages and images that RUN --mount=type=bind,from= reads, mounted read-only in a private
     // mount namespace that the executor's helper process inherits.
@@ -285,7 +289,17 @@ pub(crate) fn execute(
         .map(|m| m.destination().to_string_lossy().into_owned())
         .collect();
     remove_mount_stubs(&ws.upper(), &lower, &destinations);
+    sync_filesystem(&ws.upper())?;
     commit_upper(store, &ws, solver.options, in_image)
+}
+
+/// Writes back the filesystem holding `dir` with one syncfs(2): what the volatile overlay's
+/// fsyncs and unmount skipped.
+fn sync_filesystem(dir: &Path) -> Result<(), BuildError> {
+    let handle =
+        fs::File::open(dir).map_err(|e| BuildError::other(format!("{}: {e}", dir.display())))?;
+    nix::unistd::syncfs(&handle)
+        .map_err(|e| BuildError::other(format!("sync the filesystem of {}: {e}", dir.display())))
 }
 
 /// Prints the container's output as step lines; returns its last lines for an error report.
