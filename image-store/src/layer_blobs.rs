@@ -100,21 +100,23 @@ impl Store {
         self.commit_layer_blob(writer, diff_id, compression)
     }
 
-    /// Adopts `dir` as a layer, as [`Store::adopt_unpacked_layer`] does, and makes its blob
-    /// in `compression` in the same pass over its files: the diff ID comes from the tar the
-    /// blob is made of. For a build step whose layer is known to reach an image, this saves
-    /// reading and hashing the layer twice (once for the diff ID at commit, once more for the
-    /// blob at export). Returns the diff ID, the tar's size and the blob's descriptor.
-    pub fn adopt_unpacked_layer_with_blob(
+    /// Makes the blob of `dir` (a directory in unpacked-layer form, about to be adopted with
+    /// [`Store::adopt_unpacked_layer`]) in `compression`, in the same pass over its files that
+    /// gives its diff ID, and remembers it as that layer's blob. For a build step whose layer
+    /// is known to reach an image, this saves reading and hashing the layer twice (once for the
+    /// diff ID at commit, once more for the blob at export). Returns the diff ID, the tar's
+    /// size and the blob's descriptor.
+    ///
+    /// Blob and record come before the adoption: an adopted directory without its record
+    /// would only cost a second compression at export, a record without its directory is
+    /// dropped by GC.
+    pub fn make_blob_of_unpacked_dir(
         &self,
         dir: &Path,
         compression: Compression,
     ) -> Result<(Digest, u64, Descriptor), StoreError> {
         let (info, writer) = self.compress_dir(dir, compression)?;
-        // Blob and record first: an adopted directory without its record would only cost a
-        // second compression at export, a record without its directory is dropped by GC.
         let made = self.commit_layer_blob(writer, &info.diff_id, compression)?;
-        self.adopt_unpacked_layer(&info.diff_id, dir)?;
         Ok((info.diff_id, info.uncompressed_size, made))
     }
 
@@ -209,7 +211,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_layer_adopted_with_its_blob_is_the_layer_a_later_export_finds() {
+    fn the_blob_made_before_adoption_is_the_one_a_later_export_finds() {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(tmp.path().join("store")).unwrap();
         let upper = tmp.path().join("upper");
@@ -218,10 +220,11 @@ mod tests {
         let (expected_id, expected_size) = diff_id(&upper, SourceKind::OverlayUpper).unwrap();
 
         let (id, size, blob) = store
-            .adopt_unpacked_layer_with_blob(&upper, Compression::Gzip)
+            .make_blob_of_unpacked_dir(&upper, Compression::Gzip)
             .unwrap();
         // One pass gives the diff ID the separate hashing pass gives.
         assert_eq!((&id, size), (&expected_id, expected_size));
+        store.adopt_unpacked_layer(&id, &upper).unwrap();
         assert!(!upper.exists(), "the directory was adopted");
         assert!(store
             .unpacked_dir(&id)

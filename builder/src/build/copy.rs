@@ -399,7 +399,7 @@ pub(crate) fn execute(
         }
         copier.finish_dirs().map_err(|e| step_error(at, e))
     })?;
-    commit_upper(store, &ws, solver.options, in_image)
+    commit_upper(store, &ws, solver.options, in_image, false)
 }
 
 fn workdir_of(state: &StageState) -> (String, String) {
@@ -442,7 +442,7 @@ pub(crate) fn workdir(
         };
         ensure_dir(root, &dir, owner).map(|_| ())
     })?;
-    commit_upper(store, &ws, solver.options, in_image)
+    commit_upper(store, &ws, solver.options, in_image, false)
 }
 
 /// The host path of `name` in the build context; never outside it.

@@ -230,7 +230,7 @@ pub(crate) fn execute(
     let mut options = RunOptions::new(format!("rbuild-run-{}", std::process::id()));
     // Volatile: apt-get's dpkg, for one, fsyncs every file it unpacks, a sync per file that a
     // build step does not need (a step that fails or is cut off is thrown away whole).
-    // The layer is made durable once, below, before the cache can name it.
+    // The layer is made durable once, when the step commits it (commit_upper).
     options.overlay = Some(OverlayRootfs {
         lower: lower.clone(),
         upper: ws.upper(),
@@ -289,17 +289,7 @@ pub(crate) fn execute(
         .map(|m| m.destination().to_string_lossy().into_owned())
         .collect();
     remove_mount_stubs(&ws.upper(), &lower, &destinations);
-    sync_filesystem(&ws.upper())?;
-    commit_upper(store, &ws, solver.options, in_image)
-}
-
-/// Writes back the filesystem holding `dir` with one syncfs(2): what the volatile overlay's
-/// fsyncs and unmount skipped.
-fn sync_filesystem(dir: &Path) -> Result<(), BuildError> {
-    let handle =
-        fs::File::open(dir).map_err(|e| BuildError::other(format!("{}: {e}", dir.display())))?;
-    nix::unistd::syncfs(&handle)
-        .map_err(|e| BuildError::other(format!("sync the filesystem of {}: {e}", dir.display())))
+    commit_upper(store, &ws, solver.options, in_image, true)
 }
 
 /// Prints the container's output as step lines; returns its last lines for an error report.

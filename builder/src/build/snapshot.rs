@@ -106,11 +106,16 @@ pub(crate) fn enter_private_mount_namespace() -> Result<(), BuildError> {
 /// layer_blobs.rs). A step of the target stage (`in_image`) is in the image for sure: its blob
 /// is made now, in the same pass as its diff ID, instead of a second pass over the same files
 /// at export.
+///
+/// `write_back`: the upper directory was written through a volatile overlay (a RUN step), so
+/// nothing has made it durable yet. One syncfs(2) of its filesystem runs beside the pass over
+/// its files, and ends before the directory is adopted and the cache can name it.
 pub(crate) fn commit_upper(
     store: &Store,
     ws: &Workspace,
     options: &BuildOptions,
     in_image: bool,
+    write_back: bool,
 ) -> Result<Option<Layer>, BuildError> {
     let upper = ws.upper();
     let empty = fs::read_dir(&upper)
@@ -125,23 +130,40 @@ pub(crate) fn commit_upper(
         // In the directory itself, so that the blob made from it has this diff ID.
         oci::layer::clamp_mtimes(&upper, epoch.max(0) as u64).map_err(layer_error)?;
     }
-    // Overlay features that would make the upper dir differ from the diff, such as redirect_dir
-    // or metacopy, make this fail.
-    let (diff_id, size) = if in_image {
-        let (diff_id, size, _blob) =
-            store.adopt_unpacked_layer_with_blob(&upper, options.compression)?;
-        (diff_id, size)
-    } else {
-        let (diff_id, size) = diff_id(&upper, SourceKind::OverlayUpper).map_err(layer_error)?;
-        store.adopt_unpacked_layer(&diff_id, &upper)?;
-        (diff_id, size)
-    };
+    let (diff_id, size) = std::thread::scope(|scope| {
+        let written_back = write_back.then(|| scope.spawn(|| sync_filesystem(&upper)));
+        // Overlay features that would make the upper dir differ from the diff, such as
+        // redirect_dir or metacopy, make this fail.
+        let layer = if in_image {
+            store
+                .make_blob_of_unpacked_dir(&upper, options.compression)
+                .map(|(diff_id, size, _blob)| (diff_id, size))
+                .map_err(BuildError::from)
+        } else {
+            diff_id(&upper, SourceKind::OverlayUpper).map_err(layer_error)
+        };
+        if let Some(handle) = written_back {
+            handle
+                .join()
+                .map_err(|_| BuildError::other("a write-back thread panicked"))??;
+        }
+        layer
+    })?;
+    store.adopt_unpacked_layer(&diff_id, &upper)?;
     // The descriptor stays the unpacked-only one either way: the step's cache record names the
     // layer, and an export in another compression makes its own blob.
     Ok(Some(Layer {
         descriptor: image_store::unpacked_only_descriptor(&diff_id, size),
         diff_id,
     }))
+}
+
+/// Writes back the filesystem holding `dir` with one syncfs(2).
+fn sync_filesystem(dir: &Path) -> Result<(), BuildError> {
+    let handle =
+        fs::File::open(dir).map_err(|e| BuildError::other(format!("{}: {e}", dir.display())))?;
+    nix::unistd::syncfs(&handle)
+        .map_err(|e| BuildError::other(format!("sync the filesystem of {}: {e}", dir.display())))
 }
 
 /// `layers` with a stored blob each, for an image's manifest: blobs of step layers that exist
