@@ -180,6 +180,9 @@ pub struct GcConfig {
     pub dryrun: bool,
     /// Also delete manifests no tag reaches (needs `storage.delete.enabled`).
     pub deleteuntagged: bool,
+    /// Several replicas share the storage: set it on every one of them (with GC enabled on
+    /// any), so that a pass pauses the writers of all (gc/replicas.rs).
+    pub replicas: bool,
 }
 
 impl Default for GcConfig {
@@ -190,6 +193,7 @@ impl Default for GcConfig {
             graceperiod: Duration::from_secs(3600),
             dryrun: false,
             deleteuntagged: false,
+            replicas: false,
         }
     }
 }

@@ -71,8 +71,12 @@ pub async fn serve_with<S: StorageDriver>(
             purging.dryrun,
         ));
     }
-    let gc_gate = Arc::new(crate::gc::GcGate::default());
     let gc = &config.storage.maintenance.gc;
+    let gc_gate = Arc::new(if gc.replicas {
+        crate::gc::GcGate::across_replicas(crate::gc::replicas::Announcer::new(registry.clone()))
+    } else {
+        crate::gc::GcGate::default()
+    });
     crate::gc::run_periodically(registry.clone(), gc_gate.clone(), metrics.clone(), gc);
     let tls = config
         .http

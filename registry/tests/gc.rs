@@ -1,5 +1,6 @@
-//! Garbage collection: online under a concurrent push loop, on a directory and on S3 (moto)
-//! (nothing referenced is lost, unreferenced old blobs go), and `rregistry gc` offline (dry
+//! Garbage collection: online under a concurrent push loop, on a directory and on S3 (moto),
+//! on one server and with the pushes on a second replica (nothing referenced is lost,
+//! unreferenced old blobs go), and `rregistry gc` offline (dry
 //! run, sweep, --delete-untagged; on S3 in tests/s3_registry.rs).
 
 mod support;
@@ -55,28 +56,59 @@ struct Pushed {
 
 #[test]
 fn online_gc_under_a_concurrent_push_loop_loses_nothing_referenced() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let stored = Stored::Dir(dir.path().join("data"));
-    online_gc_under_a_push_loop(dir.path(), "", &stored);
+    push_loop_on_a_directory(false);
+}
+
+/// Two replicas over one directory: GC runs on one, every push goes to the other, whose
+/// writers the pass pauses through the storage (`gc.replicas`).
+#[test]
+fn online_gc_on_one_replica_loses_nothing_pushed_to_another() {
+    push_loop_on_a_directory(true);
 }
 
 /// The same on S3: blob ages are the objects' LastModified, sweeps are DELETEs on the bucket.
 #[test]
 fn online_gc_on_s3_under_a_concurrent_push_loop_loses_nothing_referenced() {
-    let s3 = S3Server::start().expect("start moto");
-    s3.create_bucket("online-gc").expect("bucket");
+    push_loop_on_s3("online-gc", false);
+}
+
+/// The same with two replicas over one bucket.
+#[test]
+fn online_gc_on_one_replica_over_s3_loses_nothing_pushed_to_another() {
+    push_loop_on_s3("replicas-gc", true);
+}
+
+fn push_loop_on_a_directory(replicas: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let storage = S3Server::storage_yaml(&s3.endpoint(), "online-gc", "");
-    online_gc_under_a_push_loop(dir.path(), &storage, &Stored::Bucket(&s3, "online-gc"));
+    let stored = Stored::Dir(dir.path().join("data"));
+    online_gc_under_a_push_loop(dir.path(), "", &stored, replicas);
+}
+
+fn push_loop_on_s3(bucket: &str, replicas: bool) {
+    let s3 = S3Server::start().expect("start moto");
+    s3.create_bucket(bucket).expect("bucket");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = S3Server::storage_yaml(&s3.endpoint(), bucket, "");
+    online_gc_under_a_push_loop(dir.path(), &storage, &Stored::Bucket(&s3, bucket), replicas);
 }
 
 /// `storage_yaml`: lines for the `storage:` section beside the GC settings (empty: the
-/// directory under `dir`).
-fn online_gc_under_a_push_loop(dir: &Path, storage_yaml: &str, stored: &Stored) {
-    let gc = format!(
-        "  maintenance:\n    gc:\n      enabled: true\n      interval: 300ms\n      graceperiod: 2s\n{storage_yaml}"
-    );
-    let server = Server::start_on(dir, free_port(), "", &gc);
+/// directory under `dir`). `replicas`: the pushes go to a second replica over the same
+/// storage, while GC runs on the first.
+fn online_gc_under_a_push_loop(dir: &Path, storage_yaml: &str, stored: &Stored, replicas: bool) {
+    let gc = |enabled: bool| {
+        format!(
+            "  maintenance:\n    gc:\n      enabled: {enabled}\n      interval: 300ms\n      graceperiod: 2s\n      replicas: {replicas}\n{storage_yaml}"
+        )
+    };
+    let server = Server::start_on(dir, free_port(), "", &gc(true));
+    let other_dir = dir.join("replica");
+    let other = replicas.then(|| {
+        std::fs::create_dir(&other_dir).expect("replica dir");
+        std::os::unix::fs::symlink(dir.join("data"), other_dir.join("data")).expect("symlink");
+        Server::start_on(&other_dir, free_port(), "", &gc(false))
+    });
+    let pushes_to = other.as_ref().unwrap_or(&server);
     let reg = Registry {
         server: &server,
         http: client(),
@@ -135,7 +167,7 @@ fn online_gc_under_a_push_loop(dir: &Path, storage_yaml: &str, stored: &Stored) 
     let deleted = Arc::new(Mutex::new(BTreeSet::<Digest>::new()));
     let junk = Arc::new(Mutex::new(Vec::<Digest>::new()));
     let retries = Arc::new(Mutex::new(0u32));
-    let loop_for = Duration::from_secs(5);
+    let (loop_for, loop_cap) = (Duration::from_secs(5), Duration::from_secs(30));
     let started = Instant::now();
     std::thread::scope(|scope| {
         for t in 0..3 {
@@ -146,10 +178,9 @@ fn online_gc_under_a_push_loop(dir: &Path, storage_yaml: &str, stored: &Stored) 
                 junk.clone(),
                 retries.clone(),
             );
-            let server = &server;
             scope.spawn(move || {
                 let reg = Registry {
-                    server,
+                    server: pushes_to,
                     http: client(),
                 };
                 let repo = format!("gc/app{t}");
@@ -160,7 +191,9 @@ fn online_gc_under_a_push_loop(dir: &Path, storage_yaml: &str, stored: &Stored) 
                 let mut recyclable: std::collections::VecDeque<(Instant, Vec<u8>)> =
                     Default::default();
                 let mut i = 0;
-                while started.elapsed() < loop_for {
+                // On a loaded machine, longer: until the loop has pushed enough to matter.
+                let enough = || pushed.lock().expect("pushed").len() >= 6;
+                while started.elapsed() < loop_for || (!enough() && started.elapsed() < loop_cap) {
                     let layer = content(&format!("layer-{t}-{i}"), 20_000);
                     let config = content(&format!("config-{t}-{i}"), 200);
                     let shared = &pool[(t + i) % pool.len()];
@@ -326,7 +359,9 @@ fn online_gc_under_a_push_loop(dir: &Path, storage_yaml: &str, stored: &Stored) 
         deleted.len(),
         retries.lock().expect("retries")
     );
-    let log = std::fs::read_to_string(dir.join("rregistry.log")).unwrap_or_default();
+    let log = [dir, &other_dir]
+        .map(|d| std::fs::read_to_string(d.join("rregistry.log")).unwrap_or_default())
+        .concat();
     assert!(!log.contains("panicked"), "server panicked:\n{log}");
     assert!(!log.contains("status=500"), "server answered 500:\n{log}");
 }

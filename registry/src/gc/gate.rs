@@ -10,6 +10,9 @@
 //! request has either finished before the sweep (and the catch-up mark sees what it wrote,
 //! since the gate records its repository) or starts after it (and finds the swept link gone:
 //! MANIFEST_BLOB_UNKNOWN, and the client pushes the blob again). Nothing referenced is lost.
+//!
+//! The gate is this process's; replicas over one storage extend it through that storage
+//! (replicas.rs), when `storage.maintenance.gc.replicas` says there are several.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -18,10 +21,12 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use super::replicas::{Announcement, Announcer};
 use crate::http::route::Route;
+use crate::storage::StorageResult;
 
 #[derive(Default)]
 pub struct GcGate {
@@ -31,6 +36,8 @@ pub struct GcGate {
     written: Mutex<Option<BTreeSet<String>>>,
     /// One pass at a time per gate: the recording above belongs to a single pass.
     pass: tokio::sync::Mutex<()>,
+    /// Set when other replicas share the storage: writers and sweeps announce themselves there.
+    replicas: Option<Announcer>,
 }
 
 /// Held by a request that adds references to `repository`.
@@ -38,6 +45,7 @@ pub struct WriteGuard<'a> {
     gate: &'a GcGate,
     repository: String,
     _shared: RwLockReadGuard<'a, ()>,
+    _announced: Option<Announcement>,
 }
 
 impl Drop for WriteGuard<'_> {
@@ -66,19 +74,34 @@ impl Drop for Recording<'_> {
 /// Reference-adding requests are paused while this lives.
 pub(super) struct Paused<'a> {
     _exclusive: RwLockWriteGuard<'a, ()>,
-    /// Repositories written since recording began.
+    _sweeping: Option<Announcement>,
+    /// Repositories written since recording began (by any replica's writers).
     pub written: BTreeSet<String>,
 }
 
 impl GcGate {
+    /// A gate whose pauses reach the writers of every replica over the same storage.
+    pub fn across_replicas(announcer: Announcer) -> Self {
+        GcGate {
+            replicas: Some(announcer),
+            ..GcGate::default()
+        }
+    }
+
     /// Waits while a GC pass sweeps, then lets the caller add references to `repository`.
-    pub async fn writer(&self, repository: &str) -> WriteGuard<'_> {
+    /// Fails only when the announcement to other replicas cannot be stored.
+    pub async fn writer(&self, repository: &str) -> StorageResult<WriteGuard<'_>> {
         let shared = self.writers.read().await;
-        WriteGuard {
+        let announced = match &self.replicas {
+            Some(announcer) => Some(announcer.writer(repository).await?),
+            None => None,
+        };
+        Ok(WriteGuard {
             gate: self,
             repository: repository.to_string(),
             _shared: shared,
-        }
+            _announced: announced,
+        })
     }
 
     /// Starts a pass: from now on, every finished writer's repository is recorded.
@@ -93,21 +116,37 @@ impl GcGate {
 
     /// Waits up to `wait` for writers in flight to finish and pauses new ones. While it waits,
     /// new writers queue behind it (tokio's lock is fair), so `wait` bounds their delay too;
-    /// `None` when the writers did not finish in time.
-    pub(super) async fn pause(&self, wait: Duration) -> Option<Paused<'_>> {
-        let exclusive = tokio::time::timeout(wait, self.writers.write())
-            .await
-            .ok()?;
-        let written = self
+    /// `None` when the writers did not finish in time. Across replicas, the wait for this
+    /// process's writers and then for the others' shares `wait`.
+    pub(super) async fn pause(&self, wait: Duration) -> StorageResult<Option<Paused<'_>>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let Ok(exclusive) = tokio::time::timeout_at(deadline, self.writers.write()).await else {
+            return Ok(None);
+        };
+        let sweeping = match &self.replicas {
+            Some(announcer) => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match announcer.sweep(left).await? {
+                    Some(sweeping) => Some(sweeping),
+                    None => return Ok(None),
+                }
+            }
+            None => None,
+        };
+        let mut written = self
             .written
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .unwrap_or_default();
-        Some(Paused {
+        if let Some(announcer) = &self.replicas {
+            written.extend(announcer.take_written().await?);
+        }
+        Ok(Some(Paused {
             _exclusive: exclusive,
+            _sweeping: sweeping,
             written,
-        })
+        }))
     }
 }
 
@@ -131,10 +170,10 @@ pub async fn hold_writes(
 ) -> Response {
     req.extensions_mut().insert(gate.clone());
     match references_added_by(req.method(), req.uri().path()) {
-        Some(repository) => {
-            let _writing = gate.writer(&repository).await;
-            next.run(req).await
-        }
+        Some(repository) => match gate.writer(&repository).await {
+            Ok(_writing) => next.run(req).await,
+            Err(e) => crate::error::RegistryError::from(e).into_response(),
+        },
         None => next.run(req).await,
     }
 }
@@ -166,16 +205,20 @@ mod tests {
     #[tokio::test]
     async fn a_pass_records_writers_that_finish_during_it() {
         let gate = GcGate::default();
-        let early = gate.writer("early").await;
+        let early = gate.writer("early").await.expect("writer");
         {
             let _recording = gate.record().await;
             drop(early);
-            drop(gate.writer("during").await);
-            let paused = gate.pause(Duration::from_secs(5)).await.expect("paused");
+            drop(gate.writer("during").await.expect("writer"));
+            let paused = gate
+                .pause(Duration::from_secs(5))
+                .await
+                .expect("storage")
+                .expect("paused");
             let written: Vec<_> = paused.written.iter().cloned().collect();
             assert_eq!(written, ["during", "early"]);
         }
-        drop(gate.writer("after").await);
+        drop(gate.writer("after").await.expect("writer"));
         assert!(gate.written.lock().expect("lock").is_none());
     }
 
@@ -183,7 +226,70 @@ mod tests {
     async fn pause_gives_up_when_a_writer_does_not_finish() {
         let gate = GcGate::default();
         let _recording = gate.record().await;
-        let _stuck = gate.writer("slow").await;
-        assert!(gate.pause(Duration::from_millis(50)).await.is_none());
+        let _stuck = gate.writer("slow").await.expect("writer");
+        let paused = gate
+            .pause(Duration::from_millis(50))
+            .await
+            .expect("storage");
+        assert!(paused.is_none());
+    }
+
+    /// Two replicas' gates over one directory: each one's pause waits for the other's
+    /// writers, and the other's writers wait for its sweep.
+    #[tokio::test]
+    async fn a_pause_reaches_the_writers_of_another_replica() {
+        use crate::service::{Registry, Settings};
+        use crate::storage::filesystem::FilesystemDriver;
+        use crate::storage::StorageDriver;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let registry = Arc::new(Registry::new(
+            FilesystemDriver::new(dir.path()).expect("driver"),
+            Settings {
+                delete_enabled: true,
+                upload_max_bytes: 0,
+            },
+        ));
+        let replica = || GcGate::across_replicas(Announcer::new(registry.clone()));
+        let (a, b) = (replica(), replica());
+
+        let _recording = a.record().await;
+        let writing_on_b = b.writer("team/app").await.expect("writer");
+        let paused = a.pause(Duration::from_millis(300)).await.expect("storage");
+        assert!(paused.is_none(), "a sweep started while B wrote");
+        drop(writing_on_b);
+
+        let paused = a
+            .pause(Duration::from_secs(5))
+            .await
+            .expect("storage")
+            .expect("B's writer withdrew");
+        let written: Vec<_> = paused.written.iter().cloned().collect();
+        assert_eq!(
+            written,
+            ["team/app"],
+            "B's write is recorded for the catch-up"
+        );
+        let b_writes = tokio::time::timeout(Duration::from_millis(300), b.writer("repo")).await;
+        assert!(b_writes.is_err(), "B wrote during A's sweep");
+        drop(paused);
+        tokio::time::timeout(Duration::from_secs(5), b.writer("repo"))
+            .await
+            .expect("B writes after the sweep")
+            .expect("writer");
+
+        // A replica that died while writing: its announcement goes stale and stops no one.
+        let dead = "docker/registry/v2/_gc/writers/dead";
+        registry
+            .driver()
+            .put_content(dead, bytes::Bytes::from_static(b"1000"))
+            .await
+            .expect("put");
+        let paused = a.pause(Duration::from_secs(5)).await.expect("storage");
+        assert!(paused.is_some(), "a stale announcement held the sweep");
+        assert!(
+            registry.driver().stat(dead).await.is_err(),
+            "stale announcement left"
+        );
     }
 }

@@ -12,8 +12,9 @@
 //!    otherwise, as in distribution's `garbage-collect` without `--delete-untagged`.
 //! 2. **Inventory** (no lock): every stored blob, and which repositories link each.
 //! 3. **Catch up** (writers paused, see [`gate`]): repositories written by requests that
-//!    finished since step 1 began are marked again and their links listed again. Offline
-//!    (`rregistry gc`, no gate) every repository is marked again.
+//!    finished since step 1 began, on this replica or (see [`replicas`]) another, are marked
+//!    again and their links listed again. Offline (`rregistry gc`, no gate) every repository
+//!    is marked again.
 //! 4. **Sweep** (still paused): an unmarked blob is removed when its data object and every link
 //!    to it are older than the grace period — links first, so a crash never leaves a link to
 //!    a missing blob. The grace period protects blobs uploaded for a manifest not pushed yet;
@@ -21,6 +22,7 @@
 //! 5. **Uploads** (no lock): sessions started and last written before the grace period.
 
 pub mod gate;
+pub mod replicas;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -150,7 +152,11 @@ pub async fn collect<S: StorageDriver>(
     let blobs = list_blobs(driver).await?;
 
     let paused = match gate {
-        Some(g) => Some(g.pause(PAUSE_WAIT).await.ok_or(GcError::Busy(PAUSE_WAIT))?),
+        Some(g) => Some(
+            g.pause(PAUSE_WAIT)
+                .await?
+                .ok_or(GcError::Busy(PAUSE_WAIT))?,
+        ),
         None => None,
     };
     let again = match &paused {

@@ -218,8 +218,15 @@ impl<S: StorageDriver> Mirror<S> {
                 for repo in repos {
                     if repo != target.storage {
                         // A mount adds a reference, as a mounting POST does: under the gate.
-                        let _writing = gate.writer(&repo).await;
-                        if let Err(e) = self.registry.mount_blob(&repo, &digest, None).await {
+                        let mounted = match gate.writer(&repo).await {
+                            Ok(_writing) => self
+                                .registry
+                                .mount_blob(&repo, &digest, None)
+                                .await
+                                .map(|_| ()),
+                            Err(e) => Err(e.into()),
+                        };
+                        if let Err(e) = mounted {
                             tracing::warn!(repository = %repo, %digest, error = %e, "mirror: linking a fetched blob failed");
                         }
                     }
@@ -250,7 +257,7 @@ impl<S: StorageDriver> Mirror<S> {
         let repo = &target.storage;
         if flight.adoptable {
             let size = verified_size(&flight).await?;
-            let _writing = gate.writer(repo).await;
+            let _writing = gate.writer(repo).await?;
             return registry
                 .adopt_blob(repo, &digest, &flight.spool, size)
                 .await;
@@ -263,7 +270,7 @@ impl<S: StorageDriver> Mirror<S> {
             registry
                 .append_chunk(repo, &upload.id, None, None, body)
                 .await?;
-            let _writing = gate.writer(repo).await;
+            let _writing = gate.writer(repo).await?;
             registry
                 .complete_upload(
                     repo,

@@ -118,7 +118,7 @@ impl<S: StorageDriver> Mirror<S> {
         if let (Some((m, _)), Some(d)) = (&cached, &upstream_digest) {
             if m.digest == *d {
                 // Confirmed: rewriting the tag link restarts its freshness window and ttl.
-                let _writing = gate.writer(&target.storage).await;
+                let _writing = gate.writer(&target.storage).await?;
                 self.registry
                     .put_mirrored_manifest(
                         &target.storage,
@@ -143,7 +143,7 @@ impl<S: StorageDriver> Mirror<S> {
                     .await
                 {
                     Ok(m) => {
-                        let _writing = gate.writer(&target.storage).await;
+                        let _writing = gate.writer(&target.storage).await?;
                         self.registry
                             .put_mirrored_manifest(
                                 &target.storage,
@@ -221,7 +221,10 @@ impl<S: StorageDriver> Mirror<S> {
             }
             None => Digest::sha256_of(&bytes),
         };
-        let _writing = gate.writer(&target.storage).await;
+        let _writing = gate
+            .writer(&target.storage)
+            .await
+            .map_err(|e| protocol(format!("manifest {reference} of {}: {e}", target.remote)))?;
         let stored = self
             .registry
             .put_mirrored_manifest(

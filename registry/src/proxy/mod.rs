@@ -253,7 +253,7 @@ impl<S: StorageDriver> Mirror<S> {
         }
         // A mount adds a reference, as a mounting POST does: under the GC gate.
         let mounted = {
-            let _writing = gate.writer(&target.storage).await;
+            let _writing = gate.writer(&target.storage).await?;
             self.registry
                 .mount_blob(&target.storage, digest, None)
                 .await?
