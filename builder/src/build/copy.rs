@@ -446,7 +446,6 @@ pub(crate) fn workdir(
 }
 
 /// The host path of `name` in the build context; never outside it.
-/// The host path of `name` in the build context; never outside it.
 pub(crate) fn context_path(solver: &Solver, name: &str) -> Result<PathBuf, String> {
     let root = solver.context.root();
     let rel = crate::context::scoped::resolve_in_root(root, Path::new(name), true)
