@@ -137,6 +137,7 @@ impl Announcer {
             path,
             written,
             withdrawn: AtomicBool::new(false),
+            ended: tokio::sync::Notify::new(),
             writing: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(refresh(shared.clone()));
@@ -176,10 +177,20 @@ struct Shared {
     path: String,
     /// A writer's `_gc/written/` entry, stored when it finishes.
     written: Option<String>,
+    /// Set once the announcement is no longer rewritten: withdrawn, or left to go stale.
     withdrawn: AtomicBool,
+    /// Wakes the refresher to end it.
+    ended: tokio::sync::Notify,
     /// Held while the announcement is written, so that a rewrite in flight can never land
     /// after the withdrawal's delete.
     writing: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    fn stop_refreshing(&self) {
+        self.withdrawn.store(true, Ordering::SeqCst);
+        self.ended.notify_one();
+    }
 }
 
 /// A live announcement; withdrawn when dropped (in the background) or by [`withdraw`].
@@ -206,16 +217,25 @@ impl Drop for Announcement {
             return;
         }
         let shared = self.shared.clone();
-        tokio::spawn(async move {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // The runtime is gone (shutdown): the announcement goes stale instead.
+            shared.stop_refreshing();
+            return;
+        };
+        runtime.spawn(async move {
             let recorded = match &shared.written {
-                Some(entry) => shared.storage.put(entry, Bytes::new()).await,
+                Some(entry) => put_with_retries(&shared, entry).await,
                 None => Ok(()),
             };
-            // A writer whose repository could not be recorded stays announced until it goes
-            // stale: the pass waiting for it gives up (Busy) rather than miss its write.
+            // A writer whose repository could not be recorded is not withdrawn: it goes
+            // stale, and a pass waiting for it meanwhile gives up (Busy) rather than miss its
+            // write. The next pass marks everything anyway.
             let done = match recorded {
                 Ok(()) => withdraw(&shared).await,
-                Err(e) => Err(e),
+                Err(e) => {
+                    shared.stop_refreshing();
+                    Err(e)
+                }
             };
             if let Err(e) = done {
                 tracing::warn!(announcement = %shared.path, error = %e, "gc: finishing an announcement failed; it goes stale");
@@ -224,8 +244,21 @@ impl Drop for Announcement {
     }
 }
 
+async fn put_with_retries(shared: &Shared, path: &str) -> StorageResult<()> {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match shared.storage.put(path, Bytes::new()).await {
+            Err(_) if wait <= Duration::from_millis(400) => {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            done => return done,
+        }
+    }
+}
+
 async fn withdraw(shared: &Shared) -> StorageResult<()> {
-    shared.withdrawn.store(true, Ordering::SeqCst);
+    shared.stop_refreshing();
     let _writing = shared.writing.lock().await;
     shared.storage.delete(&shared.path).await
 }
@@ -233,7 +266,10 @@ async fn withdraw(shared: &Shared) -> StorageResult<()> {
 /// Rewrites the announcement every REFRESH until it is withdrawn.
 async fn refresh(shared: Arc<Shared>) {
     loop {
-        tokio::time::sleep(REFRESH).await;
+        tokio::select! {
+            _ = tokio::time::sleep(REFRESH) => {}
+            _ = shared.ended.notified() => return,
+        }
         let _writing = shared.writing.lock().await;
         if shared.withdrawn.load(Ordering::SeqCst) {
             return;
