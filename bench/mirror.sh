@@ -4,7 +4,9 @@
 # upstream (a plain docker-registry holding the ~1 GiB synthetic fixture image):
 #   - direct pull from the upstream (the floor a cold mirror pull is measured against);
 #   - cold pull through each mirror (empty cache: fetched from the upstream while served);
-#   - warm pull through each mirror (everything cached).
+#   - warm pull through each mirror (everything cached);
+#   - cold pull through rregistry with `proxy.prefetchblobs` (a manifest starts its layers'
+#     downloads before the client asks).
 # Pulls are `skopeo copy docker://… oci:…`. Prints a table with the ratios. Targets (issue 8):
 # warm pull <= 0.7x distribution's warm pull; cold pull <= 1.1x the direct pull.
 #
@@ -39,6 +41,8 @@ PROXY="proxy:
   remoteurl: http://127.0.0.1:$PORT_upstream"
 start_fs_registry distribution "$PROXY" docker-registry serve
 start_fs_registry rregistry "$PROXY" "$RREGISTRY" serve --config
+start_fs_registry prefetching "$PROXY
+  prefetchblobs: true" "$RREGISTRY" serve --config
 
 declare -A RESULT
 pull_time() { # port
@@ -75,6 +79,9 @@ for name in distribution rregistry; do
     done
     RESULT[warm_$name]=$best
 done
+# rregistry with proxy.prefetchblobs: the manifest starts every layer's download.
+RESULT[cold_prefetching]=$(pull_time "$PORT_prefetching")
+wait_cached prefetching
 echo "blobs cached: distribution $(blob_count distribution), rregistry $(blob_count rregistry), upstream $(blob_count upstream)" >&2
 
 python3 - <<PY
@@ -89,5 +96,6 @@ def line(label, d, o, target, note=""):
 line("warm pull (cached)", r["warm_distribution"], r["warm_rregistry"], 0.7)
 print(f"{'cold pull (empty cache)':<34}{r['cold_distribution']:>12.2f} s{r['cold_rregistry']:>10.2f} s{r['cold_rregistry'] / r['cold_distribution']:>8.2f}x")
 line("cold pull vs direct from upstream", r["direct"], r["cold_rregistry"], 1.1, "   (ratio to the direct pull)")
+print(f"{'  the same, with prefetchblobs':<34}{r['direct']:>12.2f} s{r['cold_prefetching']:>10.2f} s{r['cold_prefetching'] / r['direct']:>8.2f}x   (not a target: see docs/BENCHMARKS.md)")
 print(f"{'  direct pull from the upstream':<34}{r['direct']:>12.2f} s")
 PY

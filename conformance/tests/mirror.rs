@@ -1,8 +1,9 @@
 //! rregistry as a pull-through mirror (issue #8), against real peers: two CNCF distributions
 //! play Docker Hub (token auth) and another registry (htpasswd), dockerd pulls through
 //! `registry-mirrors`, containerd-style `?ns=` and path-prefixed requests reach the second
-//! upstream, cached content keeps pulling with the upstreams down, and concurrent cold pulls
-//! of one big blob cost the upstream one download.
+//! upstream, cached content keeps pulling with the upstreams down, concurrent cold pulls
+//! of one big blob cost the upstream one download, and `prefetchblobs` fetches an image's
+//! blobs ahead of the client.
 
 use std::path::Path;
 use std::process::Command;
@@ -574,4 +575,84 @@ fn fills_hold_the_gc_gate() {
         let url = format!("{}/v2/team/gc/blobs/{digest}", mirror.url());
         get_until_served(&http, &url, digest);
     }
+}
+
+/// `proxy.prefetchblobs`: fetching an image manifest through the mirror starts the downloads
+/// of its config and layers before any client asks; each is fetched from the upstream once,
+/// and a client's GET is then a hit. Without the setting, a manifest fetch fetches no blob.
+#[test]
+fn prefetchblobs_fetches_an_image_manifests_blobs_ahead_of_the_client() {
+    let upstream = DockerRegistry::start("").expect("upstream");
+    let proxy = CountingProxy::start(upstream.addr().parse().unwrap()).expect("proxy");
+    let http = Client::builder().timeout(None).build().unwrap();
+    let config_bytes =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config = push_blob(&http, &upstream.addr(), "team/app", config_bytes.to_vec());
+    let layers: Vec<(Digest, usize)> = (0..3)
+        .map(|i| {
+            let data = pseudo_random(3 << 20, 20 + i);
+            let len = data.len();
+            (push_blob(&http, &upstream.addr(), "team/app", data), len)
+        })
+        .collect();
+    let layer_json: Vec<String> = layers
+        .iter()
+        .map(|(d, len)| format!(r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{d}","size":{len}}}"#))
+        .collect();
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":{}}},"layers":[{}]}}"#,
+        config_bytes.len(),
+        layer_json.join(",")
+    );
+    let put = http
+        .put(format!(
+            "http://{}/v2/team/app/manifests/v1",
+            upstream.addr()
+        ))
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest)
+        .send()
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED);
+    let blobs: Vec<Digest> = std::iter::once(config)
+        .chain(layers.into_iter().map(|(d, _)| d))
+        .collect();
+    let upstream_gets = |proxy: &CountingProxy| -> usize {
+        blobs
+            .iter()
+            .map(|d| proxy.count(&format!("GET /v2/team/app/blobs/{d}")))
+            .sum()
+    };
+
+    // Default: the manifest alone.
+    let plain = Rregistry::start(false, &format!("proxy:\n  remoteurl: {}\n", proxy.url()))
+        .expect("rregistry");
+    let (status, ..) = get_manifest(&http, &format!("{}/v2/team/app/manifests/v1", plain.url()));
+    assert_eq!(status, StatusCode::OK);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(upstream_gets(&proxy), 0, "{:?}", proxy.requests());
+
+    let mirror = Rregistry::start(
+        false,
+        &format!(
+            "proxy:\n  remoteurl: {}\n  prefetchblobs: true\n",
+            proxy.url()
+        ),
+    )
+    .expect("rregistry");
+    let (status, ..) = get_manifest(&http, &format!("{}/v2/team/app/manifests/v1", mirror.url()));
+    assert_eq!(status, StatusCode::OK);
+    for digest in &blobs {
+        let url = format!("{}/v2/team/app/blobs/{digest}", mirror.url());
+        conformance::peers::wait_until(
+            "the prefetched blob cached",
+            std::time::Duration::from_secs(20),
+            || header(&http.head(&url).send().unwrap(), "X-Rregistry-Cache") == "HIT",
+        )
+        .expect("prefetched");
+        let resp = http.get(&url).send().unwrap();
+        assert_eq!(header(&resp, "X-Rregistry-Cache"), "HIT");
+        assert_eq!(&Digest::sha256_of(&resp.bytes().unwrap()), digest);
+    }
+    assert_eq!(upstream_gets(&proxy), blobs.len(), "{:?}", proxy.requests());
 }

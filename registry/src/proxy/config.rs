@@ -43,6 +43,10 @@ pub struct ProxyConfig {
     /// Unset: in the storage itself on the filesystem driver (the spool then becomes the blob
     /// without a copy), in the system's temporary directory (`TMPDIR`) otherwise.
     pub spooldirectory: Option<std::path::PathBuf>,
+    /// Ours: when an image manifest is fetched from an upstream, start fetching its config and
+    /// layers too, before the client asks for them (off by default: a client that has most
+    /// layers already would make the mirror download ones nobody asked for).
+    pub prefetchblobs: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -94,6 +98,8 @@ pub struct MirrorSettings {
     pub sweep_interval: Duration,
     /// `proxy.spooldirectory`; unset, see `fill::new_spool`.
     pub spool_dir: Option<std::path::PathBuf>,
+    /// `proxy.prefetchblobs`.
+    pub prefetch_blobs: bool,
 }
 
 impl ProxyConfig {
@@ -158,6 +164,7 @@ impl ProxyConfig {
             maxsize: self.maxsize,
             sweep_interval,
             spool_dir: self.spooldirectory.clone(),
+            prefetch_blobs: self.prefetchblobs,
         }))
     }
 }

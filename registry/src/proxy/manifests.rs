@@ -245,20 +245,61 @@ impl<S: StorageDriver> Mirror<S> {
         Ok(stored)
     }
 
-    /// For an index just cached: fetches its child manifests in the background.
+    /// For an index just cached: fetches its child manifests in the background. For an image
+    /// manifest, with `proxy.prefetchblobs`: starts the downloads of its config and layers.
     fn prefetch_children(
         self: &Arc<Self>,
         target: &Target,
         stored: &ManifestBody,
         gate: &Arc<GcGate>,
     ) {
-        if let Ok((_, ManifestOrIndex::Index(index))) = ManifestOrIndex::parse_any(&stored.bytes) {
-            let children: Vec<Digest> = index.manifests.iter().map(|d| d.digest.clone()).collect();
-            tokio::spawn(
-                self.clone()
-                    .prefetch(target.clone(), children, gate.clone()),
-            );
+        match ManifestOrIndex::parse_any(&stored.bytes) {
+            Ok((_, ManifestOrIndex::Index(index))) => {
+                let children: Vec<Digest> =
+                    index.manifests.iter().map(|d| d.digest.clone()).collect();
+                tokio::spawn(
+                    self.clone()
+                        .prefetch(target.clone(), children, gate.clone()),
+                );
+            }
+            Ok((_, ManifestOrIndex::Manifest(manifest))) if self.settings.prefetch_blobs => {
+                let blobs: Vec<Digest> = std::iter::once(&manifest.config)
+                    .chain(&manifest.layers)
+                    .map(|d| d.digest.clone())
+                    .collect();
+                tokio::spawn(
+                    self.clone()
+                        .prefetch_blobs(target.clone(), blobs, gate.clone()),
+                );
+            }
+            _ => {}
         }
+    }
+
+    /// Starts the download of every blob in `blobs` the cache lacks, all at once: the client
+    /// that fetched the manifest asks for them next, and its requests join these downloads
+    /// (fill.rs) instead of waiting for a batch of its own to finish before it asks for the
+    /// rest. Each download goes on detached; nothing here waits for the bytes.
+    async fn prefetch_blobs(
+        self: Arc<Self>,
+        target: Target,
+        blobs: Vec<Digest>,
+        gate: Arc<GcGate>,
+    ) {
+        let started = blobs.into_iter().map(|digest| {
+            let (this, target, gate) = (self.clone(), target.clone(), gate.clone());
+            async move {
+                let fetched = match this.blob_cached(&target, &digest, &gate).await {
+                    Ok(true) => return,
+                    Ok(false) => this.fetch_blob(&target, &digest, &gate).await.map(drop),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = fetched {
+                    tracing::warn!(repository = %target.remote, %digest, error = %e, "mirror: prefetching a blob failed");
+                }
+            }
+        });
+        futures_util::future::join_all(started).await;
     }
 
     /// Fetches an index's child manifests that the cache lacks, a few at a time, so that the
