@@ -302,7 +302,9 @@ impl<S: StorageDriver> Registry<S> {
         last: bool,
     ) -> Result<UploadState, RegistryError> {
         let data_path = paths::upload_data(name, &state.id);
-        let mut writer = self.driver.writer(&data_path, true).await?;
+        // A session with no bytes yet starts a new object: there is nothing to continue (on S3
+        // that saves reading back a part list and an object that do not exist).
+        let mut writer = self.driver.writer(&data_path, state.offset > 0).await?;
         if writer.size() != state.offset {
             return Err(RegistryError::internal(format!(
                 "upload {} changed size while locked ({} != {})",
