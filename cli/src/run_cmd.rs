@@ -659,9 +659,9 @@ fn prepare_rootfs(
             .spawn(|| {
                 runtime_exec::overlay::enter_private_mount_namespace()
                     .context("private mount namespace for the image view")?;
-                // Not volatile: that would mark the work directory as unusable for the
-                // container's own (volatile) mount of the same upper directory.
-                runtime_exec::overlay::mount_overlay(lower, upper, work, merged, false)
+                // Not volatile (a volatile mount marks the work directory unusable for the
+                // container's own mount of the same upper directory).
+                runtime_exec::overlay::mount_overlay(lower, upper, work, merged)
                     .context("mount the container's root filesystem")?;
                 let (uid, gid, groups) = if user.is_empty() {
                     (0, 0, Vec::new())

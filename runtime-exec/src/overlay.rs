@@ -63,14 +63,8 @@ pub fn mount_options(
 /// caller's mount namespace. `work` must be an empty directory on the same filesystem as
 /// `upper`. Prefer [`crate::RunOptions::overlay`] for containers: that mount lives only in the
 /// container's namespace and can never be left behind.
-pub fn mount_overlay(
-    lower: &[PathBuf],
-    upper: &Path,
-    work: &Path,
-    target: &Path,
-    volatile: bool,
-) -> Result<()> {
-    let data = mount_options(lower, upper, work, volatile)?;
+pub fn mount_overlay(lower: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()> {
+    let data = mount_options(lower, upper, work, false)?;
     mount_with_options(target, &data)
         .map_err(|e| Error::sys(format!("mount overlay on {}", target.display()), e))
 }

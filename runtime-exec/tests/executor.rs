@@ -323,8 +323,7 @@ fn overlay_helpers_mount_and_unmount() {
         std::fs::create_dir(d).unwrap();
     }
     let before = mount_count();
-    runtime_exec::overlay::mount_overlay(&[lower.clone(), top], &upper, &work, &target, false)
-        .unwrap();
+    runtime_exec::overlay::mount_overlay(&[lower.clone(), top], &upper, &work, &target).unwrap();
     let merged_host = std::fs::read_to_string(target.join("etc/hostname"));
     let merged_passwd = target.join("etc/passwd").exists();
     runtime_exec::overlay::unmount_overlay(&target).unwrap();
@@ -340,7 +339,6 @@ fn overlay_helpers_mount_and_unmount() {
         &upper,
         &dir.path().join("w2"),
         &target,
-        false,
     );
     assert!(matches!(bad, Err(Error::InvalidSpec(_))));
 }

@@ -81,7 +81,7 @@ pub(crate) fn with_merged<T: Send>(
         scope
             .spawn(|| {
                 enter_private_mount_namespace()?;
-                runtime_exec::overlay::mount_overlay(lower, &upper, &work, &merged, false)
+                runtime_exec::overlay::mount_overlay(lower, &upper, &work, &merged)
                     .map_err(|e| BuildError::other(format!("mount the step's snapshot: {e}")))?;
                 // No unmount needed: the namespace, and the mount with it, ends with the thread.
                 f(&merged)

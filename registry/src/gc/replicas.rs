@@ -141,26 +141,21 @@ impl Announcer {
             writing: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(refresh(shared.clone()));
-        Ok(Announcement {
-            shared,
-            withdrawn: false,
-        })
+        Ok(Announcement { shared })
     }
 
     /// Whether `dir` holds an announcement that is not stale; stale ones are removed.
     async fn any_live(&self, dir: &str) -> StorageResult<bool> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let now = since_epoch();
         for name in self.storage.list(dir).await? {
             let path = format!("{dir}/{name}");
-            let written = match self.storage.get(&path).await {
+            let written_at = match self.storage.get(&path).await {
                 Ok(content) => parse_millis(&content),
                 // Withdrawn since the listing.
                 Err(StorageError::NotFound(_)) => continue,
                 Err(e) => return Err(e),
             };
-            match written {
+            match written_at {
                 Some(at) if now.saturating_sub(at) < STALE => return Ok(true),
                 _ => {
                     tracing::warn!(announcement = %path, "gc: removing a stale announcement (a replica that stopped?)");
@@ -198,13 +193,13 @@ impl Shared {
 /// [`withdraw`]: Announcement::withdraw
 pub struct Announcement {
     shared: Arc<Shared>,
-    withdrawn: bool,
 }
 
 impl Announcement {
     /// Withdraws the announcement before anything was done under it.
-    pub async fn withdraw(mut self) -> StorageResult<()> {
-        self.withdrawn = true;
+    pub async fn withdraw(self) -> StorageResult<()> {
+        // Before anything awaits, so that the drop of `self` records nothing either way.
+        self.shared.stop_refreshing();
         withdraw(&self.shared).await
     }
 }
@@ -213,7 +208,7 @@ impl Drop for Announcement {
     /// Done: a writer's repository is recorded (before the withdrawal, so that a pass waiting
     /// for the writers to go finds it), then the announcement goes, in the background.
     fn drop(&mut self) {
-        if self.withdrawn {
+        if self.shared.withdrawn.load(Ordering::SeqCst) {
             return;
         }
         let shared = self.shared.clone();
@@ -280,11 +275,14 @@ async fn refresh(shared: Arc<Shared>) {
     }
 }
 
-fn now_millis() -> Bytes {
-    let now = SystemTime::now()
+fn since_epoch() -> Duration {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    Bytes::from(now.as_millis().to_string())
+        .unwrap_or_default()
+}
+
+fn now_millis() -> Bytes {
+    Bytes::from(since_epoch().as_millis().to_string())
 }
 
 fn parse_millis(content: &[u8]) -> Option<Duration> {

@@ -218,14 +218,11 @@ impl<S: StorageDriver> Mirror<S> {
                 for repo in repos {
                     if repo != target.storage {
                         // A mount adds a reference, as a mounting POST does: under the gate.
-                        let mounted = match gate.writer(&repo).await {
-                            Ok(_writing) => self
-                                .registry
-                                .mount_blob(&repo, &digest, None)
-                                .await
-                                .map(|_| ()),
-                            Err(e) => Err(e.into()),
-                        };
+                        let mounted: Result<bool, RegistryError> = async {
+                            let _writing = gate.writer(&repo).await?;
+                            self.registry.mount_blob(&repo, &digest, None).await
+                        }
+                        .await;
                         if let Err(e) = mounted {
                             tracing::warn!(repository = %repo, %digest, error = %e, "mirror: linking a fetched blob failed");
                         }

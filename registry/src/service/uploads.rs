@@ -442,20 +442,9 @@ impl<S: StorageDriver> Registry<S> {
         offset: u64,
         algorithm: Algorithm,
     ) -> Option<RunningDigest> {
-        match self.take_running_digest(id, offset) {
-            Some(r) => Some(r),
-            None => self.saved_digest(name, id, offset, algorithm).await,
+        if let Some(cached) = self.take_running_digest(id, offset) {
+            return Some(cached);
         }
-    }
-
-    /// The running digest a request saved at `offset`, if any.
-    async fn saved_digest(
-        &self,
-        name: &str,
-        id: &str,
-        offset: u64,
-        algorithm: Algorithm,
-    ) -> Option<RunningDigest> {
         let path = paths::upload_hash_state(name, id, algorithm.name(), offset);
         let saved = self.driver.get_content(&path).await.ok()?;
         Some(RunningDigest {

@@ -247,19 +247,19 @@ impl StorageDriver for S3Driver {
         let Some(stored) = writer::read_stored(&self.store, &key, path).await? else {
             return Ok(());
         };
-        let (store, owned_path) = (self.store.clone(), path.to_string());
-        let sealed = match S3Writer::resume(
-            store,
-            key.clone(),
-            owned_path,
-            self.chunk_size,
-            stored.clone(),
-        )
-        .await
-        {
-            Ok(writer) => crate::storage::FileWriter::commit(writer).await,
-            Err(e) => Err(e),
-        };
+        let sealed = async {
+            let (store, owned_path) = (self.store.clone(), path.to_string());
+            let writer = S3Writer::resume(
+                store,
+                key.clone(),
+                owned_path,
+                self.chunk_size,
+                stored.clone(),
+            )
+            .await?;
+            crate::storage::FileWriter::commit(writer).await
+        }
+        .await;
         if sealed.is_err() {
             // Completed before, but its state outlived it (a crash between the two): tidy up.
             if let Ok(meta) = self.store.head(&key).await {
