@@ -80,6 +80,10 @@ pub struct BuildArgs {
     /// A secret for RUN --mount=type=secret: `id=ID,src=FILE` or `id=ID,env=VAR`; repeatable
     #[arg(long = "secret")]
     secrets: Vec<String>,
+    /// An ssh-agent for RUN --mount=type=ssh: `default` ($SSH_AUTH_SOCK) or `ID=SOCKET`;
+    /// repeatable
+    #[arg(long = "ssh")]
+    ssh: Vec<String>,
     /// Progress output
     #[arg(long, value_enum, default_value = "auto")]
     progress: ProgressFlag,
@@ -187,6 +191,7 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
         },
         outputs,
         secrets: parse_secrets(&args.secrets)?,
+        ssh_agents: parse_ssh_agents(&args.ssh)?,
         cache_from,
         cache_to,
     };
@@ -359,6 +364,39 @@ fn registry_cache(reference: &str, client: Option<&Arc<Client>>) -> Result<Arc<d
         .with_context(|| format!("build cache reference {reference:?}"))?;
     let client = client.context("a registry cache needs a registry client")?;
     Ok(Arc::new(RegistryCache::new(client.clone(), reference)))
+}
+
+/// `--ssh ID[=SOCKET]` as buildx takes it; without a socket, $SSH_AUTH_SOCK. buildx also
+/// takes key files, which it loads into an agent of its own: here they are refused with the
+/// way around (ssh-add the key to an agent).
+fn parse_ssh_agents(items: &[String]) -> Result<BTreeMap<String, PathBuf>> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut out = BTreeMap::new();
+    for item in items {
+        let (id, socket) = match item.split_once('=') {
+            Some((id, socket)) => (id, PathBuf::from(socket)),
+            None => (
+                item.as_str(),
+                std::env::var_os("SSH_AUTH_SOCK")
+                    .map(PathBuf::from)
+                    .with_context(|| format!("--ssh {item}: SSH_AUTH_SOCK is not set"))?,
+            ),
+        };
+        if id.is_empty() || socket.as_os_str().is_empty() {
+            bail!("--ssh {item:?}: expected ID or ID=SOCKET");
+        }
+        let meta = std::fs::metadata(&socket)
+            .with_context(|| format!("--ssh {id}: {}", socket.display()))?;
+        if !meta.file_type().is_socket() {
+            bail!(
+                "--ssh {id}: {} is not a socket; only ssh-agent sockets are forwarded \
+                 (load the key with `ssh-add` and pass the agent's $SSH_AUTH_SOCK)",
+                socket.display()
+            );
+        }
+        out.insert(id.to_string(), socket);
+    }
+    Ok(out)
 }
 
 fn parse_secrets(items: &[String]) -> Result<BTreeMap<String, Vec<u8>>> {

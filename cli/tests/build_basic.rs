@@ -4,8 +4,9 @@ mod common;
 
 use std::fs;
 use std::path::Path;
+use std::process::Command;
 
-use common::{busybox_archive, fails, inspect, ok, rbuild};
+use common::{busybox_archive, fails, inspect, ok, rbuild, SshAgent};
 use oci::archive::ArchiveFormat;
 
 /// A store with the busybox fixture loaded as `bb:1`.
@@ -235,6 +236,144 @@ fn secrets_never_reach_the_image_or_cache() {
         &["--secret", &format!("id=token,src={}", secret.display())],
     );
     assert!(again.contains("CACHED"), "{again}");
+}
+
+/// Busybox plus the host's `ssh-add` and the libraries it loads (by `ldd`), as `sshbb:1`.
+fn store_with_ssh_add(tmp: &Path) -> std::path::PathBuf {
+    let root = tmp.join("store");
+    let busybox = tmp.join("busybox-rootfs");
+    fixtures::busybox_rootfs(&busybox).unwrap();
+    let tools = tmp.join("ssh-add-layer");
+    let ssh_add = conformance::peers::require("ssh-add");
+    let ldd = ok(Command::new("ldd").arg(&ssh_add));
+    let libraries = ldd
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+        .map(Path::new);
+    for file in libraries.chain([Path::new("/usr/bin/ssh-add")]) {
+        let copy = tools.join(file.strip_prefix("/").unwrap());
+        fs::create_dir_all(copy.parent().unwrap()).unwrap();
+        fs::copy(file, &copy).unwrap();
+    }
+    let archive = tmp.join("sshbb.tar");
+    let recipe = fixtures::ImageRecipe {
+        layers: &[busybox, tools],
+        config: fixtures::busybox_config(),
+        name: Some(oci::Reference::parse("sshbb:1").unwrap()),
+        compression: oci::compression::Compression::Gzip,
+    };
+    fixtures::write_image(&recipe, ArchiveFormat::Oci, &archive).unwrap();
+    ok(rbuild(&root).args(["load", "-q", "-i"]).arg(&archive));
+    root
+}
+
+/// A real ssh-agent on `socket` holding `key`.
+fn agent_with_key(socket: &Path, key: &Path) -> SshAgent {
+    let agent = SshAgent::start(socket);
+    ok(Command::new("ssh-add")
+        .arg("-q")
+        .arg(key)
+        .env("SSH_AUTH_SOCK", socket));
+    agent
+}
+
+/// RUN --mount=type=ssh reaches the host's ssh-agent through a socket of its own: `ssh-add -l`
+/// in the step lists the agent's key, at BuildKit's default path and SSH_AUTH_SOCK, or at a
+/// target with the mount's mode and owner. The socket never reaches the image, the agent's
+/// path is not part of the cache key, an absent optional agent skips the mount, and an absent
+/// required one fails the step with its id.
+#[test]
+fn ssh_mounts_reach_the_hosts_agent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = store_with_ssh_add(tmp.path());
+    let key = tmp.path().join("id_ed25519");
+    ok(Command::new(conformance::peers::require("ssh-keygen"))
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "rbuild-test-key",
+            "-f",
+        ])
+        .arg(&key));
+    let first = tmp.path().join("agent-1.sock");
+    let agent = agent_with_key(&first, &key);
+    let ctx = tmp.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM sshbb:1\n\
+         RUN --mount=type=ssh ssh-add -l > /keys && echo \"$SSH_AUTH_SOCK\" > /sock-path \\\n\
+          && stat -c '%a %u %g' \"$SSH_AUTH_SOCK\" > /sock-mode\n\
+         RUN --mount=type=ssh,id=second,target=/agent.sock,mode=0660,uid=1000,gid=1000 \\\n\
+          SSH_AUTH_SOCK=/agent.sock ssh-add -l > /keys2 && stat -c '%a %u %g' /agent.sock > /sock2-mode\n\
+         RUN --mount=type=ssh,id=absent test ! -e /run/buildkit/ssh_agent.0 && touch /absent-skipped\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let agents = |socket: &Path| {
+        [
+            "--ssh".to_string(),
+            format!("default={}", socket.display()),
+            "--ssh".to_string(),
+            format!("second={}", socket.display()),
+        ]
+    };
+    let first_agents = agents(&first);
+    let mut args: Vec<&str> = first_agents.iter().map(String::as_str).collect();
+    let dest = format!("type=local,dest={}", out.display());
+    args.extend(["-t", "ssh:1", "-o", &dest]);
+    build(&root, &ctx, &args);
+    let read = |name: &str| fs::read_to_string(out.join(name)).unwrap();
+    let host_keys = ok(Command::new("ssh-add")
+        .arg("-l")
+        .env("SSH_AUTH_SOCK", &first));
+    assert!(host_keys.contains("rbuild-test-key"), "{host_keys}");
+    assert_eq!(read("keys"), host_keys);
+    assert_eq!(read("keys2"), host_keys);
+    assert_eq!(read("sock-path"), "/run/buildkit/ssh_agent.0\n");
+    assert_eq!(read("sock-mode"), "600 0 0\n");
+    assert_eq!(read("sock2-mode"), "660 1000 1000\n");
+    assert!(out.join("absent-skipped").exists());
+    assert!(
+        !out.join("run/buildkit").exists(),
+        "the socket's mount stub is in the image"
+    );
+    assert!(
+        !out.join("agent.sock").exists(),
+        "the socket's mount stub is in the image"
+    );
+
+    // Another agent at another path (the next CI job's) still hits the cache.
+    drop(agent);
+    let second = tmp.path().join("agent-2.sock");
+    let _agent = agent_with_key(&second, &key);
+    let second_agents = agents(&second);
+    let args: Vec<&str> = second_agents.iter().map(String::as_str).collect();
+    let (_, again) = build(&root, &ctx, &args);
+    assert_eq!(again.matches("CACHED").count(), 3, "{again}");
+
+    // A required agent that was not given fails the step, by id; a key file is refused.
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM sshbb:1\nRUN --mount=type=ssh,id=deploy,required=true true\n",
+    )
+    .unwrap();
+    let err = fails(rbuild(&root).args(["build", "-q"]).arg(&ctx));
+    assert!(
+        err.contains("Dockerfile:2") && err.contains("ssh agent \"deploy\" not found"),
+        "{err}"
+    );
+    let err = fails(
+        rbuild(&root)
+            .args(["build", "-q", "--ssh"])
+            .arg(format!("deploy={}", key.display()))
+            .arg(&ctx),
+    );
+    assert!(err.contains("is not a socket"), "{err}");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use common::{busybox_archive, ok, rbuild};
+use common::{busybox_archive, ok, rbuild, SshAgent};
 use conformance::peers::{run_ok, Dockerd};
 use oci::archive::ArchiveFormat;
 
@@ -123,6 +123,10 @@ fn dockerfile_cases_match_buildkit() {
     ok(rbuild(&root).args(["load", "-q", "-i"]).arg(&base));
     run_ok(dockerd.docker().arg("load").arg("-i").arg(&base)).unwrap();
 
+    // For the cases' `--ssh` ids: a real agent, with no key (the cases check the socket).
+    let agent = tmp.path().join("agent.sock");
+    let _agent = SshAgent::start(&agent);
+
     let mut failures = Vec::new();
     let mut cases: Vec<PathBuf> = fs::read_dir(cases_dir())
         .unwrap()
@@ -140,6 +144,9 @@ fn dockerfile_cases_match_buildkit() {
         }
         for target in read_lines(&case.join("target")) {
             flags.extend(["--target".to_string(), target]);
+        }
+        for id in read_lines(&case.join("ssh")) {
+            flags.extend(["--ssh".to_string(), format!("{id}={}", agent.display())]);
         }
         for base in read_lines(&case.join("base-image")) {
             let file = case.join("Dockerfile.base");

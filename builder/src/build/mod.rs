@@ -14,6 +14,7 @@ mod progress;
 mod remote_cache;
 mod run;
 mod snapshot;
+mod ssh_agent;
 mod stage;
 
 use std::collections::BTreeMap;
@@ -51,6 +52,9 @@ pub struct BuildOptions {
     pub outputs: Vec<Output>,
     /// `--secret id=…,src=…|env=…`: id → secret bytes. Never written to an image or a key.
     pub secrets: BTreeMap<String, Vec<u8>>,
+    /// `--ssh id=SOCKET`: id → an ssh-agent socket of the host, for RUN --mount=type=ssh.
+    /// Never part of a key: another agent (another CI job) still hits the cache.
+    pub ssh_agents: BTreeMap<String, PathBuf>,
     /// `--cache-from`: caches whose records this build may use (see `remote_cache`).
     pub cache_from: Vec<std::sync::Arc<dyn CacheBackend>>,
     /// `--cache-to`: where this build's records go.

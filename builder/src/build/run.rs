@@ -14,6 +14,7 @@ use super::snapshot::{
     commit_upper, enter_private_mount_namespace, exists_in_lowers, lower_dirs, mount_read_only,
     with_merged, Workspace,
 };
+use super::ssh_agent::AgentRelay;
 use super::stage::{step_error, Layer, Solver, StageState, PROXY_ARGS};
 use super::{key_of, BuildError};
 use crate::dockerfile::instructions::{CommandLine, Located, NetworkMode, Run, RunScript};
@@ -82,6 +83,17 @@ pub(crate) fn plan(
                 .map_err(|e| e.to_string())
         };
         mounts.push(m.resolve(&mut expand).map_err(|e| step_error(at, e))?);
+    }
+    // As BuildKit's llb: ssh mounts without a target get /run/buildkit/ssh_agent.N, and the
+    // first one is SSH_AUTH_SOCK unless the stage sets it.
+    let ssh_mounts = mounts.iter_mut().filter(|m| m.kind == MountType::Ssh);
+    for (n, m) in ssh_mounts.enumerate() {
+        m.target
+            .get_or_insert_with(|| format!("/run/buildkit/ssh_agent.{n}"));
+    }
+    if let Some(first) = mounts.iter().find(|m| m.kind == MountType::Ssh) {
+        let target = first.target.clone().unwrap_or_default();
+        env.entry("SSH_AUTH_SOCK".to_string()).or_insert(target);
     }
     Ok(Plan {
         args,
@@ -195,7 +207,16 @@ pub(crate) fn execute(
         set_mode(&path, 0o755)?;
         extra_mounts.push(json!({ "destination": format!("/dev/pipes/{name}"), "type": "bind", "source": path, "options": ["rbind", "ro"] }));
     }
+    // Kept until the container has exited: each relays an ssh mount to its agent.
+    let mut agent_relays = Vec::new();
     for (n, m) in plan.mounts.iter().enumerate() {
+        if m.kind == MountType::Ssh {
+            if let Some((mount, relay)) = ssh_mount(solver, m, at)? {
+                extra_mounts.push(mount);
+                agent_relays.push(relay);
+            }
+            continue;
+        }
         if let Some(mount) = mount_json(solver, &ws, n, m, at)? {
             extra_mounts.push(mount);
         }
@@ -270,6 +291,7 @@ pub(crate) fn execute(
             .map_err(|_| BuildError::other("a build thread panicked"))?
     });
     let (status, tail) = tail?;
+    drop(agent_relays);
     if !status.success() {
         let mut message = format!(
             "process {:?} did not complete successfully: exit code: {}",
@@ -389,8 +411,38 @@ fn mount_json(
             };
             json!({ "destination": target, "type": "bind", "source": source, "options": ["rbind", "ro"] })
         }
-        MountType::Ssh => return Err(step_error(at, "RUN --mount=type=ssh is not supported yet")),
+        MountType::Ssh => unreachable!("ssh mounts are set up by ssh_mount"),
     }))
+}
+
+/// The bind mount of an ssh mount's relay socket, with the relay; `None` when the build was
+/// given no agent of that id and the mount is not `required` (BuildKit skips it then).
+fn ssh_mount(
+    solver: &Solver,
+    m: &Mount,
+    at: &Located<Instruction>,
+) -> Result<Option<(Value, AgentRelay)>, BuildError> {
+    let id = m.id.as_deref().unwrap_or("default");
+    let Some(agent) = solver.options.ssh_agents.get(id) else {
+        if m.required {
+            return Err(step_error(
+                at,
+                format!("ssh agent {id:?} not found (pass it with --ssh {id}=SOCKET)"),
+            ));
+        }
+        return Ok(None);
+    };
+    let relay = AgentRelay::start(
+        agent,
+        m.mode.unwrap_or(0o600),
+        m.uid.unwrap_or(0),
+        m.gid.unwrap_or(0),
+    )
+    .map_err(|e| step_error(at, e))?;
+    // The plan gave every ssh mount a target.
+    let target = m.target.clone().unwrap_or_default();
+    let mount = json!({ "destination": target, "type": "bind", "source": relay.socket(), "options": ["rbind"] });
+    Ok(Some((mount, relay)))
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), BuildError> {

@@ -88,3 +88,35 @@ pub fn inspect(root: &Path, name: &str) -> serde_json::Value {
     let mut v: serde_json::Value = serde_json::from_str(&out).expect("inspect JSON");
     v[0].take()
 }
+
+/// A real ssh-agent (`ssh-agent -D`) listening on `socket`, stopped on drop.
+pub struct SshAgent(std::process::Child);
+
+impl SshAgent {
+    pub fn start(socket: &Path) -> SshAgent {
+        let child = Command::new(conformance::peers::require("ssh-agent"))
+            .arg("-D")
+            .arg("-a")
+            .arg(socket)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn ssh-agent");
+        let agent = SshAgent(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ssh-agent did not listen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        agent
+    }
+}
+
+impl Drop for SshAgent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
