@@ -3,6 +3,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
@@ -374,6 +375,160 @@ fn ssh_mounts_reach_the_hosts_agent() {
             .arg(&ctx),
     );
     assert!(err.contains("is not a socket"), "{err}");
+}
+
+/// `git daemon` serving the repositories under `base` on a loopback port, stopped on drop.
+struct GitDaemon {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl GitDaemon {
+    fn start(base: &Path) -> GitDaemon {
+        let port = conformance::peers::free_port();
+        // git-daemon itself: `git daemon` would run it as a child that outlives a kill.
+        let exec_path = ok(Command::new(conformance::peers::require("git")).arg("--exec-path"));
+        let child = Command::new(Path::new(exec_path.trim()).join("git-daemon"))
+            .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", base.display()))
+            .arg(base)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn git-daemon");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "git daemon did not listen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        GitDaemon { child, port }
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `git -C dir ARGS` with a fixed identity and commit time.
+fn git_at(dir: &Path, time: u64, args: &[&str]) -> String {
+    let date = format!("@{time} +0000");
+    ok(Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(args)
+        .env("GIT_AUTHOR_DATE", &date)
+        .env("GIT_COMMITTER_DATE", &date))
+}
+
+/// ADD from a Git repository served by a real `git daemon`: the default branch, a tag, a
+/// tag's subdirectory, `--keep-git-dir`, `--checksum` with a commit prefix; BuildKit's modes,
+/// the commit's time as mtime, no `.git` by default. The cache follows the commit a ref names:
+/// nothing changes, nothing reruns; a new commit on the branch reruns its step only.
+#[test]
+fn add_from_a_git_repository() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = store_with_busybox(tmp.path(), "store");
+    let work = tmp.path().join("work");
+    fs::create_dir_all(work.join("bin")).unwrap();
+    fs::create_dir_all(work.join("sub")).unwrap();
+    git_at(&work, 0, &["init", "-q", "-b", "main"]);
+    fs::write(work.join("README"), "one\n").unwrap();
+    fs::write(work.join("bin/run.sh"), "#!/bin/sh\n").unwrap();
+    fs::set_permissions(work.join("bin/run.sh"), fs::Permissions::from_mode(0o775)).unwrap();
+    fs::write(work.join("sub/data.txt"), "data\n").unwrap();
+    git_at(&work, 1_600_000_000, &["add", "."]);
+    git_at(&work, 1_600_000_000, &["commit", "-q", "-m", "one"]);
+    git_at(&work, 1_600_000_000, &["tag", "-a", "v1", "-m", "v1"]);
+    let v1 = git_at(&work, 0, &["rev-parse", "v1^{commit}"])
+        .trim()
+        .to_string();
+    fs::write(work.join("README"), "two\n").unwrap();
+    git_at(&work, 1_600_000_100, &["commit", "-q", "-am", "two"]);
+    let served = tmp.path().join("served");
+    fs::create_dir_all(&served).unwrap();
+    let bare = served.join("repo.git");
+    ok(Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&work)
+        .arg(&bare));
+    let daemon = GitDaemon::start(&served);
+    let repo = format!("git://127.0.0.1:{}/repo.git", daemon.port);
+
+    let ctx = tmp.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM bb:1\n\
+             ADD {repo}#v1 /v1\n\
+             ADD {repo}#v1:sub /v1-sub\n\
+             ADD --checksum={} {repo}#v1 /checked\n\
+             ADD {repo} /main/\n\
+             ADD --keep-git-dir=true {repo}#main /kept\n",
+            &v1[..7]
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let dest = format!("type=local,dest={}", out.display());
+    build(&root, &ctx, &["-t", "git:1", "-o", &dest]);
+    let read = |path: &str| fs::read_to_string(out.join(path)).unwrap();
+    let meta = |path: &str| fs::symlink_metadata(out.join(path)).unwrap();
+    assert_eq!(read("v1/README"), "one\n");
+    assert_eq!(read("checked/README"), "one\n");
+    assert_eq!(read("main/README"), "two\n");
+    assert_eq!(read("kept/README"), "two\n");
+    assert_eq!(meta("v1/README").mode() & 0o7777, 0o644);
+    assert_eq!(meta("v1/bin/run.sh").mode() & 0o7777, 0o755);
+    assert_eq!(meta("v1/bin").mode() & 0o7777, 0o755);
+    assert_eq!(meta("v1/README").mtime(), 1_600_000_000);
+    assert_eq!(meta("main/README").mtime(), 1_600_000_100);
+    assert_eq!(read("v1-sub/data.txt"), "data\n");
+    assert!(!out.join("v1-sub/README").exists());
+    assert!(!out.join("v1/.git").exists() && !out.join("main/.git").exists());
+    assert!(out.join("kept/.git").is_dir());
+
+    // Same commits: every ADD is cached.
+    let (_, again) = build(&root, &ctx, &[]);
+    assert_eq!(again.matches("CACHED").count(), 5, "{again}");
+    // A new commit on main: only the steps from the first ADD of main on rerun.
+    fs::write(work.join("README"), "three\n").unwrap();
+    git_at(&work, 1_600_000_200, &["commit", "-q", "-am", "three"]);
+    ok(Command::new("git")
+        .arg("-C")
+        .arg(&work)
+        .args(["push", "-q"])
+        .arg(&bare)
+        .arg("main"));
+    let out2 = tmp.path().join("out2");
+    let dest2 = format!("type=local,dest={}", out2.display());
+    let (_, moved) = build(&root, &ctx, &["-o", &dest2]);
+    assert_eq!(moved.matches("CACHED").count(), 3, "{moved}");
+    assert_eq!(
+        fs::read_to_string(out2.join("main/README")).unwrap(),
+        "three\n"
+    );
+
+    // A ref that is not there, and a commit that is not the checksum's.
+    for (line, error) in [
+        (format!("ADD {repo}#nope /x"), "no ref \"nope\""),
+        (
+            format!("ADD --checksum=0000000 {repo}#v1 /x"),
+            "checksum mismatch",
+        ),
+    ] {
+        fs::write(ctx.join("Dockerfile"), format!("FROM bb:1\n{line}\n")).unwrap();
+        let err = fails(rbuild(&root).args(["build", "-q"]).arg(&ctx));
+        assert!(err.contains("Dockerfile:2") && err.contains(error), "{err}");
+    }
 }
 
 #[test]

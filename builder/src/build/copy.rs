@@ -15,6 +15,7 @@ use std::os::unix::fs::{symlink, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use super::git_source::GitSource;
 use super::snapshot::{commit_upper, lower_dirs, mount_read_only, with_merged, Workspace};
 use super::stage::{step_error, Layer, Solver, StageState};
 use super::{key_of, BuildError};
@@ -49,6 +50,15 @@ pub(crate) struct CopyPlan {
     source_names: Vec<String>,
     /// ADD of URLs: fetched while planning, since their content is part of the cache key.
     downloads: Vec<Download>,
+    /// ADD of Git repositories: resolved to commits while planning, fetched on a miss.
+    git: Vec<GitPlan>,
+}
+
+/// A Git source of ADD and the commit its ref names.
+pub(crate) struct GitPlan {
+    source: GitSource,
+    commit: String,
+    keep_git_dir: bool,
 }
 
 /// A file ADD fetched from a URL.
@@ -87,6 +97,12 @@ pub(crate) fn cache_key(
                 .iter()
                 .map(|d| format!("{}\0{}", d.url, d.digest)),
         )
+        .chain(plan.git.iter().map(|g| {
+            format!(
+                "git\0{}\0{}\0{:?}\0{}",
+                g.source.remote, g.commit, g.source.subdir, g.keep_git_dir
+            )
+        }))
         .collect();
     let parent = if plan.link {
         "link".to_string()
@@ -114,8 +130,9 @@ pub(crate) fn plan(
     state: &StageState,
     at: &Located<Instruction>,
 ) -> Result<CopyPlan, BuildError> {
-    let (files, from, chown, chmod, link, unpack, parents, excludes): (
+    let (files, from, chown, chmod, link, unpack, parents, excludes, keep_git_dir): (
         &Files,
+        _,
         _,
         _,
         _,
@@ -133,6 +150,7 @@ pub(crate) fn plan(
             false,
             c.parents,
             &c.exclude,
+            false,
         ),
         Instruction::Add(a) => (
             &a.files,
@@ -143,6 +161,7 @@ pub(crate) fn plan(
             a.unpack.unwrap_or(true),
             false,
             &a.exclude,
+            a.keep_git_dir,
         ),
         _ => return Err(step_error(at, "not a COPY or ADD")),
     };
@@ -185,15 +204,37 @@ pub(crate) fn plan(
     };
     let mut source_names = Vec::new();
     let mut downloads = Vec::new();
+    let mut git = Vec::new();
+    let is_add = matches!(at.value, Instruction::Add(_));
     for s in &files.sources {
         let s = expand(s)?;
-        let is_url = s.starts_with("http://") || s.starts_with("https://");
-        if s.starts_with("git@") || s.ends_with(".git") || (is_url && s.contains(".git#")) {
-            return Err(step_error(
-                at,
-                format!("{s}: git sources are not supported yet"),
-            ));
+        if let Some(source) = GitSource::parse(&s).filter(|_| is_add) {
+            let commit = source
+                .resolve(
+                    solver
+                        .options
+                        .ssh_agents
+                        .get("default")
+                        .map(PathBuf::as_path),
+                )
+                .map_err(|e| step_error(at, e))?;
+            // For Git, --checksum is the commit id or a prefix of it.
+            if let Some(expected) = checksum.as_deref() {
+                if !commit.starts_with(expected) {
+                    return Err(step_error(
+                        at,
+                        format!("{s}: checksum mismatch: --checksum says {expected}, the ref is at commit {commit}"),
+                    ));
+                }
+            }
+            git.push(GitPlan {
+                source,
+                commit,
+                keep_git_dir,
+            });
+            continue;
         }
+        let is_url = s.starts_with("http://") || s.starts_with("https://");
         if is_url {
             if matches!(at.value, Instruction::Copy(_)) {
                 return Err(step_error(
@@ -207,8 +248,11 @@ pub(crate) fn plan(
             source_names.push(s);
         }
     }
-    if checksum.is_some() && downloads.is_empty() {
-        return Err(step_error(at, "--checksum applies to URL sources only"));
+    if checksum.is_some() && downloads.is_empty() && git.is_empty() {
+        return Err(step_error(
+            at,
+            "--checksum applies to URL and Git sources only",
+        ));
     }
     let excludes = excludes
         .iter()
@@ -265,6 +309,7 @@ pub(crate) fn plan(
         unpack_archives: unpack,
         source_names,
         downloads,
+        git,
     })
 }
 
@@ -333,7 +378,8 @@ pub(crate) fn execute(
             .filter(|e| e.dest.components().count() <= 1)
             .collect();
         let single_file = top_level.len() + plan.inline.len() + plan.downloads.len() == 1
-            && top_level.first().is_none_or(|e| e.kind != FileKind::Dir);
+            && top_level.first().is_none_or(|e| e.kind != FileKind::Dir)
+            && plan.git.is_empty();
         let rename = single_file && !plan.dest.ends_with('/') && !dest_is_dir(root, &plan.dest);
         let (dest_dir, renamed) = if rename {
             let dest = Path::new(&plan.dest);
@@ -368,6 +414,43 @@ pub(crate) fn execute(
                 .map_err(|e| step_error(at, e))?;
         }
         copier.flush().map_err(|e| step_error(at, e))?;
+        // A repository is added as a directory of the context would be: its content.
+        for g in &plan.git {
+            let checkout = ws.path("git");
+            fs::create_dir(&checkout).map_err(BuildError::other)?;
+            let ssh_agent = solver.options.ssh_agents.get("default");
+            let repo_root = g
+                .source
+                .checkout(
+                    &g.commit,
+                    &checkout,
+                    g.keep_git_dir,
+                    ssh_agent.map(PathBuf::as_path),
+                )
+                .map_err(|e| step_error(at, e))?;
+            let repo = BuildContext::with_ignore_patterns(&repo_root, &[] as &[&str])
+                .map_err(|e| step_error(at, e))?;
+            let whole = CopySources {
+                sources: &[".".to_string()],
+                excludes: &plan.excludes,
+                parents: false,
+            };
+            let entries = repo
+                .resolve_sources(&whole)
+                .map_err(|e| step_error(at, copy_failed(e)))?;
+            for entry in entries.iter().filter(|e| !e.dest.as_os_str().is_empty()) {
+                copier
+                    .copy_one(
+                        &repo_root.join(&entry.source),
+                        &dest_dir.join(&entry.dest),
+                        entry.kind,
+                        &entry.source,
+                    )
+                    .map_err(|e| step_error(at, e))?;
+            }
+            copier.flush().map_err(|e| step_error(at, e))?;
+            fs::remove_dir_all(&checkout).map_err(BuildError::other)?;
+        }
         for d in &plan.downloads {
             let target = match &renamed {
                 Some(file) => dest_dir.join(file),

@@ -10,6 +10,7 @@
 
 mod copy;
 mod export;
+mod git_source;
 mod progress;
 mod remote_cache;
 mod run;

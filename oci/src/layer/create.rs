@@ -131,7 +131,7 @@ fn clamp_dir(dir: &Path, epoch: i64) -> Result<(), LayerError> {
 }
 
 /// Sets the mtime of `path` (never following a symlink) and leaves its atime alone.
-fn set_mtime(path: &Path, secs: i64) -> std::io::Result<()> {
+pub fn set_mtime(path: &Path, secs: i64) -> std::io::Result<()> {
     let c_path =
         std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
     let times = [

@@ -25,7 +25,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use apply::{apply, ApplyMode, ApplyStats};
-pub use create::{clamp_mtimes, create, diff_id, CreateOptions, LayerInfo, SourceKind};
+pub use create::{clamp_mtimes, create, diff_id, set_mtime, CreateOptions, LayerInfo, SourceKind};
 pub use whiteout::{OPAQUE_WHITEOUT, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX};
 
 /// Why creating or applying a layer failed. Errors about one tar entry carry its name.
