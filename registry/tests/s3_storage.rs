@@ -39,6 +39,17 @@ fn driver_at(endpoint: String, bucket: &str, root: &str, tuning: S3Config) -> S3
 async fn s3_driver_passes_the_storage_suite() {
     let (s3, driver) = driver_on_a_new_bucket("suite", "/some/root", S3Config::default()).await;
     registry::storage::testsuite::run(driver).await;
+    // Again with every rename of a non-empty object a copy in parts.
+    let in_parts = driver_at(
+        s3.endpoint(),
+        "suite",
+        "/in/parts",
+        S3Config {
+            multipartcopythresholdsize: 0,
+            ..S3Config::default()
+        },
+    );
+    registry::storage::testsuite::run(in_parts).await;
     tokio::task::spawn_blocking(move || drop(s3))
         .await
         .expect("stop moto");
@@ -216,4 +227,74 @@ fn list_keys(s3: &S3Server, prefix: &str) -> Vec<String> {
             .join()
             .expect("list thread")
     })
+}
+
+/// A rename of an object over `multipartcopythresholdsize` is a copy in parts (UploadPartCopy,
+/// several at a time, as AWS requires for a source over 5 GiB): the destination is the whole
+/// object and the source is gone. Under the threshold a rename stays one CopyObject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn renames_of_large_objects_copy_in_parts() {
+    use bytes::Bytes;
+    use conformance::counting_proxy::CountingProxy;
+    use futures_util::StreamExt;
+    use registry::storage::StorageDriver;
+
+    let (s3, _) = driver_on_a_new_bucket("partcopy", "", S3Config::default()).await;
+    let moto = s3.endpoint();
+    let proxy = CountingProxy::start(
+        moto.trim_start_matches("http://")
+            .parse()
+            .expect("moto address"),
+    )
+    .expect("proxy");
+    let driver = driver_at(
+        proxy.url(),
+        "partcopy",
+        "root",
+        S3Config {
+            multipartcopythresholdsize: 6 << 20,
+            multipartcopychunksize: 5 << 20,
+            multipartcopymaxconcurrency: 2,
+            ..S3Config::default()
+        },
+    );
+    let read_all = |path: &'static str| {
+        let driver = driver.clone();
+        async move {
+            let (_, mut stream) = driver.reader(path, 0, None).await.expect("reader");
+            let mut out = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                out.extend_from_slice(&chunk.expect("chunk"));
+            }
+            out
+        }
+    };
+    let data: Vec<u8> = (0..(13u32 << 20) + 5)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    for (from, to, size) in [
+        ("big/src", "big/dst", data.len()),
+        ("small/src", "small/dst", 1 << 20),
+    ] {
+        driver
+            .put_content(from, Bytes::copy_from_slice(&data[..size]))
+            .await
+            .expect("put");
+        driver.rename(from, to).await.expect("rename");
+        assert!(read_all(to).await == data[..size], "{to} differs");
+        assert!(driver.stat(from).await.is_err(), "{from} is still there");
+    }
+    let part_copies = |key: &str| {
+        let prefix = format!("PUT /partcopy/root/{key}?partNumber=");
+        proxy
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with(&prefix))
+            .count()
+    };
+    assert_eq!(part_copies("big/dst"), 3);
+    assert_eq!(part_copies("small/dst"), 0);
+    tokio::task::spawn_blocking(move || drop(s3))
+        .await
+        .expect("stop moto");
 }

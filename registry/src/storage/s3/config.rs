@@ -8,12 +8,17 @@ use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 use serde::Deserialize;
 
+use super::part_copy::MAX_SINGLE_COPY;
 use crate::config::go_duration;
 
 /// S3 refuses multipart parts under 5 MiB except the last one.
 pub const MIN_CHUNK_SIZE: u64 = 5 << 20;
 /// distribution's default `chunksize`.
 const DEFAULT_CHUNK_SIZE: u64 = 10 << 20;
+/// distribution's defaults for copies in parts (`multipartcopy*`, see part_copy.rs).
+const DEFAULT_COPY_CHUNK_SIZE: u64 = 32 << 20;
+const DEFAULT_COPY_THRESHOLD: u64 = 32 << 20;
+const DEFAULT_COPY_CONCURRENCY: usize = 100;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -37,6 +42,11 @@ pub struct S3Config {
     pub rootdirectory: String,
     /// The multipart part size for uploads; at least 5 MiB.
     pub chunksize: u64,
+    /// Objects larger than this are copied in parts (UploadPartCopy) of this size, this many
+    /// at a time; always those over 5 GiB, which one CopyObject refuses.
+    pub multipartcopythresholdsize: u64,
+    pub multipartcopychunksize: u64,
+    pub multipartcopymaxconcurrency: usize,
     /// Server-side encryption: `AES256`, or KMS when `keyid` is set.
     pub encrypt: bool,
     pub keyid: String,
@@ -66,6 +76,9 @@ impl Default for S3Config {
             sessiontoken: String::new(),
             rootdirectory: String::new(),
             chunksize: DEFAULT_CHUNK_SIZE,
+            multipartcopythresholdsize: DEFAULT_COPY_THRESHOLD,
+            multipartcopychunksize: DEFAULT_COPY_CHUNK_SIZE,
+            multipartcopymaxconcurrency: DEFAULT_COPY_CONCURRENCY,
             encrypt: false,
             keyid: String::new(),
             secure: true,
@@ -94,6 +107,14 @@ impl S3Config {
                 "storage.s3.chunksize must be at least {MIN_CHUNK_SIZE} (S3's smallest part)"
             ));
         }
+        if !(MIN_CHUNK_SIZE..=MAX_SINGLE_COPY).contains(&self.multipartcopychunksize) {
+            return Err(format!(
+                "storage.s3.multipartcopychunksize must be between {MIN_CHUNK_SIZE} and {MAX_SINGLE_COPY}"
+            ));
+        }
+        if self.multipartcopymaxconcurrency == 0 {
+            return Err("storage.s3.multipartcopymaxconcurrency must be at least 1".into());
+        }
         if self.requesttimeout.is_zero() {
             return Err("storage.s3.requesttimeout must be more than 0".into());
         }
@@ -103,6 +124,32 @@ impl S3Config {
     /// The key prefix every object of this registry lives under ("" for the bucket's root).
     pub fn root_prefix(&self) -> String {
         self.rootdirectory.trim_matches('/').to_string()
+    }
+
+    /// TLS, timeouts and connection reuse, for the store and for copies in parts.
+    pub(super) fn client_options(&self) -> ClientOptions {
+        ClientOptions::new()
+            .with_allow_http(!self.secure || self.regionendpoint.starts_with("http://"))
+            .with_timeout(self.requesttimeout)
+            .with_connect_timeout(self.requesttimeout.min(Duration::from_secs(10)))
+            .with_allow_invalid_certificates(self.skipverify)
+            // Multipart parts go out several at a time; keep their connections.
+            .with_pool_max_idle_per_host(32)
+    }
+
+    /// The server-side encryption headers of a new object (`encrypt`, `keyid`).
+    pub(super) fn encryption_headers(&self) -> Vec<(&'static str, String)> {
+        match (self.encrypt, self.keyid.is_empty()) {
+            (false, _) => Vec::new(),
+            (true, true) => vec![("x-amz-server-side-encryption", "AES256".into())],
+            (true, false) => vec![
+                ("x-amz-server-side-encryption", "aws:kms".into()),
+                (
+                    "x-amz-server-side-encryption-aws-kms-key-id",
+                    self.keyid.clone(),
+                ),
+            ],
+        }
     }
 
     pub(super) fn build_store(&self) -> object_store::Result<AmazonS3> {
@@ -121,16 +168,8 @@ impl S3Config {
                 max_retries: self.maxretries,
                 retry_timeout: self.retrytimeout,
             })
-            .with_client_options(
-                // Client options hold allow_http too: the builder's setter would be replaced.
-                ClientOptions::new()
-                    .with_allow_http(!self.secure || self.regionendpoint.starts_with("http://"))
-                    .with_timeout(self.requesttimeout)
-                    .with_connect_timeout(self.requesttimeout.min(Duration::from_secs(10)))
-                    .with_allow_invalid_certificates(self.skipverify)
-                    // Multipart parts go out several at a time; keep their connections.
-                    .with_pool_max_idle_per_host(32),
-            );
+            // Client options hold allow_http too: the builder's setter would be replaced.
+            .with_client_options(self.client_options());
         if !self.regionendpoint.is_empty() {
             let endpoint = self.regionendpoint.trim_end_matches('/');
             builder = if self.forcepathstyle {
@@ -175,12 +214,13 @@ mod tests {
 
     #[test]
     fn distribution_keys_read() {
-        let yaml = "region: us-east-1\nregionendpoint: http://127.0.0.1:9000\nforcepathstyle: true\nbucket: reg\naccesskey: a\nsecretkey: s\nrootdirectory: /prefix/\nchunksize: 5242880\nencrypt: false\nsecure: true\nv4auth: true\nrequesttimeout: 2s\n";
+        let yaml = "region: us-east-1\nregionendpoint: http://127.0.0.1:9000\nforcepathstyle: true\nbucket: reg\naccesskey: a\nsecretkey: s\nrootdirectory: /prefix/\nchunksize: 5242880\nencrypt: false\nsecure: true\nv4auth: true\nrequesttimeout: 2s\nmultipartcopychunksize: 33554432\nmultipartcopymaxconcurrency: 100\nmultipartcopythresholdsize: 67108864\n";
         let c: S3Config = serde_yaml::from_str(yaml).expect("parse");
         assert_eq!(c.validate(), Ok(()));
         assert_eq!(c.root_prefix(), "prefix");
         assert_eq!(c.chunksize, 5 << 20);
         assert_eq!(c.requesttimeout, Duration::from_secs(2));
+        assert_eq!(c.multipartcopythresholdsize, 64 << 20);
         c.build_store().expect("store");
     }
 
@@ -207,6 +247,14 @@ mod tests {
             },
             S3Config {
                 chunksize: 1 << 20,
+                ..ok.clone()
+            },
+            S3Config {
+                multipartcopychunksize: 1 << 20,
+                ..ok.clone()
+            },
+            S3Config {
+                multipartcopymaxconcurrency: 0,
                 ..ok.clone()
             },
         ] {

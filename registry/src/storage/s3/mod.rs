@@ -4,8 +4,8 @@
 //! in the bucket, nothing in a replica's memory (see `writer.rs` for uploads).
 //!
 //! S3 has objects, not directories: a "directory" is a key prefix, present while any object
-//! lies under it. `rename` is CopyObject then DELETE; the copy is atomic, so the destination
-//! is whole or absent. Failed requests (5xx, timeouts, broken connections) are retried with
+//! lies under it. `rename` is a copy then DELETE: CopyObject, or for large objects a copy in
+//! parts (`part_copy.rs`); either is atomic, so the destination is whole or absent. Failed requests (5xx, timeouts, broken connections) are retried with
 //! backoff by object_store (`maxretries`, `retrytimeout`, `requesttimeout`), then surface as
 //! [`StorageError::Backend`], which the registry answers with a 500 and the spec's error body.
 //!
@@ -14,6 +14,7 @@
 //! to the client directly, as with distribution's s3 driver.
 
 pub mod config;
+mod part_copy;
 mod writer;
 
 use std::sync::Arc;
@@ -22,11 +23,13 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3;
+use object_store::client::{HttpConnector, ReqwestConnector};
 use object_store::path::Path;
 use object_store::signer::Signer;
 use object_store::{GetOptions, GetRange, ObjectStore};
 
 pub use config::S3Config;
+use part_copy::PartCopier;
 pub use writer::S3Writer;
 
 use super::{check_path, ByteStream, Metadata, StorageDriver, StorageError, StorageResult};
@@ -40,6 +43,8 @@ pub struct S3Driver {
     bucket: Arc<str>,
     /// Whether `redirect_url` presigns (the server's `storage.redirect.disable` turns it off).
     redirects: bool,
+    /// How `rename` copies objects too large for one CopyObject.
+    part_copier: Arc<PartCopier>,
 }
 
 /// How long a presigned blob URL stays valid: distribution's s3 driver uses 20 minutes. A
@@ -57,12 +62,25 @@ impl S3Driver {
         let store = config
             .build_store()
             .map_err(|e| storage_error(&config.bucket, e))?;
+        let http = ReqwestConnector::default()
+            .connect(&config.client_options())
+            .map_err(|e| storage_error(&config.bucket, e))?;
+        let part_copier = PartCopier {
+            http,
+            region: config.region.clone(),
+            threshold: config.multipartcopythresholdsize,
+            part_size: config.multipartcopychunksize,
+            concurrency: config.multipartcopymaxconcurrency,
+            retries: config.maxretries,
+            encryption: config.encryption_headers(),
+        };
         Ok(S3Driver {
             store: Arc::new(store),
             root: config.root_prefix().into(),
             chunk_size: usize::try_from(config.chunksize).unwrap_or(usize::MAX),
             bucket: config.bucket.as_str().into(),
             redirects: false,
+            part_copier: Arc::new(part_copier),
         })
     }
 
@@ -292,11 +310,27 @@ impl StorageDriver for S3Driver {
 
     async fn rename(&self, from: &str, to: &str) -> StorageResult<()> {
         let (from_key, to_key) = (self.key(from)?, self.key(to)?);
-        // CopyObject is atomic: `to` is the old object or the whole new one.
-        self.store
-            .copy(&from_key, &to_key)
+        let size = self
+            .store
+            .head(&from_key)
             .await
-            .map_err(|e| storage_error(from, e))?;
+            .map_err(|e| storage_error(from, e))?
+            .size;
+        // Both are atomic: `to` is the old object or the whole new one.
+        if self.part_copier.in_parts(size) {
+            self.part_copier
+                .copy(&self.store, &self.bucket, &from_key, &to_key, size)
+                .await
+                .map_err(|message| StorageError::Backend {
+                    path: from.to_string(),
+                    source: message.into(),
+                })?;
+        } else {
+            self.store
+                .copy(&from_key, &to_key)
+                .await
+                .map_err(|e| storage_error(from, e))?;
+        }
         self.store
             .delete(&from_key)
             .await
