@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use builder::build::{
-    build, BuildOptions, CacheBackend, CacheExport, CacheMode, LocalCache, Output, Progress,
-    ProgressMode,
+    build, BuildOptions, CacheBackend, CacheExport, CacheMode, GitSource, LocalCache, Output,
+    Progress, ProgressMode,
 };
 use builder::dockerfile::Dockerfile;
 use clap::{Args, ValueEnum};
@@ -36,7 +36,8 @@ pub enum CompressionFlag {
 
 #[derive(Args)]
 pub struct BuildArgs {
-    /// The build context directory
+    /// The build context: a directory, or a Git repository (`https://….git#REF:DIR`,
+    /// `git@host:repo.git`, `git://…`) checked out first
     context: PathBuf,
     /// Name and optionally tag the image (`name:tag`); repeatable
     #[arg(short, long = "tag")]
@@ -109,10 +110,25 @@ pub struct BuildArgs {
 }
 
 pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
-    let dockerfile_path = args
-        .file
-        .clone()
-        .unwrap_or_else(|| args.context.join("Dockerfile"));
+    let ssh_agents = parse_ssh_agents(&args.ssh)?;
+    let build_args = parse_build_args(&args.build_args)?;
+    // Held until the build ends: a Git context's checkout.
+    let git_checkout = args
+        .context
+        .to_str()
+        .and_then(GitSource::parse)
+        .map(|git| check_out_context(store, &git, &build_args, &ssh_agents))
+        .transpose()?;
+    let context = match &git_checkout {
+        Some((_, root)) => root.clone(),
+        None => args.context.clone(),
+    };
+    // With a Git context, as with BuildKit's, `-f` names a file of the repository.
+    let dockerfile_path = match (&args.file, &git_checkout) {
+        (Some(file), Some(_)) => context.join(file),
+        (Some(file), None) => file.clone(),
+        (None, _) => context.join("Dockerfile"),
+    };
     let source = std::fs::read_to_string(&dockerfile_path)
         .with_context(|| format!("read the Dockerfile {}", dockerfile_path.display()))?;
     // Every syntax error is reported before any step runs.
@@ -167,10 +183,9 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
         .map(|spec| parse_cache_to(spec, cache_client.as_ref()))
         .collect::<Result<Vec<_>>>()?;
     let options = BuildOptions {
-        context: args
-            .context
+        context: context
             .canonicalize()
-            .with_context(|| format!("build context {}", args.context.display()))?,
+            .with_context(|| format!("build context {}", context.display()))?,
         dockerfile_path,
         tags: args
             .tags
@@ -178,7 +193,7 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
             .map(|t| Reference::parse(t))
             .collect::<Result<_, _>>()?,
         target: args.target.clone(),
-        build_args: parse_build_args(&args.build_args)?,
+        build_args,
         labels: parse_pairs(&args.labels, "--label")?,
         no_cache: args.no_cache,
         no_cache_filter: args.no_cache_filter.clone(),
@@ -191,7 +206,7 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
         },
         outputs,
         secrets: parse_secrets(&args.secrets)?,
-        ssh_agents: parse_ssh_agents(&args.ssh)?,
+        ssh_agents,
         cache_from,
         cache_to,
     };
@@ -364,6 +379,32 @@ fn registry_cache(reference: &str, client: Option<&Arc<Client>>) -> Result<Arc<d
         .with_context(|| format!("build cache reference {reference:?}"))?;
     let client = client.context("a registry cache needs a registry client")?;
     Ok(Arc::new(RegistryCache::new(client.clone(), reference)))
+}
+
+/// Checks out a Git context in the store's scratch space: the checkout (removed on drop) and
+/// the context's directory in it. `.git` is kept with the build arg
+/// BUILDKIT_CONTEXT_KEEP_GIT_DIR=1, as BuildKit does (reference.md).
+fn check_out_context(
+    store: &Store,
+    git: &GitSource,
+    build_args: &BTreeMap<String, String>,
+    ssh_agents: &BTreeMap<String, PathBuf>,
+) -> Result<(tempfile::TempDir, PathBuf)> {
+    let scratch = store.root().join("tmp");
+    std::fs::create_dir_all(&scratch).with_context(|| format!("create {}", scratch.display()))?;
+    let dir = tempfile::Builder::new()
+        .prefix("git-context-")
+        .tempdir_in(&scratch)
+        .with_context(|| format!("create a directory in {}", scratch.display()))?;
+    let keep_git_dir = build_args
+        .get("BUILDKIT_CONTEXT_KEEP_GIT_DIR")
+        .is_some_and(|v| matches!(v.as_str(), "1" | "true"));
+    let agent = ssh_agents.get("default").map(PathBuf::as_path);
+    let commit = git.resolve(agent).map_err(anyhow::Error::msg)?;
+    let root = git
+        .checkout(&commit, dir.path(), keep_git_dir, agent)
+        .map_err(anyhow::Error::msg)?;
+    Ok((dir, root))
 }
 
 /// `--ssh ID[=SOCKET]` as buildx takes it; without a socket, $SSH_AUTH_SOCK. buildx also

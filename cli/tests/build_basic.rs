@@ -531,6 +531,61 @@ fn add_from_a_git_repository() {
     }
 }
 
+/// A Git repository as the build context (`rbuild build git://…#REF:DIR`, as `docker build`
+/// takes one): the ref's directory is the context, `-f` names a file in it, .dockerignore
+/// applies, and nothing of the repository outside the directory is reachable.
+#[test]
+fn a_git_repository_as_the_build_context() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = store_with_busybox(tmp.path(), "store");
+    let work = tmp.path().join("work");
+    fs::create_dir_all(work.join("app")).unwrap();
+    git_at(&work, 0, &["init", "-q", "-b", "main"]);
+    fs::write(work.join("README"), "outside the context\n").unwrap();
+    fs::write(work.join("app/Dockerfile"), "FROM bb:1\nCOPY . /src/\n").unwrap();
+    fs::write(
+        work.join("app/other.Dockerfile"),
+        "FROM bb:1\nCOPY hello.txt /other\n",
+    )
+    .unwrap();
+    fs::write(work.join("app/hello.txt"), "hi\n").unwrap();
+    fs::write(work.join("app/.dockerignore"), "ignored.txt\n").unwrap();
+    fs::write(work.join("app/ignored.txt"), "no\n").unwrap();
+    git_at(&work, 1_600_000_000, &["add", "."]);
+    git_at(&work, 1_600_000_000, &["commit", "-q", "-m", "app"]);
+    let served = tmp.path().join("served");
+    fs::create_dir_all(&served).unwrap();
+    ok(Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&work)
+        .arg(served.join("repo.git")));
+    let daemon = GitDaemon::start(&served);
+    let context = format!("git://127.0.0.1:{}/repo.git#main:app", daemon.port);
+
+    let out = tmp.path().join("out");
+    let dest = format!("type=local,dest={}", out.display());
+    build(&root, Path::new(&context), &["-t", "ctx:1", "-o", &dest]);
+    assert_eq!(
+        fs::read_to_string(out.join("src/hello.txt")).unwrap(),
+        "hi\n"
+    );
+    assert!(out.join("src/Dockerfile").exists());
+    assert!(
+        !out.join("src/ignored.txt").exists(),
+        ".dockerignore was not applied"
+    );
+    assert!(!out.join("src/README").exists() && !out.join("src/.git").exists());
+
+    let out2 = tmp.path().join("out2");
+    let dest2 = format!("type=local,dest={}", out2.display());
+    build(
+        &root,
+        Path::new(&context),
+        &["-f", "other.Dockerfile", "-o", &dest2],
+    );
+    assert_eq!(fs::read_to_string(out2.join("other")).unwrap(), "hi\n");
+}
+
 #[test]
 fn errors_name_the_line_and_the_step() {
     let tmp = tempfile::tempdir().unwrap();

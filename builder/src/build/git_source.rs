@@ -1,5 +1,5 @@
-//! ADD from a Git repository (reference.md, "Adding files from a Git repository"), through
-//! the host's `git`.
+//! Git sources, through the host's `git`: ADD from a repository (reference.md, "Adding files
+//! from a Git repository"), and a repository as the build context (`rbuild build URL`).
 //!
 //! As BuildKit does, the ref is resolved to a commit with `git ls-remote` when the step is
 //! planned: the commit, not the branch name, is in the cache key, so a moved branch reruns
@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 
 /// A Git source as written in ADD: `REMOTE[#REF[:SUBDIR]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct GitSource {
+pub struct GitSource {
     pub remote: String,
     /// Branch, tag or commit; the remote's HEAD when absent.
     pub reference: Option<String>,
@@ -30,7 +30,7 @@ impl GitSource {
     /// BuildKit's rule (gitutil.ParseGitRef): `git://`, `ssh://`, scp-like `user@host:path`,
     /// and `http(s)://` URLs whose path ends in `.git`. Anything else is not Git (a local
     /// path or a plain download).
-    pub(crate) fn parse(source: &str) -> Option<GitSource> {
+    pub fn parse(source: &str) -> Option<GitSource> {
         let (url, fragment) = match source.split_once('#') {
             Some((url, fragment)) => (url, Some(fragment)),
             None => (source, None),
@@ -63,7 +63,7 @@ impl GitSource {
     }
 
     /// The commit the ref names now (`git ls-remote`); a full commit id is taken as it is.
-    pub(crate) fn resolve(&self, ssh_agent: Option<&Path>) -> Result<String, String> {
+    pub fn resolve(&self, ssh_agent: Option<&Path>) -> Result<String, String> {
         let reference = self.reference.as_deref().unwrap_or("HEAD");
         if is_commit_id(reference) {
             return Ok(reference.to_string());
@@ -98,7 +98,7 @@ impl GitSource {
 
     /// Fetches `commit` into `dir` (empty) and returns the directory to add: the checkout, or
     /// its `subdir`. Without `keep_git_dir`, `.git` is removed.
-    pub(crate) fn checkout(
+    pub fn checkout(
         &self,
         commit: &str,
         dir: &Path,

@@ -26,6 +26,7 @@ use oci::compression::Compression;
 use oci::{Digest, Platform, Reference};
 
 pub use export::{BuildResult, Output};
+pub use git_source::GitSource;
 pub use progress::{Progress, ProgressMode};
 pub use remote_cache::{CacheBackend, CacheExport, CacheMode, LocalCache};
 
