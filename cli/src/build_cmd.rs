@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -17,6 +17,7 @@ use distribution_client::cache::RegistryCache;
 use distribution_client::Client;
 use image_store::Store;
 use oci::compression::Compression;
+use oci::layer::ApplyMode;
 use oci::{Platform, Reference};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -36,13 +37,14 @@ pub enum CompressionFlag {
 
 #[derive(Args)]
 pub struct BuildArgs {
-    /// The build context: a directory, or a Git repository (`https://….git#REF:DIR`,
-    /// `git@host:repo.git`, `git://…`) checked out first
+    /// The build context: a directory; a Git repository (`https://….git#REF:DIR`,
+    /// `git@host:repo.git`, `git://…`) checked out first; or `-`: standard input, a tar
+    /// archive of the context (plain, gzip or zstd) or a Dockerfile with no context
     context: PathBuf,
     /// Name and optionally tag the image (`name:tag`); repeatable
     #[arg(short, long = "tag")]
     tags: Vec<String>,
-    /// The Dockerfile (default: CONTEXT/Dockerfile)
+    /// The Dockerfile (default: CONTEXT/Dockerfile); `-` reads it from standard input
     #[arg(short, long)]
     file: Option<PathBuf>,
     /// Build this stage and what it needs
@@ -112,33 +114,20 @@ pub struct BuildArgs {
 pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
     let ssh_agents = parse_ssh_agents(&args.ssh)?;
     let build_args = parse_build_args(&args.build_args)?;
-    // Held until the build ends: a Git context's checkout.
-    let git_checkout = args
-        .context
-        .to_str()
-        .and_then(GitSource::parse)
-        .map(|git| check_out_context(store, &git, &build_args, &ssh_agents))
-        .transpose()?;
-    let context = match &git_checkout {
-        Some((_, root)) => root.clone(),
-        None => args.context.clone(),
-    };
-    // With a Git context, as with BuildKit's, `-f` names a file of the repository.
-    let dockerfile_path = match (&args.file, &git_checkout) {
-        (Some(file), Some(_)) => context.join(file),
-        (Some(file), None) => file.clone(),
-        (None, _) => context.join("Dockerfile"),
-    };
-    let source = std::fs::read_to_string(&dockerfile_path)
-        .with_context(|| format!("read the Dockerfile {}", dockerfile_path.display()))?;
+    let BuildInputs {
+        context,
+        dockerfile_path,
+        dockerfile: source,
+        _scratch,
+    } = BuildInputs::resolve(store, &args, &build_args, &ssh_agents)?;
     // Every syntax error is reported before any step runs.
     let dockerfile = match Dockerfile::parse(&source) {
         Ok(d) => d,
         Err(e) => {
             let name = dockerfile_path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+                .as_deref()
+                .and_then(Path::file_name)
+                .map_or("Dockerfile".into(), |n| n.to_string_lossy().into_owned());
             eprint!("{}", e.render(&name, &source));
             return Ok(ExitCode::from(1));
         }
@@ -381,6 +370,105 @@ fn registry_cache(reference: &str, client: Option<&Arc<Client>>) -> Result<Arc<d
     Ok(Arc::new(RegistryCache::new(client.clone(), reference)))
 }
 
+/// The build context and the Dockerfile, wherever they come from.
+struct BuildInputs {
+    context: PathBuf,
+    /// `None` when the Dockerfile came from standard input.
+    dockerfile_path: Option<PathBuf>,
+    dockerfile: String,
+    /// Held until the build ends: a Git checkout, or a context read from standard input.
+    _scratch: Option<tempfile::TempDir>,
+}
+
+impl BuildInputs {
+    /// A directory; a Git repository, checked out; or `-`, standard input, as `docker build`
+    /// reads it. `-f -` reads the Dockerfile from standard input.
+    fn resolve(
+        store: &Store,
+        args: &BuildArgs,
+        build_args: &BTreeMap<String, String>,
+        ssh_agents: &BTreeMap<String, PathBuf>,
+    ) -> Result<BuildInputs> {
+        let stdin = Path::new("-");
+        let dockerfile_on_stdin = args.file.as_deref() == Some(stdin);
+        let context_is_local =
+            args.context != stdin && GitSource::parse_path(&args.context).is_none();
+        let (context, _scratch, stdin_dockerfile) = if args.context == stdin {
+            if dockerfile_on_stdin {
+                bail!("the context and the Dockerfile cannot both be read from standard input");
+            }
+            let dir = scratch_dir(store, "stdin-context-")?;
+            let input = read_stdin()?;
+            // As `docker build -`: an archive is the context, anything else the Dockerfile.
+            let dockerfile = match archive_compression(&input) {
+                Some(compression) => {
+                    oci::layer::apply(&input[..], compression, dir.path(), ApplyMode::Merged)
+                        .context("unpack the context from standard input")?;
+                    None
+                }
+                None => Some(text_of(input)?),
+            };
+            (dir.path().to_path_buf(), Some(dir), dockerfile)
+        } else if let Some(git) = GitSource::parse_path(&args.context) {
+            let (dir, root) = check_out_context(store, &git, build_args, ssh_agents)?;
+            (root, Some(dir), None)
+        } else {
+            (args.context.clone(), None, None)
+        };
+        let stdin_dockerfile = match stdin_dockerfile {
+            None if dockerfile_on_stdin => Some(text_of(read_stdin()?)?),
+            text => text,
+        };
+        // With a context that is not a local directory, as with BuildKit's, `-f` names a file in it.
+        let dockerfile_path = match (&args.file, context_is_local) {
+            _ if stdin_dockerfile.is_some() => None,
+            (Some(file), false) => Some(context.join(file)),
+            (Some(file), true) => Some(file.clone()),
+            (None, _) => Some(context.join("Dockerfile")),
+        };
+        let dockerfile = match (stdin_dockerfile, &dockerfile_path) {
+            (Some(text), _) => text,
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .with_context(|| format!("read the Dockerfile {}", path.display()))?,
+            (None, None) => unreachable!("the Dockerfile has a path unless it came from stdin"),
+        };
+        Ok(BuildInputs {
+            context,
+            dockerfile_path,
+            dockerfile,
+            _scratch,
+        })
+    }
+}
+
+/// A new directory in the store's scratch space, removed on drop.
+fn scratch_dir(store: &Store, prefix: &str) -> Result<tempfile::TempDir> {
+    let scratch = store.root().join("tmp");
+    std::fs::create_dir_all(&scratch).with_context(|| format!("create {}", scratch.display()))?;
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&scratch)
+        .with_context(|| format!("create a directory in {}", scratch.display()))
+}
+
+fn read_stdin() -> Result<Vec<u8>> {
+    let mut input = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut input).context("read standard input")?;
+    Ok(input)
+}
+
+fn text_of(input: Vec<u8>) -> Result<String> {
+    String::from_utf8(input).context("the Dockerfile from standard input is not UTF-8 text")
+}
+
+/// How `input` is compressed if it is a tar archive (a tar header says `ustar` at 257).
+fn archive_compression(input: &[u8]) -> Option<Compression> {
+    match Compression::detect(input) {
+        Compression::None => (input.get(257..262) == Some(b"ustar")).then_some(Compression::None),
+        compressed => Some(compressed),
+    }
+}
+
 /// Checks out a Git context in the store's scratch space: the checkout (removed on drop) and
 /// the context's directory in it. `.git` is kept with the build arg
 /// BUILDKIT_CONTEXT_KEEP_GIT_DIR=1, as BuildKit does (reference.md).
@@ -390,12 +478,7 @@ fn check_out_context(
     build_args: &BTreeMap<String, String>,
     ssh_agents: &BTreeMap<String, PathBuf>,
 ) -> Result<(tempfile::TempDir, PathBuf)> {
-    let scratch = store.root().join("tmp");
-    std::fs::create_dir_all(&scratch).with_context(|| format!("create {}", scratch.display()))?;
-    let dir = tempfile::Builder::new()
-        .prefix("git-context-")
-        .tempdir_in(&scratch)
-        .with_context(|| format!("create a directory in {}", scratch.display()))?;
+    let dir = scratch_dir(store, "git-context-")?;
     let keep_git_dir = build_args
         .get("BUILDKIT_CONTEXT_KEEP_GIT_DIR")
         .is_some_and(|v| matches!(v.as_str(), "1" | "true"));

@@ -586,6 +586,67 @@ fn a_git_repository_as_the_build_context() {
     assert_eq!(fs::read_to_string(out2.join("other")).unwrap(), "hi\n");
 }
 
+/// `rbuild build` with `-`, as `docker build` takes it: `-f -` reads the Dockerfile from
+/// standard input beside a context directory; a context `-` is a tar archive (here gzip) of
+/// the context, or else a Dockerfile with an empty context; both at once is refused.
+#[test]
+fn dockerfile_or_context_from_standard_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = store_with_busybox(tmp.path(), "store");
+    let ctx = tmp.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("hello.txt"), "hello\n").unwrap();
+    let with_stdin = |args: &[&str], input: &[u8]| {
+        let mut child = rbuild(&root)
+            .args(["build", "-q"])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), input).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let read = |out: &Path, file: &str| fs::read_to_string(out.join(file)).unwrap();
+
+    let out = tmp.path().join("out1");
+    let dest = format!("type=local,dest={}", out.display());
+    let built = with_stdin(
+        &["-f", "-", "-o", &dest, ctx.to_str().unwrap()],
+        b"FROM bb:1\nCOPY hello.txt /copied\n",
+    );
+    assert!(built.status.success(), "{built:?}");
+    assert_eq!(read(&out, "copied"), "hello\n");
+
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM bb:1\nCOPY hello.txt /from-tar\n",
+    )
+    .unwrap();
+    let mut archive = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    archive.append_dir_all(".", &ctx).unwrap();
+    let archive = archive.into_inner().unwrap().finish().unwrap();
+    let out = tmp.path().join("out2");
+    let dest = format!("type=local,dest={}", out.display());
+    let built = with_stdin(&["-o", &dest, "-"], &archive);
+    assert!(built.status.success(), "{built:?}");
+    assert_eq!(read(&out, "from-tar"), "hello\n");
+
+    let out = tmp.path().join("out3");
+    let dest = format!("type=local,dest={}", out.display());
+    let built = with_stdin(&["-o", &dest, "-"], b"FROM bb:1\nRUN echo alone > /alone\n");
+    assert!(built.status.success(), "{built:?}");
+    assert_eq!(read(&out, "alone"), "alone\n");
+
+    let refused = with_stdin(&["-f", "-", "-"], b"FROM bb:1\n");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("cannot both be read"));
+}
+
 #[test]
 fn errors_name_the_line_and_the_step() {
     let tmp = tempfile::tempdir().unwrap();

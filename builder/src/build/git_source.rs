@@ -62,6 +62,11 @@ impl GitSource {
         })
     }
 
+    /// [`GitSource::parse`] of a path argument (a build context), if it is text.
+    pub fn parse_path(source: &std::path::Path) -> Option<GitSource> {
+        source.to_str().and_then(GitSource::parse)
+    }
+
     /// The commit the ref names now (`git ls-remote`); a full commit id is taken as it is.
     pub fn resolve(&self, ssh_agent: Option<&Path>) -> Result<String, String> {
         let reference = self.reference.as_deref().unwrap_or("HEAD");

@@ -37,8 +37,9 @@ use crate::dockerfile::{Dockerfile, DockerfileError};
 pub struct BuildOptions {
     /// The build context directory.
     pub context: PathBuf,
-    /// The Dockerfile's path and its text (read by the caller, so that errors can show lines).
-    pub dockerfile_path: PathBuf,
+    /// The Dockerfile's path, for its `<name>.dockerignore`; `None` when it was read from
+    /// standard input (the caller reads and parses it, so that errors can show lines).
+    pub dockerfile_path: Option<PathBuf>,
     pub tags: Vec<Reference>,
     pub target: Option<String>,
     pub build_args: BTreeMap<String, String>,

@@ -118,7 +118,7 @@ impl<'a> Solver<'a> {
             }
         }
         let results = dockerfile.stages.iter().map(|_| OnceLock::new()).collect();
-        let context = BuildContext::open(&options.context, Some(&options.dockerfile_path))
+        let context = BuildContext::open(&options.context, options.dockerfile_path.as_deref())
             .map_err(|e| BuildError::Other(e.to_string()))?;
         let stat_cache = StatCache::open(&store.root().join("cache").join("context"))
             .map_err(|e| BuildError::Other(e.to_string()))?;
