@@ -99,6 +99,10 @@ pub struct BuildArgs {
     /// Push the image to its registry under every `-t` name (same as `--output type=registry`)
     #[arg(long)]
     push: bool,
+    /// Pull every image the build names, even those in the local store (images the store
+    /// lacks are always pulled)
+    #[arg(long)]
+    pull: bool,
     /// Use the build cache exported to `type=registry,ref=REPO:TAG` (or just `REPO:TAG`) or
     /// `type=local,src=DIR`; repeatable
     #[arg(long = "cache-from")]
@@ -198,6 +202,11 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
         ssh_agents,
         cache_from,
         cache_to,
+        image_fetcher: Some(Arc::new(crate::registry_cmds::RegistryImages::new(
+            args.registry.clone(),
+            cache_client,
+        ))),
+        pull: args.pull,
     };
     let quiet = args.quiet || matches!(args.progress, ProgressFlag::Quiet);
     // BuildKit's rule: a live view on a terminal, plain lines otherwise (CI logs).

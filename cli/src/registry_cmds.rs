@@ -4,11 +4,12 @@
 use std::io::{self, IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{bail, Context, Result};
+use builder::build::ImageFetcher;
 use clap::Args;
-use distribution_client::progress::{Console, Progress};
+use distribution_client::progress::{Console, Progress, Silent};
 use distribution_client::pull::{pull as pull_image, PullOptions};
 use distribution_client::push::{push as push_image, PushOptions};
 use distribution_client::{login as login_mod, Client, Credentials, DockerConfig, HostOptions};
@@ -16,7 +17,7 @@ use image_store::Store;
 use oci::{Platform, Reference};
 
 /// How to reach registries; shared by the four commands.
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct RegistryFlags {
     /// Reach this registry (`host[:port]` or a CIDR range) over plain HTTP or unverified
     /// HTTPS (repeatable; also RBUILD_INSECURE_REGISTRIES and daemon.json's insecure-registries)
@@ -149,6 +150,56 @@ pub fn pull(store: &Store, args: PullArgs) -> Result<ExitCode> {
     }
     println!("{reference}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The images a build names and the store lacks (FROM, `COPY --from`), pulled from their
+/// registries as `docker build` does. The client is made at the first pull, so a build from
+/// local images never reads credentials or certificates.
+pub(crate) struct RegistryImages {
+    flags: RegistryFlags,
+    client: OnceLock<Result<Arc<Client>, String>>,
+}
+
+impl RegistryImages {
+    pub(crate) fn new(flags: RegistryFlags, client: Option<Arc<Client>>) -> RegistryImages {
+        let made = OnceLock::new();
+        if let Some(client) = client {
+            let _ = made.set(Ok(client));
+        }
+        RegistryImages {
+            flags,
+            client: made,
+        }
+    }
+}
+
+impl std::fmt::Debug for RegistryImages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RegistryImages")
+    }
+}
+
+impl ImageFetcher for RegistryImages {
+    fn fetch(&self, store: &Store, name: &str, platform: &Platform) -> Result<(), String> {
+        let client = self
+            .client
+            .get_or_init(|| {
+                self.flags
+                    .client()
+                    .map(Arc::new)
+                    .map_err(|e| format!("{e:#}"))
+            })
+            .clone()?;
+        let reference = Reference::parse(name).map_err(|e| e.to_string())?;
+        let options = PullOptions {
+            platform: platform.clone(),
+            all_platforms: false,
+        };
+        let progress: Arc<dyn Progress> = Arc::new(Silent);
+        pull_image(&client, store, &reference, &options, &progress)
+            .map(|_| ())
+            .map_err(|e| format!("pulling {reference}: {e}"))
+    }
 }
 
 #[derive(Args)]

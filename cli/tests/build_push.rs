@@ -56,3 +56,82 @@ fn build_and_push() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("-t"));
 }
+
+/// Images the store lacks are pulled from their registry, as `docker build` does: once per
+/// build however many stages name them, not again once stored, and again with `--pull` (which
+/// picks up a new image under the same tag). A missing one fails on its line.
+#[test]
+fn base_images_are_pulled_from_their_registry() {
+    let skopeo = require("skopeo");
+    let registry = DockerRegistry::start("").expect("start docker-registry");
+    let tmp = tempfile::tempdir().unwrap();
+    let base = busybox_archive(tmp.path(), "bb:1", ArchiveFormat::Oci);
+    let remote = format!("{}/base/bb:1", registry.addr());
+    run_ok(
+        Command::new(&skopeo)
+            .args(["copy", "-q", "--dest-tls-verify=false"])
+            .arg(format!("oci-archive:{}", base.display()))
+            .arg(format!("docker://{remote}")),
+    )
+    .unwrap();
+    let root = tmp.path().join("store");
+    let ctx = tmp.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {remote} AS first\nRUN echo a > /a\n\
+             FROM {remote}\nCOPY --from=first /a /b\nRUN cat /version 2>/dev/null > /seen || true\n"
+        ),
+    )
+    .unwrap();
+    let pull_line = format!("[internal] pull {remote}");
+    let build = |extra: &[&str]| {
+        let out = rbuild(&root)
+            .args(["build", "--progress", "plain", "-t", "app:1"])
+            .args(extra)
+            .arg(&ctx)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr.matches(&pull_line).count()
+    };
+    assert_eq!(build(&[]), 1, "one pull for both stages");
+    assert_eq!(build(&[]), 0, "pulled again although stored");
+
+    // A new image under the same tag: only --pull sees it.
+    let newer = tmp.path().join("newer");
+    fs::create_dir_all(&newer).unwrap();
+    fs::write(
+        newer.join("Dockerfile"),
+        format!("FROM {remote}\nRUN echo 2 > /version\n"),
+    )
+    .unwrap();
+    ok(rbuild(&root)
+        .args(["build", "-q", "-t", "newer:1"])
+        .arg(&newer));
+    ok(rbuild(&root).args(["push", "newer:1", &remote]));
+    let seen = || ok(rbuild(&root).args(["run", "--rm", "app:1", "cat", "/seen"]));
+    assert_eq!(build(&[]), 0);
+    assert_eq!(seen(), "", "the stored base was replaced without --pull");
+    assert_eq!(build(&["--pull"]), 1);
+    assert_eq!(seen(), "2\n", "--pull did not bring the new image");
+
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {}/base/nope:1\n", registry.addr()),
+    )
+    .unwrap();
+    let out = rbuild(&root)
+        .args(["build", "-q"])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("Dockerfile:1") && stderr.contains("nope"),
+        "{stderr}"
+    );
+}

@@ -20,6 +20,7 @@ mod stage;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use image_store::Store;
 use oci::compression::Compression;
@@ -62,6 +63,17 @@ pub struct BuildOptions {
     pub cache_from: Vec<std::sync::Arc<dyn CacheBackend>>,
     /// `--cache-to`: where this build's records go.
     pub cache_to: Vec<CacheExport>,
+    /// Where images the store lacks come from (FROM, `COPY --from`, `RUN --mount from=`), as
+    /// BuildKit resolves them from their registries; `None`: the local store only.
+    pub image_fetcher: Option<Arc<dyn ImageFetcher>>,
+    /// `--pull`: fetch every image the build names, even those in the store (a newer one
+    /// under the same tag replaces it).
+    pub pull: bool,
+}
+
+/// Puts an image into the store under its name, from wherever it lives (a registry).
+pub trait ImageFetcher: Send + Sync + std::fmt::Debug {
+    fn fetch(&self, store: &Store, name: &str, platform: &Platform) -> Result<(), String>;
 }
 
 #[derive(Debug, thiserror::Error)]

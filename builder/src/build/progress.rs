@@ -115,7 +115,15 @@ impl Progress {
             .map(String::as_str)
             .unwrap_or("stage");
         let first_line = what.lines().next().unwrap_or("");
-        let title = format!("[{name}] {first_line}");
+        self.start(format!("[{name}] {first_line}"))
+    }
+
+    /// Starts a step of the build itself rather than of a stage (BuildKit's `[internal]`).
+    pub fn internal_step(&self, what: &str) -> Step<'_> {
+        self.start(format!("[internal] {what}"))
+    }
+
+    fn start(&self, title: String) -> Step<'_> {
         let id = self
             .with(|s| {
                 s.steps.push(StepState {

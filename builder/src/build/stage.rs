@@ -10,7 +10,7 @@ use oci::{Descriptor, Digest};
 
 use super::progress::{Progress, Step, StepStatus};
 use super::remote_cache::RemoteCache;
-use super::{key_of, BuildError, BuildOptions};
+use super::{key_of, BuildError, BuildOptions, ImageFetcher};
 use crate::context::{BuildContext, ContextError, CopyEntry, StatCache};
 use crate::dockerfile::instructions::{ArgDef, Located, Run};
 use crate::dockerfile::shell::Lex;
@@ -72,6 +72,9 @@ pub(crate) struct StepOutput {
     pub created: String,
 }
 
+/// One image's fetch: its outcome, once it has one.
+type Fetch = OnceLock<Result<(), String>>;
+
 pub(crate) struct Solver<'a> {
     pub store: &'a Store,
     pub dockerfile: &'a Dockerfile,
@@ -88,6 +91,8 @@ pub(crate) struct Solver<'a> {
     results: Vec<OnceLock<Result<Arc<StageState>, String>>>,
     /// `--cache-from` records and the steps to `--cache-to` (see `remote_cache`).
     pub remote_cache: RemoteCache,
+    /// Images fetched by this build, each once, however many stages name it.
+    fetched: Mutex<BTreeMap<String, Arc<Fetch>>>,
 }
 
 impl<'a> Solver<'a> {
@@ -133,6 +138,7 @@ impl<'a> Solver<'a> {
             global_args,
             results,
             remote_cache: RemoteCache::import(store, &options.cache_from, progress)?,
+            fetched: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -292,11 +298,24 @@ impl<'a> Solver<'a> {
         Ok(state)
     }
 
-    /// An image of the local store: its layers, manifest digest and config.
+    /// An image of the local store, fetched first when the store lacks it (or always, once,
+    /// with `--pull`): its layers, manifest digest and config.
     fn image(&self, name: &str) -> Result<(Vec<Layer>, Digest, ImageConfig), String> {
-        let record = self.store.resolve(name).map_err(|e| {
-            format!("{e} (rbuild builds from images in its local store: load or pull {name} first)")
-        })?;
+        let missing = self.store.resolve(name).is_err();
+        if let Some(fetcher) = self.options.image_fetcher.as_deref() {
+            if missing || self.options.pull {
+                self.fetch_once(fetcher, name)?;
+            }
+        }
+        let record = self
+            .store
+            .resolve(name)
+            .map_err(|e| match self.options.image_fetcher {
+                Some(_) => e.to_string(),
+                None => {
+                    format!("{e} (this build uses local images only: load or pull {name} first)")
+                }
+            })?;
         let (manifest, config, _) = self
             .store
             .image_config(&record)
@@ -324,6 +343,28 @@ impl<'a> Solver<'a> {
             .0
             .digest;
         Ok((layers, digest, config))
+    }
+
+    /// Fetches `name` unless this build already has; parallel stages naming it wait for the
+    /// one fetch.
+    fn fetch_once(&self, fetcher: &dyn ImageFetcher, name: &str) -> Result<(), String> {
+        let once = self
+            .fetched
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        once.get_or_init(|| {
+            let step = self.progress.internal_step(&format!("pull {name}"));
+            let fetched = fetcher.fetch(self.store, name, &self.options.platform);
+            step.finish(match fetched {
+                Ok(()) => StepStatus::Done,
+                Err(_) => StepStatus::Failed,
+            });
+            fetched
+        })
+        .clone()
     }
 
     /// The layers and manifest digest of an image, for `COPY --from=IMAGE`.
