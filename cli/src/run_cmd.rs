@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
+use builder::build::ImageFetcher;
 use image_store::{Store, StoreError};
 use oci::image::ImageConfig;
 use runtime_exec::spec::Spec;
@@ -106,11 +107,23 @@ pub struct RunArgs {
     /// docker's default profile), no-new-privileges[=true|false]
     #[arg(long = "security-opt", value_name = "OPT")]
     security_opt: Vec<String>,
+    /// Pull the image from its registry: when the store lacks it (the default), always, or never
+    #[arg(long, value_enum, default_value = "missing")]
+    pull: PullPolicy,
+    #[command(flatten)]
+    registry: crate::registry_cmds::RegistryFlags,
     /// Image name or ID
     image: String,
     /// Command and arguments (replace the image's CMD)
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PullPolicy {
+    Missing,
+    Always,
+    Never,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -194,6 +207,17 @@ fn prepare(store: &Store, args: RunArgs) -> anyhow::Result<Prepared> {
         check_name(name)?;
     }
 
+    // Before the lock: a pull takes it itself.
+    let missing = matches!(store.resolve(&args.image), Err(StoreError::NotFound(_)));
+    if args.pull == PullPolicy::Always || (args.pull == PullPolicy::Missing && missing) {
+        if missing {
+            eprintln!("Unable to find image '{}' locally", args.image);
+        }
+        let images = crate::registry_cmds::RegistryImages::new(args.registry.clone(), None);
+        images
+            .fetch(store, &args.image, &oci::Platform::host())
+            .map_err(|e| anyhow!(e))?;
+    }
     let lock = store.writer_lock()?;
     let image = match store.resolve(&args.image) {
         Ok(image) => image,

@@ -59,7 +59,8 @@ fn build_and_push() {
 
 /// Images the store lacks are pulled from their registry, as `docker build` does: once per
 /// build however many stages name them, not again once stored, and again with `--pull` (which
-/// picks up a new image under the same tag). A missing one fails on its line.
+/// picks up a new image under the same tag). A missing one fails on its line. `rbuild run`
+/// pulls what it lacks as `docker run` does.
 #[test]
 fn base_images_are_pulled_from_their_registry() {
     let skopeo = require("skopeo");
@@ -117,6 +118,21 @@ fn base_images_are_pulled_from_their_registry() {
     assert_eq!(seen(), "", "the stored base was replaced without --pull");
     assert_eq!(build(&["--pull"]), 1);
     assert_eq!(seen(), "2\n", "--pull did not bring the new image");
+
+    // `rbuild run` pulls a missing image too, unless told not to (docker's --pull).
+    let fresh = tmp.path().join("fresh-store");
+    let ran = rbuild(&fresh)
+        .args(["run", "--rm", &remote, "cat", "/version"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "2\n", "{ran:?}");
+    let never = tmp.path().join("never-store");
+    let refused = rbuild(&never)
+        .args(["run", "--rm", "--pull", "never", &remote, "true"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("Unable to find image"));
 
     fs::write(
         ctx.join("Dockerfile"),
