@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use builder::build::{
-    build, BuildOptions, CacheBackend, CacheExport, CacheMode, GitSource, LocalCache, Output,
-    Progress, ProgressMode,
+    build, BuildOptions, CacheBackend, CacheExport, CacheMode, GitSource, LocalCache, NamedContext,
+    Output, Progress, ProgressMode,
 };
 use builder::dockerfile::Dockerfile;
 use clap::{Args, ValueEnum};
@@ -47,6 +47,10 @@ pub struct BuildArgs {
     /// The Dockerfile (default: CONTEXT/Dockerfile); `-` reads it from standard input
     #[arg(short, long)]
     file: Option<PathBuf>,
+    /// A named context for `FROM NAME`, `COPY --from=NAME`, `RUN --mount from=NAME`:
+    /// `NAME=DIR`, `NAME=docker-image://IMAGE` or `NAME=GIT-URL`; repeatable
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    build_contexts: Vec<String>,
     /// Build this stage and what it needs
     #[arg(long)]
     target: Option<String>,
@@ -122,6 +126,7 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
         context,
         dockerfile_path,
         dockerfile: source,
+        named_contexts,
         _scratch,
     } = BuildInputs::resolve(store, &args, &build_args, &ssh_agents)?;
     // Every syntax error is reported before any step runs.
@@ -207,6 +212,7 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
             cache_client,
         ))),
         pull: args.pull,
+        named_contexts,
     };
     let quiet = args.quiet || matches!(args.progress, ProgressFlag::Quiet);
     // BuildKit's rule: a live view on a terminal, plain lines otherwise (CI logs).
@@ -385,13 +391,14 @@ struct BuildInputs {
     /// `None` when the Dockerfile came from standard input.
     dockerfile_path: Option<PathBuf>,
     dockerfile: String,
-    /// Held until the build ends: a Git checkout, or a context read from standard input.
-    _scratch: Option<tempfile::TempDir>,
+    named_contexts: BTreeMap<String, NamedContext>,
+    /// Held until the build ends: Git checkouts, a context read from standard input.
+    _scratch: Vec<tempfile::TempDir>,
 }
 
 impl BuildInputs {
     /// A directory; a Git repository, checked out; or `-`, standard input, as `docker build`
-    /// reads it. `-f -` reads the Dockerfile from standard input.
+    /// reads it. `-f -` reads the Dockerfile from standard input. Then the named contexts.
     fn resolve(
         store: &Store,
         args: &BuildArgs,
@@ -402,7 +409,8 @@ impl BuildInputs {
         let dockerfile_on_stdin = args.file.as_deref() == Some(stdin);
         let context_is_local =
             args.context != stdin && GitSource::parse_path(&args.context).is_none();
-        let (context, _scratch, stdin_dockerfile) = if args.context == stdin {
+        let mut scratch = Vec::new();
+        let (context, stdin_dockerfile) = if args.context == stdin {
             if dockerfile_on_stdin {
                 bail!("the context and the Dockerfile cannot both be read from standard input");
             }
@@ -417,12 +425,15 @@ impl BuildInputs {
                 }
                 None => Some(text_of(input)?),
             };
-            (dir.path().to_path_buf(), Some(dir), dockerfile)
+            let root = dir.path().to_path_buf();
+            scratch.push(dir);
+            (root, dockerfile)
         } else if let Some(git) = GitSource::parse_path(&args.context) {
             let (dir, root) = check_out_context(store, &git, build_args, ssh_agents)?;
-            (root, Some(dir), None)
+            scratch.push(dir);
+            (root, None)
         } else {
-            (args.context.clone(), None, None)
+            (args.context.clone(), None)
         };
         let stdin_dockerfile = match stdin_dockerfile {
             None if dockerfile_on_stdin => Some(text_of(read_stdin()?)?),
@@ -441,11 +452,40 @@ impl BuildInputs {
                 .with_context(|| format!("read the Dockerfile {}", path.display()))?,
             (None, None) => unreachable!("the Dockerfile has a path unless it came from stdin"),
         };
+        let mut named_contexts = BTreeMap::new();
+        for spec in &args.build_contexts {
+            let Some((name, value)) = spec
+                .split_once('=')
+                .filter(|(n, v)| !n.is_empty() && !v.is_empty())
+            else {
+                bail!("--build-context {spec:?}: expected NAME=VALUE");
+            };
+            let named = if let Some(image) = value.strip_prefix("docker-image://") {
+                NamedContext::Image(image.to_string())
+            } else if let Some(git) = GitSource::parse(value) {
+                let (dir, root) = check_out_context(store, &git, build_args, ssh_agents)?;
+                scratch.push(dir);
+                NamedContext::Directory(root)
+            } else if value.contains("://") {
+                bail!("--build-context {name}={value}: only directories, docker-image:// and Git repositories are supported");
+            } else {
+                let dir = Path::new(value);
+                if !dir.is_dir() {
+                    bail!("--build-context {name}={value}: not a directory");
+                }
+                NamedContext::Directory(
+                    dir.canonicalize()
+                        .with_context(|| format!("--build-context {name}={value}"))?,
+                )
+            };
+            named_contexts.insert(name.to_string(), named);
+        }
         Ok(BuildInputs {
             context,
             dockerfile_path,
             dockerfile,
-            _scratch,
+            named_contexts,
+            _scratch: scratch,
         })
     }
 }

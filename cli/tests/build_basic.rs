@@ -647,6 +647,70 @@ fn dockerfile_or_context_from_standard_input() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("cannot both be read"));
 }
 
+/// `--build-context`: a directory for `COPY --from` and `RUN --mount from=` (read with its own
+/// .dockerignore, its content in the cache key) in place of a stage of that name, and
+/// `docker-image://` in place of a FROM name. FROM a directory is refused by name.
+#[test]
+fn named_build_contexts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = store_with_busybox(tmp.path(), "store");
+    let lib = tmp.path().join("lib");
+    fs::create_dir_all(&lib).unwrap();
+    fs::write(lib.join("lib.txt"), "v1\n").unwrap();
+    fs::write(lib.join("secret.txt"), "no\n").unwrap();
+    fs::write(lib.join(".dockerignore"), "secret.txt\n").unwrap();
+    let ctx = tmp.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch AS lib\n\
+         FROM base\n\
+         COPY --from=lib / /lib/\n\
+         RUN --mount=type=bind,from=lib,target=/mnt cat /mnt/lib.txt > /via-mount\n",
+    )
+    .unwrap();
+    let lib_context = format!("lib={}", lib.display());
+    let contexts = [
+        "--build-context",
+        &lib_context,
+        "--build-context",
+        "base=docker-image://bb:1",
+    ];
+    let build_into = |out: &str| {
+        let dest = format!("type=local,dest={}", tmp.path().join(out).display());
+        let mut args = contexts.to_vec();
+        args.extend(["-o", &dest]);
+        build(&root, &ctx, &args).1
+    };
+    let read = |path: &str| fs::read_to_string(tmp.path().join(path)).unwrap();
+    build_into("out1");
+    assert_eq!(read("out1/lib/lib.txt"), "v1\n");
+    assert_eq!(read("out1/via-mount"), "v1\n");
+    assert!(
+        !tmp.path().join("out1/lib/secret.txt").exists(),
+        "its .dockerignore was not read"
+    );
+
+    let again = build_into("out2");
+    assert_eq!(again.matches("CACHED").count(), 2, "{again}");
+    fs::write(lib.join("lib.txt"), "v2\n").unwrap();
+    let changed = build_into("out3");
+    assert_eq!(changed.matches("CACHED").count(), 0, "{changed}");
+    assert_eq!(read("out3/lib/lib.txt"), "v2\n");
+    assert_eq!(read("out3/via-mount"), "v2\n");
+
+    fs::write(ctx.join("Dockerfile"), "FROM lib\n").unwrap();
+    let err = fails(
+        rbuild(&root)
+            .args(["build", "-q", "--build-context", &lib_context])
+            .arg(&ctx),
+    );
+    assert!(
+        err.contains("Dockerfile:1") && err.contains("FROM cannot"),
+        "{err}"
+    );
+}
+
 #[test]
 fn errors_name_the_line_and_the_step() {
     let tmp = tempfile::tempdir().unwrap();

@@ -39,6 +39,9 @@ pub(crate) struct CopyPlan {
     /// Destination inside the image, absolute; a trailing `/` kept.
     dest: String,
     from_source: Option<FromSource>,
+    /// Without `from_source`: the `--build-context` the entries come from (the build
+    /// context when `None`).
+    named_context: Option<String>,
     chown: Option<String>,
     chmod: Option<Chmod>,
     link: bool,
@@ -83,10 +86,13 @@ pub(crate) fn cache_key(
             solver.solve(*stage)?.fs_key.to_string() + &plan.source_names.join("\0")
         }
         Some(FromSource::Image((_, digest))) => digest.to_string() + &plan.source_names.join("\0"),
-        None => solver
-            .checksum(&plan.entries)
-            .map_err(|e| step_error(at, e))?
-            .to_string(),
+        None => {
+            let context = solver.source_context(plan.named_context.as_deref());
+            solver
+                .checksum(context, &plan.entries)
+                .map_err(|e| step_error(at, e))?
+                .to_string()
+        }
     };
     let inline: Vec<String> = plan
         .inline
@@ -186,17 +192,18 @@ pub(crate) fn plan(
             dest.push('/');
         }
     }
-    let from_source = match from {
-        Some(name) => {
-            let name = expand(name)?;
+    let (from_source, named_context) = match from.map(|name| expand(name)).transpose()? {
+        Some(name) if solver.is_named_directory(&name) => (None, Some(name)),
+        Some(name) => (
             Some(match solver.stage_index(&name, index) {
                 Some(stage) => FromSource::Stage(stage),
                 None => {
                     FromSource::Image(solver.image_layers(&name).map_err(|e| step_error(at, e))?)
                 }
-            })
-        }
-        None => None,
+            }),
+            None,
+        ),
+        None => (None, None),
     };
     let checksum = match &at.value {
         Instruction::Add(a) => a.checksum.as_ref().map(|c| expand(c)).transpose()?,
@@ -265,7 +272,7 @@ pub(crate) fn plan(
             parents,
         };
         solver
-            .context
+            .source_context(named_context.as_deref())
             .resolve_sources(&spec)
             .map_err(|e| step_error(at, copy_failed(e)))?
     } else {
@@ -301,6 +308,7 @@ pub(crate) fn plan(
         inline,
         dest,
         from_source,
+        named_context,
         chown,
         chmod,
         link,
@@ -356,7 +364,10 @@ pub(crate) fn execute(
                 (context.root().to_path_buf(), entries, true)
             }
             None => (
-                solver.context.root().to_path_buf(),
+                solver
+                    .source_context(plan.named_context.as_deref())
+                    .root()
+                    .to_path_buf(),
                 plan.entries.clone(),
                 false,
             ),
@@ -529,22 +540,34 @@ pub(crate) fn workdir(
 }
 
 /// The host path of `name` in the build context; never outside it.
-pub(crate) fn context_path(solver: &Solver, name: &str) -> Result<PathBuf, String> {
-    let root = solver.context.root();
+/// Where `name` of a context (the build context, or a `--build-context` directory) is.
+pub(crate) fn context_path(
+    solver: &Solver,
+    context: Option<&str>,
+    name: &str,
+) -> Result<PathBuf, String> {
+    let root = solver.source_context(context).root();
     let rel = crate::context::scoped::resolve_in_root(root, Path::new(name), true)
         .map_err(|e| format!("{name}: {e}"))?;
     Ok(root.join(rel))
 }
 
-/// A checksum of what `name` in the build context holds, for cache keys.
-pub(crate) fn context_checksum(solver: &Solver, name: &str) -> Result<oci::Digest, String> {
+/// A checksum of what `name` in a context holds, for cache keys.
+pub(crate) fn context_checksum(
+    solver: &Solver,
+    context: Option<&str>,
+    name: &str,
+) -> Result<oci::Digest, String> {
     let sources = [name.to_string()];
     let spec = CopySources {
         sources: &sources,
         ..CopySources::default()
     };
-    let entries = solver.context.resolve_sources(&spec).map_err(copy_failed)?;
-    solver.checksum(&entries).map_err(|e| e.to_string())
+    let context = solver.source_context(context);
+    let entries = context.resolve_sources(&spec).map_err(copy_failed)?;
+    solver
+        .checksum(context, &entries)
+        .map_err(|e| e.to_string())
 }
 
 /// Fetches `url` into the store's scratch space, checking `--checksum` when given.

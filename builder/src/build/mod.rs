@@ -69,6 +69,18 @@ pub struct BuildOptions {
     /// `--pull`: fetch every image the build names, even those in the store (a newer one
     /// under the same tag replaces it).
     pub pull: bool,
+    /// `--build-context NAME=…`: what `FROM NAME`, `COPY --from=NAME` and `RUN --mount
+    /// from=NAME` mean, before any stage or image of that name.
+    pub named_contexts: BTreeMap<String, NamedContext>,
+}
+
+/// A named build context (buildx's `--build-context`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedContext {
+    /// `docker-image://REF`: that image in place of the name.
+    Image(String),
+    /// A directory, read as the build context is (with its own .dockerignore).
+    Directory(PathBuf),
 }
 
 /// Puts an image into the store under its name, from wherever it lives (a registry).

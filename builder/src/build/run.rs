@@ -130,13 +130,18 @@ pub(crate) fn cache_key(
         .as_ref()
         .map(|(n, c)| format!("{n}\0{c}"))
         .unwrap_or_default();
-    // A bind mount makes the step depend on what it binds: the context's content, or the
+    // A bind mount makes the step depend on what it binds: a context's content, or the
     // state of the stage or image it comes from.
     let mut bound = Vec::new();
     for m in plan.mounts.iter().filter(|m| m.kind == MountType::Bind) {
+        let source = m.source.as_deref().unwrap_or(".");
         let sum = match &m.from {
-            None => super::copy::context_checksum(solver, m.source.as_deref().unwrap_or("."))
+            None => super::copy::context_checksum(solver, None, source)
                 .map_err(|e| step_error(at, e))?,
+            Some(from) if solver.is_named_directory(from) => {
+                super::copy::context_checksum(solver, Some(from), source)
+                    .map_err(|e| step_error(at, e))?
+            }
             Some(from) => match solver.stage_index(from, usize::MAX) {
                 Some(stage) => solver.solve(stage)?.fs_key.clone(),
                 None => solver.image_layers(from).map_err(|e| step_error(at, e))?.1,
@@ -263,6 +268,9 @@ pub(crate) fn execute(
     let mut bind_sources = Vec::new();
     for (n, m) in plan.mounts.iter().enumerate() {
         if let (MountType::Bind, Some(from)) = (m.kind, &m.from) {
+            if solver.is_named_directory(from) {
+                continue; // bound directly, as the build context is
+            }
             let layers = match solver.stage_index(from, usize::MAX) {
                 Some(stage) => solver.solve(stage)?.layers.clone(),
                 None => solver.image_layers(from).map_err(|e| step_error(at, e))?.0,
@@ -399,15 +407,19 @@ fn mount_json(
         MountType::Bind => {
             // A writable bind must not write into its source: BuildKit discards such writes,
             // so a read-only bind is the honest equivalent.
+            let in_context = |context| {
+                super::copy::context_path(solver, context, m.source.as_deref().unwrap_or("."))
+                    .map_err(|e| step_error(at, e))
+            };
             let source = match &m.from {
+                None => in_context(None)?,
+                Some(from) if solver.is_named_directory(from) => in_context(Some(from))?,
                 // Mounted at ws/bind-N by `run_container` before the container starts.
                 Some(_) => {
                     let root = ws.path(&format!("bind-{n}"));
                     let rel = m.source.as_deref().unwrap_or("/").trim_start_matches('/');
                     root.join(rel)
                 }
-                None => super::copy::context_path(solver, m.source.as_deref().unwrap_or("."))
-                    .map_err(|e| step_error(at, e))?,
             };
             json!({ "destination": target, "type": "bind", "source": source, "options": ["rbind", "ro"] })
         }

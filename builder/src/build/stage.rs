@@ -10,7 +10,7 @@ use oci::{Descriptor, Digest};
 
 use super::progress::{Progress, Step, StepStatus};
 use super::remote_cache::RemoteCache;
-use super::{key_of, BuildError, BuildOptions, ImageFetcher};
+use super::{key_of, BuildError, BuildOptions, ImageFetcher, NamedContext};
 use crate::context::{BuildContext, ContextError, CopyEntry, StatCache};
 use crate::dockerfile::instructions::{ArgDef, Located, Run};
 use crate::dockerfile::shell::Lex;
@@ -93,6 +93,8 @@ pub(crate) struct Solver<'a> {
     pub remote_cache: RemoteCache,
     /// Images fetched by this build, each once, however many stages name it.
     fetched: Mutex<BTreeMap<String, Arc<Fetch>>>,
+    /// The directories of `--build-context`, opened as contexts.
+    named_contexts: BTreeMap<String, BuildContext>,
 }
 
 impl<'a> Solver<'a> {
@@ -125,6 +127,14 @@ impl<'a> Solver<'a> {
         let results = dockerfile.stages.iter().map(|_| OnceLock::new()).collect();
         let context = BuildContext::open(&options.context, options.dockerfile_path.as_deref())
             .map_err(|e| BuildError::Other(e.to_string()))?;
+        let mut named_contexts = BTreeMap::new();
+        for (name, named) in &options.named_contexts {
+            if let NamedContext::Directory(dir) = named {
+                let opened = BuildContext::open(dir, None)
+                    .map_err(|e| BuildError::Other(format!("--build-context {name}: {e}")))?;
+                named_contexts.insert(name.clone(), opened);
+            }
+        }
         let stat_cache = StatCache::open(&store.root().join("cache").join("context"))
             .map_err(|e| BuildError::Other(e.to_string()))?;
         Ok(Solver {
@@ -139,16 +149,33 @@ impl<'a> Solver<'a> {
             results,
             remote_cache: RemoteCache::import(store, &options.cache_from, progress)?,
             fetched: Mutex::new(BTreeMap::new()),
+            named_contexts,
         })
     }
 
-    /// The content checksum of context entries, through the stat cache.
-    pub fn checksum(&self, entries: &[CopyEntry]) -> Result<Digest, ContextError> {
+    /// The content checksum of entries of `context`, through the stat cache.
+    pub fn checksum(
+        &self,
+        context: &BuildContext,
+        entries: &[CopyEntry],
+    ) -> Result<Digest, ContextError> {
         let mut cache = self
             .stat_cache
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.context.checksum(entries, &mut cache)
+        context.checksum(entries, &mut cache)
+    }
+
+    /// A context sources are read from: the build context, or the directory of a
+    /// `--build-context` of that name.
+    pub fn source_context(&self, name: Option<&str>) -> &BuildContext {
+        name.and_then(|n| self.named_contexts.get(n))
+            .unwrap_or(&self.context)
+    }
+
+    /// Whether `name` is a `--build-context` directory.
+    pub fn is_named_directory(&self, name: &str) -> bool {
+        self.named_contexts.contains_key(name)
     }
 
     /// Keeps the hashes computed by this build for the next one.
@@ -232,6 +259,10 @@ impl<'a> Solver<'a> {
 
     /// The index of an earlier stage called `name` (a stage name or a number).
     pub fn stage_index(&self, name: &str, before: usize) -> Option<usize> {
+        // A named context replaces a stage of the same name (buildx's rule).
+        if self.options.named_contexts.contains_key(name) {
+            return None;
+        }
         self.dockerfile
             .stage(name)
             .map(|(i, _)| i)
@@ -301,6 +332,16 @@ impl<'a> Solver<'a> {
     /// An image of the local store, fetched first when the store lacks it (or always, once,
     /// with `--pull`): its layers, manifest digest and config.
     fn image(&self, name: &str) -> Result<(Vec<Layer>, Digest, ImageConfig), String> {
+        let name = match self.options.named_contexts.get(name) {
+            Some(NamedContext::Image(reference)) => reference.as_str(),
+            Some(NamedContext::Directory(dir)) => {
+                return Err(format!(
+                    "{name} is the directory {} (--build-context): COPY --from and RUN --mount from= can read it, FROM cannot",
+                    dir.display()
+                ))
+            }
+            None => name,
+        };
         let missing = self.store.resolve(name).is_err();
         if let Some(fetcher) = self.options.image_fetcher.as_deref() {
             if missing || self.options.pull {
