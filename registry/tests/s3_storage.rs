@@ -35,6 +35,35 @@ fn driver_at(endpoint: String, bucket: &str, root: &str, tuning: S3Config) -> S3
     .expect("driver")
 }
 
+/// A proxy in front of `s3` that records every request line.
+fn counting_proxy(s3: &S3Server) -> conformance::counting_proxy::CountingProxy {
+    let moto = s3.endpoint();
+    let address = moto
+        .trim_start_matches("http://")
+        .parse()
+        .expect("moto address");
+    conformance::counting_proxy::CountingProxy::start(address).expect("proxy")
+}
+
+/// All that `path` holds, read through `driver`.
+async fn read_all(driver: &S3Driver, path: &str) -> Vec<u8> {
+    use futures_util::StreamExt;
+    use registry::storage::StorageDriver;
+    let (_, mut stream) = driver.reader(path, 0, None).await.expect("reader");
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk.expect("chunk"));
+    }
+    out
+}
+
+/// `len` bytes that neither compress nor repeat within a part.
+fn pattern(len: u32) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_driver_passes_the_storage_suite() {
     let (s3, driver) = driver_on_a_new_bucket("suite", "/some/root", S3Config::default()).await;
@@ -60,7 +89,6 @@ async fn s3_driver_passes_the_storage_suite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_multipart_writes_commit_whole_objects() {
     use bytes::Bytes;
-    use futures_util::StreamExt;
     use registry::storage::{FileWriter, StorageDriver};
 
     let (s3, driver) = driver_on_a_new_bucket(
@@ -72,27 +100,14 @@ async fn s3_multipart_writes_commit_whole_objects() {
         },
     )
     .await;
-    let data: Vec<u8> = (0..(13u32 << 20))
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
-    let read_all = |path: &'static str| {
-        let driver = driver.clone();
-        async move {
-            let (_, mut stream) = driver.reader(path, 0, None).await.expect("reader");
-            let mut out = Vec::new();
-            while let Some(chunk) = stream.next().await {
-                out.extend_from_slice(&chunk.expect("chunk"));
-            }
-            out
-        }
-    };
+    let data = pattern(13u32 << 20);
 
     let mut w = driver.writer("big", false).await.expect("writer");
     for piece in data[..11 << 20].chunks(1 << 20) {
         w.write(Bytes::copy_from_slice(piece)).await.expect("write");
     }
     w.commit().await.expect("commit");
-    assert!(read_all("big").await == data[..11 << 20]);
+    assert!(read_all(&driver, "big").await == data[..11 << 20]);
 
     // An append (a PATCH on another replica) continues the committed object.
     let mut w = driver.writer("big", true).await.expect("append writer");
@@ -101,7 +116,7 @@ async fn s3_multipart_writes_commit_whole_objects() {
         .await
         .expect("write");
     w.commit().await.expect("commit");
-    assert!(read_all("big").await == data);
+    assert!(read_all(&driver, "big").await == data);
 
     // A writer that dies before commit (a killed request) changes nothing visible.
     let mut w = driver.writer("big", false).await.expect("writer");
@@ -109,7 +124,7 @@ async fn s3_multipart_writes_commit_whole_objects() {
         .await
         .expect("write");
     drop(w);
-    assert!(read_all("big").await == data);
+    assert!(read_all(&driver, "big").await == data);
     tokio::task::spawn_blocking(move || drop(s3))
         .await
         .expect("stop moto");
@@ -122,18 +137,10 @@ async fn s3_multipart_writes_commit_whole_objects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn suspended_uploads_send_each_part_once_and_resume_on_another_replica() {
     use bytes::Bytes;
-    use conformance::counting_proxy::CountingProxy;
-    use futures_util::StreamExt;
     use registry::storage::{FileWriter, StorageDriver};
 
     let (s3, _) = driver_on_a_new_bucket("resume", "", S3Config::default()).await;
-    let moto = s3.endpoint();
-    let proxy = CountingProxy::start(
-        moto.trim_start_matches("http://")
-            .parse()
-            .expect("moto address"),
-    )
-    .expect("proxy");
+    let proxy = counting_proxy(&s3);
     let tuning = S3Config {
         chunksize: 5 << 20,
         ..S3Config::default()
@@ -142,9 +149,7 @@ async fn suspended_uploads_send_each_part_once_and_resume_on_another_replica() {
         driver_at(proxy.url(), "resume", "", tuning.clone()),
         driver_at(proxy.url(), "resume", "", tuning),
     ];
-    let data: Vec<u8> = (0..(24u32 << 20))
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
+    let data = pattern(24u32 << 20);
 
     // Six 4 MiB chunks: every other one completes an 8 MiB part with the stored tail.
     for (i, chunk) in data.chunks(4 << 20).enumerate() {
@@ -183,12 +188,10 @@ async fn suspended_uploads_send_each_part_once_and_resume_on_another_replica() {
         1,
         "earlier bytes were read back: {requests:#?}"
     );
-    let (_, mut stream) = replicas[0].reader("u/data", 0, None).await.expect("reader");
-    let mut read = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        read.extend_from_slice(&chunk.expect("chunk"));
-    }
-    assert!(read == data, "the sealed object differs");
+    assert!(
+        read_all(&replicas[0], "u/data").await == data,
+        "the sealed object differs"
+    );
     let left = list_keys(&s3, "u/");
     assert_eq!(
         left,
@@ -235,18 +238,10 @@ fn list_keys(s3: &S3Server, prefix: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn renames_of_large_objects_copy_in_parts() {
     use bytes::Bytes;
-    use conformance::counting_proxy::CountingProxy;
-    use futures_util::StreamExt;
     use registry::storage::StorageDriver;
 
     let (s3, _) = driver_on_a_new_bucket("partcopy", "", S3Config::default()).await;
-    let moto = s3.endpoint();
-    let proxy = CountingProxy::start(
-        moto.trim_start_matches("http://")
-            .parse()
-            .expect("moto address"),
-    )
-    .expect("proxy");
+    let proxy = counting_proxy(&s3);
     let driver = driver_at(
         proxy.url(),
         "partcopy",
@@ -258,20 +253,7 @@ async fn renames_of_large_objects_copy_in_parts() {
             ..S3Config::default()
         },
     );
-    let read_all = |path: &'static str| {
-        let driver = driver.clone();
-        async move {
-            let (_, mut stream) = driver.reader(path, 0, None).await.expect("reader");
-            let mut out = Vec::new();
-            while let Some(chunk) = stream.next().await {
-                out.extend_from_slice(&chunk.expect("chunk"));
-            }
-            out
-        }
-    };
-    let data: Vec<u8> = (0..(13u32 << 20) + 5)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
+    let data = pattern((13u32 << 20) + 5);
     for (from, to, size) in [
         ("big/src", "big/dst", data.len()),
         ("small/src", "small/dst", 1 << 20),
@@ -281,7 +263,7 @@ async fn renames_of_large_objects_copy_in_parts() {
             .await
             .expect("put");
         driver.rename(from, to).await.expect("rename");
-        assert!(read_all(to).await == data[..size], "{to} differs");
+        assert!(read_all(&driver, to).await == data[..size], "{to} differs");
         assert!(driver.stat(from).await.is_err(), "{from} is still there");
     }
     let part_copies = |key: &str| {
