@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use oci::timestamp::parse_go_duration;
 use serde::{Deserialize, Deserializer};
 
 #[derive(Debug, thiserror::Error)]
@@ -293,42 +294,6 @@ impl Config {
     }
 }
 
-/// Go's `time.ParseDuration` syntax ("168h", "2h10m", "1.5s", "300ms"), as distribution reads
-/// durations; a bare integer is taken as nanoseconds, as Go's YAML decoding does.
-pub fn parse_go_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if s == "0" {
-        return Some(Duration::ZERO);
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let value: f64 = rest[..num_end].parse().ok()?;
-        rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let seconds = match &rest[..unit_end] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        total += value * seconds;
-        rest = &rest[unit_end..];
-    }
-    Some(Duration::from_secs_f64(total))
-}
-
 pub(crate) fn go_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -338,8 +303,7 @@ pub(crate) fn go_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D
     }
     match Raw::deserialize(d)? {
         Raw::Nanos(n) => Ok(Duration::from_nanos(n)),
-        Raw::Text(t) => parse_go_duration(&t)
-            .ok_or_else(|| serde::de::Error::custom(format!("invalid duration {t:?}"))),
+        Raw::Text(t) => parse_go_duration(&t).map_err(serde::de::Error::custom),
     }
 }
 
@@ -349,12 +313,13 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_go_duration("168h"), Some(Duration::from_secs(604800)));
-        assert_eq!(parse_go_duration("2h10m"), Some(Duration::from_secs(7800)));
-        assert_eq!(parse_go_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_go_duration("300ms"), Some(Duration::from_millis(300)));
-        assert_eq!(parse_go_duration("10x"), None);
-        assert_eq!(parse_go_duration(""), None);
+        let parse = |s: &str| parse_go_duration(s).ok();
+        assert_eq!(parse("168h"), Some(Duration::from_secs(604800)));
+        assert_eq!(parse("2h10m"), Some(Duration::from_secs(7800)));
+        assert_eq!(parse("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse("300ms"), Some(Duration::from_millis(300)));
+        assert_eq!(parse("10x"), None);
+        assert_eq!(parse(""), None);
     }
 
     #[test]

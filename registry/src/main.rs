@@ -43,7 +43,7 @@ enum Command {
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    registry::config::parse_go_duration(text).ok_or_else(|| format!("invalid duration {text:?}"))
+    oci::timestamp::parse_go_duration(text)
 }
 
 fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {

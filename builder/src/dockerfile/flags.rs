@@ -3,8 +3,6 @@
 //! unknown flag; booleans take no value or `true`/`false`; string flags
 //! need a value; only list flags may repeat.
 
-use std::time::Duration;
-
 use super::error::ErrorKind;
 
 /// The shape of a declared flag.
@@ -114,58 +112,6 @@ pub(crate) fn parse_bool(v: &str) -> Option<bool> {
     }
 }
 
-/// Go's `time.ParseDuration`: `[-+]` then one or more `<decimal><unit>`
-/// with units ns, us, µs, ms, s, m, h; a bare `0` is allowed. Negative
-/// durations are reported as such so the caller can reject them.
-pub(crate) fn parse_go_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {s:?}");
-    let (negative, mut rest) = match s.as_bytes().first() {
-        Some(b'-') => (true, &s[1..]),
-        Some(b'+') => (false, &s[1..]),
-        _ => (false, s),
-    };
-    if rest == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    let mut total_nanos: f64 = 0.0;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let number = &rest[..num_len];
-        if number.is_empty() || number == "." {
-            return Err(bad());
-        }
-        let value: f64 = number.parse().map_err(|_| bad())?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            "" => return Err(format!("missing unit in duration {s:?}")),
-            other => return Err(format!("unknown unit {other:?} in duration {s:?}")),
-        };
-        rest = &rest[unit_len..];
-        total_nanos += value * scale;
-    }
-    if negative && total_nanos > 0.0 {
-        return Err(format!("duration {s:?} cannot be negative"));
-    }
-    if total_nanos > u64::MAX as f64 {
-        return Err(format!("duration {s:?} is too large"));
-    }
-    Ok(Duration::from_nanos(total_nanos.round() as u64))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,18 +157,5 @@ mod tests {
             Flags::parse("COPY", &words(&["--from=a", "--from=b"]), &decl),
             Err(ErrorKind::DuplicateFlag(_))
         ));
-    }
-
-    #[test]
-    fn go_durations() {
-        assert_eq!(parse_go_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_go_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_go_duration("1.5h"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_go_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_go_duration("0"), Ok(Duration::ZERO));
-        assert!(parse_go_duration("5").is_err());
-        assert!(parse_go_duration("-5s").is_err());
-        assert!(parse_go_duration("5x").is_err());
-        assert!(parse_go_duration("").is_err());
     }
 }

@@ -15,11 +15,12 @@ use std::time::Duration;
 use super::chmod::Chmod;
 use super::directives::Directive;
 use super::error::{DockerfileError, ErrorKind};
-use super::flags::{parse_go_duration, FlagKind, Flags};
+use super::flags::{FlagKind, Flags};
 use super::lexer::parse_heredoc;
 use super::mount::Mount;
 use super::node::{Heredoc, Node};
 use super::parser::{parse, Warning};
+use oci::timestamp::parse_go_duration;
 
 /// A value with the source lines it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
