@@ -2,9 +2,9 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
-use clap::{Args, ValueEnum};
-use image_store::{RemoveOutcome, Store};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use image_store::{CachePrune, RemoveOutcome, Store};
 use oci::Reference;
 use serde_json::{json, Value};
 
@@ -229,6 +229,67 @@ pub struct PruneArgs {
     /// Accepted for docker compatibility; rbuild does not ask
     #[arg(short, long)]
     force: bool,
+}
+
+#[derive(Subcommand)]
+pub enum BuilderCommand {
+    /// Remove build cache: every record, or those the filters pick, least recently used first
+    Prune(BuilderPruneArgs),
+}
+
+#[derive(Args)]
+pub struct BuilderPruneArgs {
+    /// Also remove the RUN --mount=type=cache directories
+    #[arg(short, long)]
+    all: bool,
+    /// `until=DURATION`: only records not used for that long (e.g. `until=24h`)
+    #[arg(long)]
+    filter: Vec<String>,
+    /// Remove least recently used records until the cache takes at most this (e.g. `10GB`)
+    #[arg(long)]
+    keep_storage: Option<String>,
+    /// Accepted for docker compatibility; rbuild does not ask
+    #[arg(short, long)]
+    force: bool,
+}
+
+pub fn builder(store: &Store, command: BuilderCommand) -> Result<ExitCode> {
+    let BuilderCommand::Prune(args) = command;
+    let mut policy = CachePrune {
+        cache_mounts: args.all,
+        ..CachePrune::default()
+    };
+    for filter in &args.filter {
+        match filter.split_once('=') {
+            Some(("until", age)) => {
+                let age = oci::timestamp::parse_go_duration(age)
+                    .map_err(|e| anyhow::anyhow!("--filter {filter}: {e}"))?;
+                policy.unused_for = Some(age);
+            }
+            _ => bail!("--filter {filter:?}: only until=DURATION is supported"),
+        }
+    }
+    if let Some(size) = &args.keep_storage {
+        let bytes = crate::output::parse_bytes(size)
+            .with_context(|| format!("--keep-storage {size:?}: expected a size such as 10GB"))?;
+        policy.keep_bytes = Some(bytes);
+    }
+    let report = store
+        .cache_prune(&policy)
+        .context("pruning the build cache")?;
+    let mounts = if report.cache_mounts {
+        " and the cache mounts"
+    } else {
+        ""
+    };
+    println!(
+        "Deleted {} build cache records{mounts}, {} blobs, {} unpacked layers\nTotal reclaimed space: {}",
+        report.records,
+        report.collected.blobs,
+        report.collected.layers,
+        human_size(report.collected.bytes)
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn prune(store: &Store, _args: PruneArgs) -> Result<ExitCode> {

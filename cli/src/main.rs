@@ -43,6 +43,11 @@ enum Command {
     Rmi(image_cmds::RmiArgs),
     /// Remove untagged images and unused content
     Prune(image_cmds::PruneArgs),
+    /// The build cache: `rbuild builder prune`
+    Builder {
+        #[command(subcommand)]
+        command: image_cmds::BuilderCommand,
+    },
     /// Create an image from a root filesystem tarball
     Import(archive_cmds::ImportArgs),
     /// Load images from a docker-archive or OCI archive
@@ -132,6 +137,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tag(args) => image_cmds::tag(&store()?, args),
         Command::Rmi(args) => image_cmds::rmi(&store()?, args),
         Command::Prune(args) => image_cmds::prune(&store()?, args),
+        Command::Builder { command } => image_cmds::builder(&store()?, command),
         Command::Import(args) => archive_cmds::import(&store()?, args),
         Command::Load(args) => archive_cmds::load(&store()?, args),
         Command::Save(args) => archive_cmds::save(&store()?, args),

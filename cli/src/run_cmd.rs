@@ -468,7 +468,7 @@ impl Limits {
     fn parse(args: &RunArgs) -> anyhow::Result<Limits> {
         let memory = match &args.memory {
             Some(text) => {
-                let bytes = parse_bytes(text).ok_or_else(|| {
+                let bytes = crate::output::parse_bytes(text).ok_or_else(|| {
                     anyhow!(
                         "invalid value {text:?} for --memory: expected a size such as 64m or 1g"
                     )
@@ -521,25 +521,6 @@ impl Limits {
             resources["cpu"] = json!({ "quota": quota, "period": CPU_PERIOD_US });
         }
     }
-}
-
-/// docker's RAMInBytes (go-units size.go): a number, an optional k/m/g/t unit (powers of
-/// 1024), optionally followed by `b` or `ib`.
-fn parse_bytes(text: &str) -> Option<u64> {
-    let lower = text.trim().to_ascii_lowercase();
-    let unitless = lower
-        .strip_suffix("ib")
-        .or_else(|| lower.strip_suffix('b'))
-        .unwrap_or(&lower);
-    let (number, multiplier) = match unitless.chars().last()? {
-        'k' => (&unitless[..unitless.len() - 1], 1u64 << 10),
-        'm' => (&unitless[..unitless.len() - 1], 1 << 20),
-        'g' => (&unitless[..unitless.len() - 1], 1 << 30),
-        't' => (&unitless[..unitless.len() - 1], 1 << 40),
-        _ => (unitless, 1),
-    };
-    let value: f64 = number.trim().parse().ok()?;
-    (value.is_finite() && value >= 0.0).then_some((value * multiplier as f64) as u64)
 }
 
 #[derive(Debug)]
@@ -774,18 +755,6 @@ fn write_etc_files(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse_like_docker() {
-        assert_eq!(parse_bytes("64m"), Some(64 << 20));
-        assert_eq!(parse_bytes("64MB"), Some(64 << 20));
-        assert_eq!(parse_bytes("1g"), Some(1 << 30));
-        assert_eq!(parse_bytes("512k"), Some(512 << 10));
-        assert_eq!(parse_bytes("1000"), Some(1000));
-        assert_eq!(parse_bytes("1.5g"), Some(3 << 29));
-        assert_eq!(parse_bytes("lots"), None);
-        assert_eq!(parse_bytes(""), None);
-    }
 
     #[test]
     fn volumes_and_tmpfs_parse() {

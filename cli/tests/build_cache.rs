@@ -360,3 +360,102 @@ fn bad_cache_flags_are_refused() {
         "{progress}"
     );
 }
+
+/// `rbuild builder prune`: every record; records unused for longer than `--filter until=`;
+/// the least recently used records beyond `--keep-storage`; with `--all` the cache mounts.
+/// What only the removed records held is freed; a pruned step runs again, a kept one hits.
+#[test]
+fn builder_prune_removes_records_by_age_and_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let base = busybox_archive(tmp.path(), "bb:1", ArchiveFormat::Oci);
+    ok(rbuild(&root).args(["load", "-q", "-i"]).arg(&base));
+    // Two builds, A (a 3 MB layer) then B (1 MB), their images removed: only the build cache
+    // holds their layers.
+    let context = |name: &str, megabytes: u32| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let dockerfile = format!(
+            "FROM bb:1\nRUN --mount=type=cache,target=/cache \
+             head -c {megabytes}000000 /dev/urandom > /{name} && touch /cache/{name}\n"
+        );
+        std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
+        dir
+    };
+    let (a, b) = (context("a", 3), context("b", 1));
+    let records = || -> BTreeSet<PathBuf> {
+        std::fs::read_dir(root.join("build-cache"))
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    };
+    // Whether the build ran its RUN (no CACHED step).
+    let ran = |dir: &Path| {
+        let out = rbuild(&root)
+            .args(["build", "--progress", "plain", "-t", "x:1"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        ok(rbuild(&root).args(["rmi", "x:1"]));
+        !String::from_utf8_lossy(&out.stderr).contains("CACHED")
+    };
+    let prune = |args: &[&str]| ok(rbuild(&root).args(["builder", "prune", "-f"]).args(args));
+    let age_records = |paths: &BTreeSet<PathBuf>, hours: u64| {
+        let then = std::time::SystemTime::now() - std::time::Duration::from_secs(hours * 3600);
+        for path in paths {
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(then)
+                .unwrap();
+        }
+    };
+
+    assert!(ran(&a));
+    let a_records = records();
+    assert!(ran(&b));
+    let b_records: BTreeSet<PathBuf> = records().difference(&a_records).cloned().collect();
+    assert!(
+        !ran(&a) && !ran(&b),
+        "the second builds should hit the cache"
+    );
+
+    // A unused for two days, B for one hour: until=24h takes A only.
+    age_records(&a_records, 48);
+    age_records(&b_records, 1);
+    let out = prune(&["--filter", "until=24h"]);
+    assert!(
+        out.starts_with(&format!("Deleted {} build cache records", a_records.len())),
+        "{out}"
+    );
+    assert!(
+        !out.contains("Total reclaimed space: 0B"),
+        "A's layer was not freed: {out}"
+    );
+    assert_eq!(records(), b_records);
+    assert!(ran(&a), "a pruned step hit the cache");
+    assert!(!ran(&b), "a kept step ran again");
+
+    // B least recently used now. A takes about 6 MB (its 3 MB layer, unpacked and as a blob),
+    // B about 2 MB: 7 MB keeps A and not B.
+    age_records(&records().difference(&b_records).cloned().collect(), 0);
+    age_records(&b_records, 5);
+    prune(&["--keep-storage", "7MB"]);
+    let kept = records();
+    assert!(
+        kept.is_disjoint(&b_records),
+        "B, the least recently used, was kept"
+    );
+    assert!(!kept.is_empty(), "more than needed was removed");
+
+    // No filter: everything; --all: the cache mounts too.
+    assert!(root.join("cache-mounts").is_dir());
+    let out = prune(&["--all"]);
+    assert!(out.contains("and the cache mounts"), "{out}");
+    assert!(records().is_empty());
+    assert!(!root.join("cache-mounts").exists());
+    assert!(ran(&b));
+    let err = fails(rbuild(&root).args(["builder", "prune", "--filter", "label=x"]));
+    assert!(err.contains("until="), "{err}");
+}

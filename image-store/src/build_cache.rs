@@ -1,20 +1,23 @@
 //! The builder's cache: step cache key → the layer that step produced. Records live under
 //! `ROOT/build-cache/<key hex>.json`; their layers are GC roots, so `prune` keeps them until
-//! the cache itself is pruned.
+//! the cache itself is pruned ([`Store::cache_prune`], `rbuild builder prune`). A hit sets its
+//! record's mtime, which is when the record was last used.
 //!
 //! Records also travel between machines (`rbuild build --cache-to/--cache-from`) as an OCI
 //! artifact: a manifest with `artifactType` [`CACHE_ARTIFACT_TYPE`] whose config
 //! ([`CACHE_CONFIG_MEDIA_TYPE`]) is a [`CacheConfig`] and whose layers are the records' layer
 //! blobs (docs/ARCHITECTURE.md, "Registry build cache").
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
 
 use oci::{Descriptor, Digest};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{io_err, write_atomic, Store, StoreError};
+use crate::store::{io_err, write_atomic, PruneReport, Store, StoreError};
 
 /// What a cached step produced: a layer, or nothing (an empty diff).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,7 +91,15 @@ impl Store {
         };
         match &record.layer {
             Some(layer) if !self.has_layer(&layer.descriptor, &layer.diff_id) => Ok(None),
-            _ => Ok(Some(record)),
+            _ => {
+                // Last use, for `cache_prune`'s age and size limits; a failure costs nothing
+                // but a record that looks older than it is.
+                let _ = fs::File::options()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_modified(SystemTime::now()));
+                Ok(Some(record))
+            }
         }
     }
 
@@ -122,12 +133,130 @@ impl Store {
         Ok(out)
     }
 
-    /// Drops the whole build cache (`rbuild prune --cache`); GC then frees its layers.
-    pub fn cache_clear(&self) -> Result<(), StoreError> {
+    /// `rbuild builder prune`: removes the records `policy` selects (least recently used
+    /// first), with `cache_mounts` the RUN cache mounts too, then the content nothing needs
+    /// any more. Waits for running builds, as `prune` does.
+    pub fn cache_prune(&self, policy: &CachePrune) -> Result<CachePruneReport, StoreError> {
+        let _gc = self.gc_lock()?;
+        let mut records = self.cache_records_by_age()?;
+        let now = SystemTime::now();
+        let too_old = |used: SystemTime| {
+            policy
+                .unused_for
+                .is_some_and(|age| now.duration_since(used).unwrap_or_default() >= age)
+        };
+        let mut doomed = Vec::new();
+        if policy.unused_for.is_none() && policy.keep_bytes.is_none() {
+            doomed.append(&mut records);
+        } else {
+            // Oldest first: those unused for too long, then as many more as the size needs.
+            let mut sizes = LayerSizes::default();
+            for record in &records {
+                sizes.add(self, record);
+            }
+            records.reverse();
+            while let Some(record) = records.pop() {
+                let over = policy.keep_bytes.is_some_and(|keep| sizes.total > keep);
+                if !(too_old(record.used) || over) {
+                    records.push(record);
+                    break;
+                }
+                sizes.remove(&record);
+                doomed.push(record);
+            }
+        }
+        let mut report = CachePruneReport::default();
+        for record in &doomed {
+            fs::remove_file(&record.path).map_err(io_err(&record.path))?;
+            report.records += 1;
+        }
+        if policy.cache_mounts {
+            let mounts = self.root().join("cache-mounts");
+            if mounts.exists() {
+                fs::remove_dir_all(&mounts).map_err(io_err(&mounts))?;
+                report.cache_mounts = true;
+            }
+        }
+        report.collected = self.collect_garbage()?;
+        Ok(report)
+    }
+
+    /// Every record with its last use, least recently used first.
+    fn cache_records_by_age(&self) -> Result<Vec<UsedRecord>, StoreError> {
         let dir = self.cache_dir();
-        match fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&dir)(e)),
-            _ => Ok(()),
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        let mut records = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(io_err(&dir))?.path();
+            let used = fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .map_err(io_err(&path))?;
+            let layer = fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<CacheRecord>(&b).ok())
+                .and_then(|r| r.layer);
+            records.push(UsedRecord { path, used, layer });
+        }
+        records.sort_by_key(|r| r.used);
+        Ok(records)
+    }
+}
+
+/// What `rbuild builder prune` removes: with neither limit, every record.
+#[derive(Debug, Clone, Default)]
+pub struct CachePrune {
+    /// Records not used for this long (`--filter until=`).
+    pub unused_for: Option<Duration>,
+    /// Least recently used records until their layers take at most this (`--keep-storage`).
+    pub keep_bytes: Option<u64>,
+    /// The RUN cache mounts too (`--all`).
+    pub cache_mounts: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct CachePruneReport {
+    pub records: usize,
+    pub cache_mounts: bool,
+    /// What GC freed afterwards.
+    pub collected: PruneReport,
+}
+
+struct UsedRecord {
+    path: PathBuf,
+    used: SystemTime,
+    layer: Option<CachedLayer>,
+}
+
+/// The bytes the cache's layers take, each layer counted once however many records hold it.
+#[derive(Default)]
+struct LayerSizes {
+    total: u64,
+    /// Per layer (diff ID): its size and how many records hold it.
+    layers: HashMap<Digest, (u64, usize)>,
+}
+
+impl LayerSizes {
+    fn add(&mut self, store: &Store, record: &UsedRecord) {
+        let Some(layer) = &record.layer else { return };
+        let entry = self.layers.entry(layer.diff_id.clone()).or_insert_with(|| {
+            let size = store.stored_layer_size(layer);
+            self.total += size;
+            (size, 0)
+        });
+        entry.1 += 1;
+    }
+
+    fn remove(&mut self, record: &UsedRecord) {
+        let Some(layer) = &record.layer else { return };
+        if let Some((size, holders)) = self.layers.get_mut(&layer.diff_id) {
+            *holders -= 1;
+            if *holders == 0 {
+                self.total -= *size;
+            }
         }
     }
 }

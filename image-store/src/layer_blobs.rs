@@ -167,6 +167,15 @@ impl Store {
         self.content().contains(&made.digest).then_some(made)
     }
 
+    /// The bytes of the blobs made for the layer `diff_id`, in every compression.
+    pub(crate) fn made_blobs_size(&self, diff_id: &Digest) -> u64 {
+        [Compression::None, Compression::Gzip, Compression::Zstd]
+            .into_iter()
+            .filter_map(|c| self.read_layer_blob_record(&self.layer_blob_record(diff_id, c)))
+            .map(|made| self.content().size(&made.digest).unwrap_or(0))
+            .sum()
+    }
+
     /// For GC, which holds gc.lock exclusively: forgets the blobs made for layers that are no
     /// longer kept (`live_layers`: diff ID hex), and returns the blobs made for the kept ones,
     /// which stay as long as their layers do, as a cached step's blob always has.

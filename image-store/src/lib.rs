@@ -31,8 +31,8 @@ mod store;
 mod unpacked;
 
 pub use build_cache::{
-    CacheBackend, CacheBackendError, CacheConfig, CacheRecord, CachedLayer, ExportedRecord,
-    CACHE_ARTIFACT_TYPE, CACHE_CONFIG_MEDIA_TYPE,
+    CacheBackend, CacheBackendError, CacheConfig, CachePrune, CachePruneReport, CacheRecord,
+    CachedLayer, ExportedRecord, CACHE_ARTIFACT_TYPE, CACHE_CONFIG_MEDIA_TYPE,
 };
 pub use layer_blobs::unpacked_only_descriptor;
 pub use lock::{LockError, StoreLock};

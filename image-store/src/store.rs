@@ -313,7 +313,7 @@ impl Store {
     /// `rbuild prune`: removes untagged images, then every blob and unpacked layer no image
     /// needs, and leftovers of killed writers.
     pub fn prune(&self) -> Result<PruneReport, StoreError> {
-        let _gc = StoreLock::acquire(&self.root.join("gc.lock"), LockKind::Exclusive)?;
+        let _gc = self.gc_lock()?;
         let mut report = PruneReport::default();
         {
             let _guard = self.index_lock()?;
@@ -337,8 +337,16 @@ impl Store {
         Ok(report)
     }
 
-    /// Deletes what no image reaches. The caller holds gc.lock exclusively.
-    fn collect_garbage(&self) -> Result<PruneReport, StoreError> {
+    /// Excludes writers (builds, pulls, loads) while GC decides what is garbage.
+    pub(crate) fn gc_lock(&self) -> Result<StoreLock, StoreError> {
+        Ok(StoreLock::acquire(
+            &self.root.join("gc.lock"),
+            LockKind::Exclusive,
+        )?)
+    }
+
+    /// Deletes what no image or build cache record reaches. The caller holds [`Store::gc_lock`].
+    pub(crate) fn collect_garbage(&self) -> Result<PruneReport, StoreError> {
         let mut live = BTreeSet::new();
         let mut live_layers = BTreeSet::new();
         for image in self.images()? {
@@ -376,7 +384,9 @@ impl Store {
                 report.blobs += 1;
             }
         }
-        report.layers = self.remove_unpacked_except(&live_layers)?;
+        let (layers, bytes) = self.remove_unpacked_except(&live_layers)?;
+        report.layers = layers;
+        report.bytes += bytes;
         Ok(report)
     }
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use oci::layer::{apply, ApplyMode};
 use oci::media_type::{self, Kind};
@@ -87,21 +87,47 @@ impl Store {
         }
     }
 
-    /// Removes every unpacked layer not named in `keep` (diff ID hex), and unfinished ones.
+    /// Removes every unpacked layer not named in `keep` (diff ID hex), and unfinished ones:
+    /// how many, and the bytes they took.
     pub(crate) fn remove_unpacked_except(
         &self,
         keep: &BTreeSet<String>,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<(usize, u64), StoreError> {
         let layers = self.root().join("layers");
-        let mut removed = 0;
+        let (mut removed, mut bytes) = (0, 0);
         for entry in fs::read_dir(&layers).map_err(io_err(&layers))? {
             let entry = entry.map_err(io_err(&layers))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if !keep.contains(&name) {
+                bytes += disk_usage(&entry.path());
                 fs::remove_dir_all(entry.path()).map_err(io_err(&entry.path()))?;
                 removed += 1;
             }
         }
-        Ok(removed)
+        Ok((removed, bytes))
     }
+
+    /// What a cached layer takes in the store: its unpacked directory and its blobs (its
+    /// own, or those made for it later: layer_blobs.rs).
+    pub(crate) fn stored_layer_size(&self, layer: &crate::CachedLayer) -> u64 {
+        let blob = self.content().size(&layer.descriptor.digest).unwrap_or(0);
+        blob + self.made_blobs_size(&layer.diff_id) + disk_usage(&self.unpacked_dir(&layer.diff_id))
+    }
+}
+
+/// The disk blocks under `path` (as `du` counts them), hard links counted once per visit.
+fn disk_usage(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let mut total = meta.blocks() * 512;
+    if meta.is_dir() {
+        if let Ok(entries) = fs::read_dir(path) {
+            for entry in entries.flatten() {
+                total += disk_usage(&entry.path());
+            }
+        }
+    }
+    total
 }

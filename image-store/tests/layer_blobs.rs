@@ -85,8 +85,9 @@ fn a_blob_is_made_once_when_needed_and_lives_as_long_as_its_layer() {
     assert!(root.join("layers").join(id.encoded()).is_dir());
 
     // Without the cache nothing needs it: layer, blobs and their records go.
-    store.cache_clear().unwrap();
-    store.prune().unwrap();
+    store
+        .cache_prune(&image_store::CachePrune::default())
+        .unwrap();
     assert!(!store.content().contains(&gzip.digest));
     assert!(!store.content().contains(&layer.digest));
     assert!(!root.join("layers").join(id.encoded()).exists());
