@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use oci::{Descriptor, Digest};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{io_err, write_atomic, PruneReport, Store, StoreError};
+use crate::store::{files_in, io_err, write_atomic, PruneReport, Store, StoreError};
 
 /// What a cached step produced: a layer, or nothing (an empty diff).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,25 +112,8 @@ impl Store {
 
     /// Every layer the cache refers to (GC roots).
     pub(crate) fn cache_layers(&self) -> Result<Vec<CachedLayer>, StoreError> {
-        let dir = self.cache_dir();
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err(&dir)(e)),
-        };
-        let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(io_err(&dir))?;
-            if let Ok(bytes) = fs::read(entry.path()) {
-                if let Ok(CacheRecord {
-                    layer: Some(layer), ..
-                }) = serde_json::from_slice(&bytes)
-                {
-                    out.push(layer);
-                }
-            }
-        }
-        Ok(out)
+        let records = self.cache_records_by_age()?;
+        Ok(records.into_iter().filter_map(|r| r.layer).collect())
     }
 
     /// `rbuild builder prune`: removes the records `policy` selects (least recently used
@@ -183,15 +166,8 @@ impl Store {
 
     /// Every record with its last use, least recently used first.
     fn cache_records_by_age(&self) -> Result<Vec<UsedRecord>, StoreError> {
-        let dir = self.cache_dir();
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err(&dir)(e)),
-        };
         let mut records = Vec::new();
-        for entry in entries {
-            let path = entry.map_err(io_err(&dir))?.path();
+        for path in files_in(&self.cache_dir())? {
             let used = fs::metadata(&path)
                 .and_then(|m| m.modified())
                 .map_err(io_err(&path))?;

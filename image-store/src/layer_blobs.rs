@@ -24,7 +24,7 @@ use oci::content::{BlobWriter, Expected};
 use oci::layer::{create, CreateOptions, LayerInfo, SourceKind};
 use oci::{media_type, Descriptor, Digest};
 
-use crate::store::{io_err, write_atomic, Store, StoreError};
+use crate::store::{files_in, io_err, write_atomic, Store, StoreError};
 
 /// The descriptor of a layer that exists only unpacked: the uncompressed media type, and the
 /// diff ID as digest (which is what the blob's digest would be, uncompressed).
@@ -183,15 +183,8 @@ impl Store {
         &self,
         live_layers: &BTreeSet<String>,
     ) -> Result<Vec<Digest>, StoreError> {
-        let dir = self.layer_blobs_dir();
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err(&dir)(e)),
-        };
         let mut keep = Vec::new();
-        for entry in entries {
-            let path = entry.map_err(io_err(&dir))?.path();
+        for path in files_in(&self.layer_blobs_dir())? {
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())

@@ -449,6 +449,18 @@ fn index_of(records: &[ImageRecord]) -> Index {
     index
 }
 
+/// The entries of `dir`; none when it does not exist (yet).
+pub(crate) fn files_in(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    entries
+        .map(|entry| entry.map(|e| e.path()).map_err(io_err(dir)))
+        .collect()
+}
+
 /// Replaces `path` with `data` atomically: a reader sees the old or the new file, whole.
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
