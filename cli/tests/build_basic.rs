@@ -7,7 +7,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use common::{busybox_archive, fails, inspect, ok, rbuild, SshAgent};
+use common::{busybox_archive, fails, http_server, inspect, listening, ok, rbuild, ssh_agent};
+use conformance::peers::{require, PeerProcess};
 use oci::archive::ArchiveFormat;
 
 /// A store with the busybox fixture loaded as `bb:1`.
@@ -245,7 +246,7 @@ fn store_with_ssh_add(tmp: &Path) -> std::path::PathBuf {
     let busybox = tmp.join("busybox-rootfs");
     fixtures::busybox_rootfs(&busybox).unwrap();
     let tools = tmp.join("ssh-add-layer");
-    let ssh_add = conformance::peers::require("ssh-add");
+    let ssh_add = require("ssh-add");
     let ldd = ok(Command::new("ldd").arg(&ssh_add));
     let libraries = ldd
         .split_whitespace()
@@ -269,8 +270,8 @@ fn store_with_ssh_add(tmp: &Path) -> std::path::PathBuf {
 }
 
 /// A real ssh-agent on `socket` holding `key`.
-fn agent_with_key(socket: &Path, key: &Path) -> SshAgent {
-    let agent = SshAgent::start(socket);
+fn agent_with_key(socket: &Path, key: &Path) -> PeerProcess {
+    let agent = ssh_agent(socket);
     ok(Command::new("ssh-add")
         .arg("-q")
         .arg(key)
@@ -288,7 +289,7 @@ fn ssh_mounts_reach_the_hosts_agent() {
     let tmp = tempfile::tempdir().unwrap();
     let root = store_with_ssh_add(tmp.path());
     let key = tmp.path().join("id_ed25519");
-    ok(Command::new(conformance::peers::require("ssh-keygen"))
+    ok(Command::new(require("ssh-keygen"))
         .args([
             "-q",
             "-t",
@@ -377,43 +378,23 @@ fn ssh_mounts_reach_the_hosts_agent() {
     assert!(err.contains("is not a socket"), "{err}");
 }
 
-/// `git daemon` serving the repositories under `base` on a loopback port, stopped on drop.
-struct GitDaemon {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl GitDaemon {
-    fn start(base: &Path) -> GitDaemon {
-        let port = conformance::peers::free_port();
-        // git-daemon itself: `git daemon` would run it as a child that outlives a kill.
-        let exec_path = ok(Command::new(conformance::peers::require("git")).arg("--exec-path"));
-        let child = Command::new(Path::new(exec_path.trim()).join("git-daemon"))
-            .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
-            .arg(format!("--port={port}"))
-            .arg(format!("--base-path={}", base.display()))
-            .arg(base)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn git-daemon");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "git daemon did not listen"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        GitDaemon { child, port }
-    }
-}
-
-impl Drop for GitDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `git-daemon` serving the repositories under `base` on a loopback port. (`git daemon` would
+/// run it as a child that outlives the stop.)
+fn git_daemon(base: &Path) -> (PeerProcess, u16) {
+    let exec_path = ok(Command::new(require("git")).arg("--exec-path"));
+    let daemon = Path::new(exec_path.trim()).join("git-daemon");
+    listening("git-daemon", |port| {
+        PeerProcess::spawn(
+            "git-daemon",
+            Command::new(&daemon)
+                .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+                .arg(format!("--port={port}"))
+                .arg(format!("--base-path={}", base.display()))
+                .arg(base),
+            &base.with_extension("log"),
+        )
+        .expect("start git-daemon")
+    })
 }
 
 /// `git -C dir ARGS` with a fixed identity and commit time.
@@ -459,8 +440,8 @@ fn add_from_a_git_repository() {
         .args(["clone", "-q", "--bare"])
         .arg(&work)
         .arg(&bare));
-    let daemon = GitDaemon::start(&served);
-    let repo = format!("git://127.0.0.1:{}/repo.git", daemon.port);
+    let (_daemon, port) = git_daemon(&served);
+    let repo = format!("git://127.0.0.1:{port}/repo.git");
 
     let ctx = tmp.path().join("ctx");
     fs::create_dir_all(&ctx).unwrap();
@@ -559,8 +540,8 @@ fn a_git_repository_as_the_build_context() {
         .args(["clone", "-q", "--bare"])
         .arg(&work)
         .arg(served.join("repo.git")));
-    let daemon = GitDaemon::start(&served);
-    let context = format!("git://127.0.0.1:{}/repo.git#main:app", daemon.port);
+    let (_daemon, port) = git_daemon(&served);
+    let context = format!("git://127.0.0.1:{port}/repo.git#main:app");
 
     let out = tmp.path().join("out");
     let dest = format!("type=local,dest={}", out.display());
@@ -769,25 +750,7 @@ fn add_url_secret_env_and_bind_from_stage() {
     let served = tmp.path().join("served");
     fs::create_dir_all(&served).unwrap();
     fs::write(served.join("payload.txt"), "downloaded\n").unwrap();
-    let port = conformance::peers::free_port();
-    let mut server = conformance::peers::PeerProcess::spawn(
-        "python3 http.server",
-        std::process::Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                &port.to_string(),
-            ])
-            .current_dir(&served),
-        &tmp.path().join("http.log"),
-    )
-    .unwrap();
-    conformance::peers::wait_until("http server", std::time::Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
-    .unwrap();
+    let (mut server, port) = http_server(&served, &tmp.path().join("http.log"));
     let sum = oci::Digest::sha256_of(b"downloaded\n");
     let ctx = tmp.path().join("ctx");
     fs::create_dir_all(&ctx).unwrap();

@@ -9,7 +9,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use common::{busybox_archive, ok, rbuild, SshAgent};
+use common::{busybox_archive, ok, rbuild, ssh_agent};
 use conformance::peers::{run_ok, Dockerd};
 use oci::archive::ArchiveFormat;
 
@@ -125,7 +125,7 @@ fn dockerfile_cases_match_buildkit() {
 
     // For the cases' `--ssh` ids: a real agent, with no key (the cases check the socket).
     let agent = tmp.path().join("agent.sock");
-    let _agent = SshAgent::start(&agent);
+    let _agent = ssh_agent(&agent);
 
     let mut failures = Vec::new();
     let mut cases: Vec<PathBuf> = fs::read_dir(cases_dir())

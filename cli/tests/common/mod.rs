@@ -4,6 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use std::time::Duration;
+
+use conformance::peers::{free_port, require, wait_until, PeerProcess};
 use oci::archive::ArchiveFormat;
 
 /// An `rbuild` command on a private store.
@@ -90,33 +93,48 @@ pub fn inspect(root: &Path, name: &str) -> serde_json::Value {
 }
 
 /// A real ssh-agent (`ssh-agent -D`) listening on `socket`, stopped on drop.
-pub struct SshAgent(std::process::Child);
-
-impl SshAgent {
-    pub fn start(socket: &Path) -> SshAgent {
-        let child = Command::new(conformance::peers::require("ssh-agent"))
+pub fn ssh_agent(socket: &Path) -> PeerProcess {
+    let log = socket.with_extension("log");
+    let agent = PeerProcess::spawn(
+        "ssh-agent",
+        Command::new(require("ssh-agent"))
             .arg("-D")
             .arg("-a")
-            .arg(socket)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn ssh-agent");
-        let agent = SshAgent(child);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "ssh-agent did not listen"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        agent
-    }
+            .arg(socket),
+        &log,
+    )
+    .expect("start ssh-agent");
+    wait_until("ssh-agent", Duration::from_secs(10), || socket.exists()).expect("ssh-agent");
+    agent
 }
 
-impl Drop for SshAgent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A server that `start` runs on a free loopback port, once it answers there, and the port.
+pub fn listening(name: &str, start: impl Fn(u16) -> PeerProcess) -> (PeerProcess, u16) {
+    let port = free_port();
+    let server = start(port);
+    wait_until(name, Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    (server, port)
+}
+
+/// python's http.server on a loopback port, serving `dir`.
+pub fn http_server(dir: &Path, log: &Path) -> (PeerProcess, u16) {
+    listening("http.server", |port| {
+        PeerProcess::spawn(
+            "python3 http.server",
+            Command::new(require("python3"))
+                .args([
+                    "-m",
+                    "http.server",
+                    "--bind",
+                    "127.0.0.1",
+                    &port.to_string(),
+                ])
+                .current_dir(dir),
+            log,
+        )
+        .expect("start http.server")
+    })
 }
