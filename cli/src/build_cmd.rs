@@ -38,8 +38,9 @@ pub enum CompressionFlag {
 #[derive(Args)]
 pub struct BuildArgs {
     /// The build context: a directory; a Git repository (`https://….git#REF:DIR`,
-    /// `git@host:repo.git`, `git://…`) checked out first; or `-`: standard input, a tar
-    /// archive of the context (plain, gzip or zstd) or a Dockerfile with no context
+    /// `git@host:repo.git`, `git://…`) checked out first; an `http(s)://` URL or `-` (standard
+    /// input): a tar archive of the context (plain, gzip or zstd), or else a Dockerfile with
+    /// no context
     context: PathBuf,
     /// Name and optionally tag the image (`name:tag`); repeatable
     #[arg(short, long = "tag")]
@@ -407,34 +408,45 @@ impl BuildInputs {
     ) -> Result<BuildInputs> {
         let stdin = Path::new("-");
         let dockerfile_on_stdin = args.file.as_deref() == Some(stdin);
-        let context_is_local =
-            args.context != stdin && GitSource::parse_path(&args.context).is_none();
+        let url = args
+            .context
+            .to_str()
+            .filter(|c| c.starts_with("http://") || c.starts_with("https://"));
+        let git = GitSource::parse_path(&args.context);
+        let context_is_local = args.context != stdin && git.is_none() && url.is_none();
         let mut scratch = Vec::new();
-        let (context, stdin_dockerfile) = if args.context == stdin {
-            if dockerfile_on_stdin {
-                bail!("the context and the Dockerfile cannot both be read from standard input");
-            }
-            let dir = scratch_dir(store, "stdin-context-")?;
-            let input = read_stdin()?;
-            // As `docker build -`: an archive is the context, anything else the Dockerfile.
-            let dockerfile = match archive_compression(&input) {
-                Some(compression) => {
-                    oci::layer::apply(&input[..], compression, dir.path(), ApplyMode::Merged)
-                        .context("unpack the context from standard input")?;
-                    None
+        let (context, stdin_dockerfile) =
+            if args.context == stdin || (url.is_some() && git.is_none()) {
+                if dockerfile_on_stdin && args.context == stdin {
+                    bail!("the context and the Dockerfile cannot both be read from standard input");
                 }
-                None => Some(text_of(input)?),
+                let input = match url {
+                    Some(url) => download(url)?,
+                    None => read_stdin()?,
+                };
+                // As `docker build -` and `docker build URL`: an archive is the context, anything
+                // else the Dockerfile.
+                let dir = scratch_dir(store, "context-")?;
+                let dockerfile = match archive_compression(&input) {
+                    Some(compression) => {
+                        oci::layer::apply(&input[..], compression, dir.path(), ApplyMode::Merged)
+                            .with_context(|| {
+                            format!("unpack the context from {}", args.context.display())
+                        })?;
+                        None
+                    }
+                    None => Some(text_of(input)?),
+                };
+                let root = dir.path().to_path_buf();
+                scratch.push(dir);
+                (root, dockerfile)
+            } else if let Some(git) = git {
+                let (dir, root) = check_out_context(store, &git, build_args, ssh_agents)?;
+                scratch.push(dir);
+                (root, None)
+            } else {
+                (args.context.clone(), None)
             };
-            let root = dir.path().to_path_buf();
-            scratch.push(dir);
-            (root, dockerfile)
-        } else if let Some(git) = GitSource::parse_path(&args.context) {
-            let (dir, root) = check_out_context(store, &git, build_args, ssh_agents)?;
-            scratch.push(dir);
-            (root, None)
-        } else {
-            (args.context.clone(), None)
-        };
         let stdin_dockerfile = match stdin_dockerfile {
             None if dockerfile_on_stdin => Some(text_of(read_stdin()?)?),
             text => text,
@@ -500,6 +512,16 @@ fn scratch_dir(store: &Store, prefix: &str) -> Result<tempfile::TempDir> {
         .with_context(|| format!("create a directory in {}", scratch.display()))
 }
 
+fn download(url: &str) -> Result<Vec<u8>> {
+    let response = reqwest::blocking::get(url)
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("download the context {url}"))?;
+    let body = response
+        .bytes()
+        .with_context(|| format!("download the context {url}"))?;
+    Ok(body.to_vec())
+}
+
 fn read_stdin() -> Result<Vec<u8>> {
     let mut input = Vec::new();
     std::io::Read::read_to_end(&mut std::io::stdin(), &mut input).context("read standard input")?;
@@ -507,7 +529,7 @@ fn read_stdin() -> Result<Vec<u8>> {
 }
 
 fn text_of(input: Vec<u8>) -> Result<String> {
-    String::from_utf8(input).context("the Dockerfile from standard input is not UTF-8 text")
+    String::from_utf8(input).context("the Dockerfile is not UTF-8 text")
 }
 
 /// How `input` is compressed if it is a tar archive (a tar header says `ustar` at 257).

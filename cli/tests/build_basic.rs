@@ -569,9 +569,10 @@ fn a_git_repository_as_the_build_context() {
 
 /// `rbuild build` with `-`, as `docker build` takes it: `-f -` reads the Dockerfile from
 /// standard input beside a context directory; a context `-` is a tar archive (here gzip) of
-/// the context, or else a Dockerfile with an empty context; both at once is refused.
+/// the context, or else a Dockerfile with an empty context; both at once is refused. A URL
+/// context is read the same way.
 #[test]
-fn dockerfile_or_context_from_standard_input() {
+fn dockerfile_or_context_from_standard_input_or_a_url() {
     let tmp = tempfile::tempdir().unwrap();
     let root = store_with_busybox(tmp.path(), "store");
     let ctx = tmp.path().join("ctx");
@@ -622,6 +623,25 @@ fn dockerfile_or_context_from_standard_input() {
     let built = with_stdin(&["-o", &dest, "-"], b"FROM bb:1\nRUN echo alone > /alone\n");
     assert!(built.status.success(), "{built:?}");
     assert_eq!(read(&out, "alone"), "alone\n");
+
+    // The same from a URL: a served archive is the context, a served text file the Dockerfile.
+    let served = tmp.path().join("served");
+    fs::create_dir_all(&served).unwrap();
+    fs::write(served.join("context.tar.gz"), &archive).unwrap();
+    fs::write(
+        served.join("Dockerfile"),
+        "FROM bb:1\nRUN echo remote > /remote\n",
+    )
+    .unwrap();
+    let (_server, port) = http_server(&served, &tmp.path().join("http.log"));
+    for (file, expected) in [("context.tar.gz", "from-tar"), ("Dockerfile", "remote")] {
+        let out = tmp.path().join(format!("out-{file}"));
+        let dest = format!("type=local,dest={}", out.display());
+        let url = format!("http://127.0.0.1:{port}/{file}");
+        let built = with_stdin(&["-o", &dest, &url], b"");
+        assert!(built.status.success(), "{built:?}");
+        assert!(out.join(expected).exists(), "{file}: no /{expected}");
+    }
 
     let refused = with_stdin(&["-f", "-", "-"], b"FROM bb:1\n");
     assert!(!refused.status.success());
