@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use builder::build::{
     build, BuildOptions, CacheBackend, CacheExport, CacheMode, GitSource, LocalCache, NamedContext,
-    Output, Progress, ProgressMode,
+    Output, Progress, ProgressMode, RunSandbox,
 };
 use builder::dockerfile::Dockerfile;
 use clap::{Args, ValueEnum};
@@ -98,6 +98,15 @@ pub struct BuildArgs {
     /// Print only the image ID
     #[arg(short, long)]
     quiet: bool,
+    /// An /etc/hosts line for every RUN: `HOST:IP`; repeatable
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    add_hosts: Vec<String>,
+    /// A resource limit for every RUN: `TYPE=SOFT[:HARD]` (`nofile=1024:2048`); repeatable
+    #[arg(long = "ulimit", value_name = "TYPE=SOFT[:HARD]")]
+    ulimits: Vec<String>,
+    /// The size of /dev/shm in every RUN (default 64m)
+    #[arg(long, value_name = "SIZE")]
+    shm_size: Option<String>,
     /// RUN's default network: `host` (the default) or `none`
     #[arg(long, default_value = "host")]
     network: String,
@@ -214,6 +223,7 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
         ))),
         pull: args.pull,
         named_contexts,
+        sandbox: parse_sandbox(&args)?,
     };
     let quiet = args.quiet || matches!(args.progress, ProgressFlag::Quiet);
     // BuildKit's rule: a live view on a terminal, plain lines otherwise (CI logs).
@@ -500,6 +510,71 @@ impl BuildInputs {
             _scratch: scratch,
         })
     }
+}
+
+/// `--add-host`, `--ulimit` and `--shm-size`, as docker build reads them.
+fn parse_sandbox(args: &BuildArgs) -> Result<RunSandbox> {
+    let mut sandbox = RunSandbox::default();
+    for spec in &args.add_hosts {
+        let (name, address) = spec
+            .split_once([':', '='])
+            .with_context(|| format!("--add-host {spec:?}: expected HOST:IP"))?;
+        address
+            .parse::<std::net::IpAddr>()
+            .with_context(|| format!("--add-host {spec:?}: {address:?} is not an IP address"))?;
+        sandbox
+            .extra_hosts
+            .push((name.to_string(), address.to_string()));
+    }
+    for spec in &args.ulimits {
+        let bad = || format!("--ulimit {spec:?}: expected TYPE=SOFT[:HARD], e.g. nofile=1024:2048");
+        let (kind, values) = spec.split_once('=').with_context(bad)?;
+        const KINDS: [&str; 16] = [
+            "as",
+            "core",
+            "cpu",
+            "data",
+            "fsize",
+            "locks",
+            "memlock",
+            "msgqueue",
+            "nice",
+            "nofile",
+            "nproc",
+            "rss",
+            "rtprio",
+            "rttime",
+            "sigpending",
+            "stack",
+        ];
+        if !KINDS.contains(&kind) {
+            bail!("--ulimit {spec:?}: unknown type {kind:?}");
+        }
+        // docker's -1: unlimited.
+        let limit = |v: &str| match v {
+            "-1" => Some(u64::MAX),
+            v => v.parse().ok(),
+        };
+        let (soft, hard) = match values.split_once(':') {
+            Some((soft, hard)) => (limit(soft), limit(hard)),
+            None => (limit(values), limit(values)),
+        };
+        let (Some(soft), Some(hard)) = (soft, hard) else {
+            bail!(bad());
+        };
+        if soft > hard {
+            bail!("--ulimit {spec:?}: the soft limit is above the hard one");
+        }
+        let name = format!("RLIMIT_{}", kind.to_ascii_uppercase());
+        sandbox.ulimits.push((name, soft, hard));
+    }
+    if let Some(size) = &args.shm_size {
+        let bytes = crate::output::parse_bytes(size)
+            .filter(|b| *b > 0)
+            .with_context(|| format!("--shm-size {size:?}: expected a size such as 256m"))?;
+        sandbox.shm_size = Some(bytes);
+    }
+    Ok(sandbox)
 }
 
 /// A new directory in the store's scratch space, removed on drop.

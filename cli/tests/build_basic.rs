@@ -712,6 +712,55 @@ fn named_build_contexts() {
     );
 }
 
+/// docker build's `--add-host`, `--ulimit` and `--shm-size` reach every RUN and are part of
+/// its cache key; bad values are refused.
+#[test]
+fn run_sandbox_options() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = store_with_busybox(tmp.path(), "store");
+    let ctx = tmp.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM bb:1\nRUN grep myhost /etc/hosts > /hosts; ulimit -Sn > /soft; ulimit -Hn > /hard; \
+         df -k /dev/shm | tail -1 | awk '{print $2}' > /shm\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let dest = format!("type=local,dest={}", out.display());
+    let flags = [
+        "--add-host",
+        "myhost:198.51.100.7",
+        "--ulimit",
+        "nofile=1000:2000",
+        "--shm-size",
+        "32m",
+    ];
+    let mut args = flags.to_vec();
+    args.extend(["-o", &dest]);
+    build(&root, &ctx, &args);
+    let read = |file: &str| fs::read_to_string(out.join(file)).unwrap();
+    assert_eq!(read("hosts"), "198.51.100.7\tmyhost\n");
+    assert_eq!((read("soft").trim(), read("hard").trim()), ("1000", "2000"));
+    assert_eq!(read("shm").trim(), "32768");
+    let (_, again) = build(&root, &ctx, &flags);
+    assert!(again.contains("CACHED"), "{again}");
+    let (_, plain) = build(&root, &ctx, &[]);
+    assert!(
+        !plain.contains("CACHED"),
+        "the sandbox is not in the key: {plain}"
+    );
+    for (flag, value) in [
+        ("--ulimit", "bogus=1"),
+        ("--ulimit", "nofile=9:1"),
+        ("--add-host", "x:not-an-ip"),
+        ("--shm-size", "lots"),
+    ] {
+        let err = fails(rbuild(&root).args(["build", "-q", flag, value]).arg(&ctx));
+        assert!(err.contains(flag), "{err}");
+    }
+}
+
 #[test]
 fn errors_name_the_line_and_the_step() {
     let tmp = tempfile::tempdir().unwrap();

@@ -72,6 +72,20 @@ pub struct BuildOptions {
     /// `--build-context NAME=…`: what `FROM NAME`, `COPY --from=NAME` and `RUN --mount
     /// from=NAME` mean, before any stage or image of that name.
     pub named_contexts: BTreeMap<String, NamedContext>,
+    /// `--add-host`, `--ulimit`, `--shm-size`: how every RUN's sandbox differs from the default.
+    pub sandbox: RunSandbox,
+}
+
+/// What docker build's `--add-host`, `--ulimit` and `--shm-size` change in every RUN. Part of
+/// each RUN's cache key, as in BuildKit (they are in its ExecOp's metadata).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSandbox {
+    /// Extra /etc/hosts lines: (name, address).
+    pub extra_hosts: Vec<(String, String)>,
+    /// (RLIMIT_… name, soft, hard).
+    pub ulimits: Vec<(String, u64, u64)>,
+    /// The size of /dev/shm in bytes (the default is 64 MiB).
+    pub shm_size: Option<u64>,
 }
 
 /// A named build context (buildx's `--build-context`).

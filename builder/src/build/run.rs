@@ -16,7 +16,7 @@ use super::snapshot::{
 };
 use super::ssh_agent::AgentRelay;
 use super::stage::{step_error, Layer, Solver, StageState, PROXY_ARGS};
-use super::{key_of, BuildError};
+use super::{key_of, BuildError, RunSandbox};
 use crate::dockerfile::instructions::{CommandLine, Located, NetworkMode, Run, RunScript};
 use crate::dockerfile::{Instruction, Mount, MountType};
 use crate::image_config::{shell_of, Scope};
@@ -150,18 +150,27 @@ pub(crate) fn cache_key(
         bound.push(sum.to_string());
     }
     let context_sum = bound.join(",");
-    Ok(key_of(&[
+    let (args, env) = (plan.args.join("\0"), env.join("\0"));
+    let mounts = mounts.join("\0");
+    let mut parts: Vec<&[u8]> = vec![
         b"run",
         state.fs_key.as_str().as_bytes(),
-        plan.args.join("\0").as_bytes(),
-        env.join("\0").as_bytes(),
+        args.as_bytes(),
+        env.as_bytes(),
         plan.cwd.as_bytes(),
         plan.user.as_bytes(),
         network.as_bytes(),
-        mounts.join("\0").as_bytes(),
+        mounts.as_bytes(),
         script.as_bytes(),
         context_sum.as_bytes(),
-    ]))
+    ];
+    // Only a sandbox that differs from the default is keyed, so default keys stay as they were.
+    let sandbox = &solver.options.sandbox;
+    let sandbox_key = format!("{sandbox:?}");
+    if *sandbox != RunSandbox::default() {
+        parts.push(sandbox_key.as_bytes());
+    }
+    Ok(key_of(&parts))
 }
 
 /// Runs the planned command and returns its layer (`None` when it changed nothing).
@@ -206,6 +215,13 @@ pub(crate) fn execute(
             }
         }
     }
+    apply_sandbox(
+        &mut value,
+        &mut extra_mounts,
+        &solver.options.sandbox,
+        plan,
+        &ws,
+    )?;
     if let Some((name, content)) = &plan.script_file {
         let path = ws.path("script");
         fs::write(&path, content).map_err(BuildError::other)?;
@@ -320,6 +336,62 @@ pub(crate) fn execute(
         .collect();
     remove_mount_stubs(&ws.upper(), &lower, &destinations);
     commit_upper(store, &ws, solver.options, in_image, true)
+}
+
+/// `--add-host` (an /etc/hosts of the step's own), `--ulimit` and `--shm-size` in the spec.
+fn apply_sandbox(
+    spec: &mut Value,
+    extra_mounts: &mut Vec<Value>,
+    sandbox: &RunSandbox,
+    plan: &Plan,
+    ws: &Workspace,
+) -> Result<(), BuildError> {
+    if !sandbox.extra_hosts.is_empty() {
+        let mut hosts = match plan.network {
+            NetworkMode::None => {
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".to_string()
+            }
+            _ => fs::read_to_string("/etc/hosts").unwrap_or_default(),
+        };
+        for (name, address) in &sandbox.extra_hosts {
+            hosts.push_str(&format!("{address}\t{name}\n"));
+        }
+        let path = ws.path("hosts");
+        fs::write(&path, hosts).map_err(BuildError::other)?;
+        extra_mounts.retain(|m| m["destination"] != "/etc/hosts");
+        extra_mounts.push(json!({ "destination": "/etc/hosts", "type": "bind", "source": path, "options": ["rbind", "ro"] }));
+    }
+    if !sandbox.ulimits.is_empty() {
+        let rlimits = spec["process"]["rlimits"]
+            .as_array_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        let mut rlimits: Vec<Value> = rlimits
+            .into_iter()
+            .filter(|r| {
+                !sandbox
+                    .ulimits
+                    .iter()
+                    .any(|(t, _, _)| r["type"] == t.as_str())
+            })
+            .collect();
+        for (kind, soft, hard) in &sandbox.ulimits {
+            rlimits.push(json!({ "type": kind, "soft": soft, "hard": hard }));
+        }
+        spec["process"]["rlimits"] = json!(rlimits);
+    }
+    if let (Some(size), Some(mounts)) = (sandbox.shm_size, spec["mounts"].as_array_mut()) {
+        for shm in mounts.iter_mut().filter(|m| m["destination"] == "/dev/shm") {
+            shm["options"] = json!([
+                "nosuid",
+                "noexec",
+                "nodev",
+                "mode=1777",
+                format!("size={size}")
+            ]);
+        }
+    }
+    Ok(())
 }
 
 /// Prints the container's output as step lines; returns its last lines for an error report.
