@@ -98,6 +98,9 @@ pub struct BuildArgs {
     /// Print only the image ID
     #[arg(short, long)]
     quiet: bool,
+    /// An annotation of the image manifest: `KEY=VALUE` or `manifest:KEY=VALUE`; repeatable
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    annotations: Vec<String>,
     /// An /etc/hosts line for every RUN: `HOST:IP`; repeatable
     #[arg(long = "add-host", value_name = "HOST:IP")]
     add_hosts: Vec<String>,
@@ -203,6 +206,7 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
         target: args.target.clone(),
         build_args,
         labels: parse_pairs(&args.labels, "--label")?,
+        annotations: parse_annotations(&args.annotations)?,
         no_cache: args.no_cache,
         no_cache_filter: args.no_cache_filter.clone(),
         platform,
@@ -329,12 +333,13 @@ fn parse_output(spec: &str) -> Result<Option<Output>> {
         Some("oci") => Ok(Some(Output::Oci(dest()?))),
         Some("docker") => Ok(Some(Output::Docker(dest()?))),
         Some("local") => Ok(Some(Output::Local(dest()?))),
+        Some("tar") => Ok(Some(Output::Tar(dest()?))),
         Some("registry") => Ok(None),
         Some("image") if opts.get("push").map(String::as_str) == Some("true") => Ok(None),
         Some(other) => {
-            bail!("--output type={other} is not supported (oci, docker, local, registry)")
+            bail!("--output type={other} is not supported (oci, docker, local, tar, registry)")
         }
-        None => bail!("--output {spec:?}: type= is required (oci, docker, local, registry)"),
+        None => bail!("--output {spec:?}: type= is required (oci, docker, local, tar, registry)"),
     }
 }
 
@@ -510,6 +515,29 @@ impl BuildInputs {
             _scratch: scratch,
         })
     }
+}
+
+/// `--annotation KEY=VALUE` or `manifest:KEY=VALUE` (buildx's prefix for the image manifest,
+/// the one object a single-platform build makes).
+fn parse_annotations(items: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let (key, value) = item
+            .split_once('=')
+            .with_context(|| format!("--annotation {item:?}: expected KEY=VALUE"))?;
+        let key = match key.split_once(':') {
+            Some(("manifest", key)) => key,
+            Some((kind, _)) if !kind.contains('.') && !kind.contains('/') => {
+                bail!("--annotation {item:?}: only manifest annotations are made (no {kind}:)")
+            }
+            _ => key,
+        };
+        if key.is_empty() {
+            bail!("--annotation {item:?}: the key is empty");
+        }
+        out.insert(key.to_string(), value.to_string());
+    }
+    Ok(out)
 }
 
 /// `--add-host`, `--ulimit` and `--shm-size`, as docker build reads them.

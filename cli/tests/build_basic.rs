@@ -761,6 +761,78 @@ fn run_sandbox_options() {
     }
 }
 
+/// `--output type=tar` writes the root filesystem as one tar, the same bytes from one build to
+/// the next under SOURCE_DATE_EPOCH; `--annotation` (bare or `manifest:`) annotates the image
+/// manifest; other annotation kinds are refused.
+#[test]
+fn tar_output_and_manifest_annotations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = store_with_busybox(tmp.path(), "store");
+    let ctx = tmp.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("Dockerfile"), "FROM bb:1\nRUN echo hi > /hello\n").unwrap();
+    let tar_at = |name: &str| {
+        let path = tmp.path().join(name);
+        let dest = format!("type=tar,dest={}", path.display());
+        build(
+            &root,
+            &ctx,
+            &[
+                "-t",
+                "annotated:1",
+                "--annotation",
+                "org.opencontainers.image.source=https://example.com/repo",
+                "--annotation",
+                "manifest:com.example.kind=test",
+                "-o",
+                &dest,
+            ],
+        );
+        fs::read(path).unwrap()
+    };
+    let first = tar_at("one.tar");
+    assert_eq!(first, tar_at("two.tar"), "two tars of one build differ");
+    let mut archive = tar::Archive::new(&first[..]);
+    let mut hello = None;
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry
+            .path()
+            .unwrap()
+            .to_string_lossy()
+            .trim_start_matches("./")
+            == "hello"
+        {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut text).unwrap();
+            hello = Some(text);
+        }
+    }
+    assert_eq!(hello.as_deref(), Some("hi\n"));
+
+    let digest = inspect(&root, "annotated:1")["Descriptor"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &fs::read(root.join("blobs/sha256").join(&digest["sha256:".len()..])).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        manifest["annotations"],
+        serde_json::json!({
+            "com.example.kind": "test",
+            "org.opencontainers.image.source": "https://example.com/repo"
+        })
+    );
+    let err = fails(
+        rbuild(&root)
+            .args(["build", "-q", "--annotation", "index:a=b"])
+            .arg(&ctx),
+    );
+    assert!(err.contains("only manifest annotations"), "{err}");
+}
+
 #[test]
 fn errors_name_the_line_and_the_step() {
     let tmp = tempfile::tempdir().unwrap();

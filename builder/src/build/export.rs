@@ -24,6 +24,8 @@ pub enum Output {
     Docker(PathBuf),
     /// `type=local,dest=DIR`: the image's root filesystem as files.
     Local(PathBuf),
+    /// `type=tar,dest=FILE`: the image's root filesystem as one tar.
+    Tar(PathBuf),
 }
 
 #[derive(Debug, Clone)]
@@ -67,7 +69,7 @@ pub(crate) fn export(
         .content()
         .put(&config_bytes)
         .map_err(image_store::StoreError::from)?;
-    let manifest = Manifest::oci(
+    let mut manifest = Manifest::oci(
         Descriptor::new(
             media_type::OCI_CONFIG,
             config_digest.clone(),
@@ -75,6 +77,7 @@ pub(crate) fn export(
         ),
         layers.iter().map(|l| l.descriptor.clone()).collect(),
     );
+    manifest.annotations = options.annotations.clone();
     let manifest_bytes = to_json_bytes(&manifest);
     let digest = store
         .content()
@@ -110,6 +113,14 @@ pub(crate) fn export(
                 export_local(store, &layers, dir)?;
                 step.finish(super::progress::StepStatus::Done);
             }
+            Output::Tar(path) => {
+                let step = progress.step(
+                    usize::MAX,
+                    &format!("sending tarball to {}", path.display()),
+                );
+                export_tar(store, &layers, path, options.source_date_epoch)?;
+                step.finish(super::progress::StepStatus::Done);
+            }
         }
     }
     for tag in &options.tags {
@@ -119,6 +130,38 @@ pub(crate) fn export(
         manifest: descriptor,
         config_digest,
     })
+}
+
+/// The root filesystem, unpacked in the store's scratch space, then written as one tar (the
+/// layer writer's: sorted, deterministic). The file appears whole or not at all.
+fn export_tar(
+    store: &Store,
+    layers: &[Layer],
+    path: &Path,
+    source_date_epoch: Option<i64>,
+) -> Result<(), BuildError> {
+    let failed = |e: &dyn std::fmt::Display| BuildError::other(format!("{}: {e}", path.display()));
+    let rootfs = super::snapshot::Workspace::new(store)?;
+    export_local(store, layers, &rootfs.path("rootfs"))?;
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file = tempfile::NamedTempFile::new_in(parent).map_err(|e| failed(&e))?;
+    let options = oci::layer::CreateOptions {
+        compression: oci::compression::Compression::None,
+        source_date_epoch: source_date_epoch.map(|e| e.max(0) as u64),
+        ..Default::default()
+    };
+    oci::layer::create(
+        &rootfs.path("rootfs"),
+        oci::layer::SourceKind::Directory,
+        &options,
+        file.as_file(),
+    )
+    .map_err(|e| failed(&e))?;
+    file.persist(path).map_err(|e| failed(&e))?;
+    Ok(())
 }
 
 fn export_local(store: &Store, layers: &[Layer], dir: &Path) -> Result<(), BuildError> {

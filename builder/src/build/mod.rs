@@ -45,6 +45,8 @@ pub struct BuildOptions {
     pub target: Option<String>,
     pub build_args: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
+    /// `--annotation`: the image manifest's annotations.
+    pub annotations: BTreeMap<String, String>,
     pub no_cache: bool,
     /// Stages (by name) whose steps are never taken from the cache.
     pub no_cache_filter: Vec<String>,
