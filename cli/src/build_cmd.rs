@@ -85,7 +85,8 @@ pub struct BuildArgs {
     /// Write build result metadata (JSON) to this file
     #[arg(long)]
     metadata_file: Option<PathBuf>,
-    /// A secret for RUN --mount=type=secret: `id=ID,src=FILE` or `id=ID,env=VAR`; repeatable
+    /// A secret for RUN --mount=type=secret: `id=ID,src=FILE`, `id=ID,env=VAR`,
+    /// `type=env,id=VAR`, or `id=ID` (the variable ID if set, else the file ID); repeatable
     #[arg(long = "secret")]
     secrets: Vec<String>,
     /// An ssh-agent for RUN --mount=type=ssh: `default` ($SSH_AUTH_SOCK) or `ID=SOCKET`;
@@ -697,25 +698,83 @@ fn parse_ssh_agents(items: &[String]) -> Result<BTreeMap<String, PathBuf>> {
     Ok(out)
 }
 
+/// `--secret` as buildx reads it: `id=ID,src=FILE`, `id=ID,env=VAR`, `type=env,id=VAR`; an
+/// `id` alone is the variable of that name if it is set, else the file of that name; without
+/// an `id`, the file's name is it.
 fn parse_secrets(items: &[String]) -> Result<BTreeMap<String, Vec<u8>>> {
     let mut out = BTreeMap::new();
     for item in items {
-        let opts = options_of(item);
-        let id = opts
-            .get("id")
-            .with_context(|| format!("--secret {item:?}: id= is required"))?;
-        let value = if let Some(src) = opts.get("src").or_else(|| opts.get("source")) {
-            std::fs::read(src).with_context(|| format!("--secret id={id}: read {src}"))?
-        } else if let Some(var) = opts.get("env") {
-            std::env::var(var)
+        let (mut id, mut src, mut env, mut kind) = (None, None, None, "file");
+        for field in item.split(',') {
+            let (key, value) = field
+                .split_once('=')
+                .with_context(|| format!("--secret {item:?}: {field:?} is not KEY=VALUE"))?;
+            match key.to_ascii_lowercase().as_str() {
+                "id" => id = Some(value.to_string()),
+                "src" | "source" => src = Some(value.to_string()),
+                "env" => env = Some(value.to_string()),
+                "type" if value == "file" || value == "env" => kind = value,
+                "type" => bail!("--secret {item:?}: type is file or env, not {value:?}"),
+                _ => bail!("--secret {item:?}: unknown key {key:?}"),
+            }
+        }
+        if kind == "env" && env.is_none() {
+            env = src.take().or_else(|| id.clone());
+        }
+        let id = match (id, &src) {
+            (Some(id), _) => id,
+            (None, Some(src)) => Path::new(src)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            (None, None) => bail!("--secret {item:?}: id= is required"),
+        };
+        if src.is_none() && env.is_none() && std::env::var_os(&id).is_some() {
+            env = Some(id.clone());
+        }
+        let value = match env {
+            Some(var) => std::env::var(&var)
                 .with_context(|| {
                     format!("--secret id={id}: environment variable {var} is not set")
                 })?
-                .into_bytes()
-        } else {
-            bail!("--secret {item:?}: src= or env= is required");
+                .into_bytes(),
+            None => {
+                let src = src.unwrap_or_else(|| id.clone());
+                std::fs::read(&src).with_context(|| format!("--secret id={id}: read {src}"))?
+            }
         };
-        out.insert(id.clone(), value);
+        out.insert(id, value);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_read_as_buildx_reads_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("token.txt");
+        std::fs::write(&file, "from-file").unwrap();
+        // A name no other test or tool sets; tests of this binary run on threads of one process.
+        std::env::set_var("RBUILD_UNIT_SECRET", "from-env");
+        let src = file.display();
+        let parsed = parse_secrets(&[
+            format!("id=a,src={src}"),
+            "id=b,env=RBUILD_UNIT_SECRET".to_string(),
+            "type=env,id=RBUILD_UNIT_SECRET".to_string(),
+            format!("src={src}"),
+            "id=RBUILD_UNIT_SECRET".to_string(),
+        ])
+        .unwrap();
+        let text = |id: &str| String::from_utf8(parsed[id].clone()).unwrap();
+        assert_eq!(text("a"), "from-file");
+        assert_eq!(text("b"), "from-env");
+        assert_eq!(text("RBUILD_UNIT_SECRET"), "from-env");
+        assert_eq!(text("token.txt"), "from-file");
+        for bad in ["id=x,kind=file", "type=vault,id=x", "env=ONLY", "id=x,src"] {
+            assert!(parse_secrets(&[bad.to_string()]).is_err(), "{bad}");
+        }
+    }
 }
