@@ -121,6 +121,92 @@ pub fn images(store: &Store, args: ImagesArgs) -> Result<ExitCode> {
 }
 
 #[derive(Args)]
+pub struct HistoryArgs {
+    image: String,
+    /// Show whole commands
+    #[arg(long)]
+    no_trunc: bool,
+    /// Print only the image ID
+    #[arg(short, long)]
+    quiet: bool,
+    #[arg(long, value_enum, default_value = "table")]
+    format: ListFormat,
+}
+
+/// `docker history`: the image's history entries, newest first, each with the layer it made
+/// (its size as stored: compressed for a blob, the tar's size for a build step's layer).
+pub fn history(store: &Store, args: HistoryArgs) -> Result<ExitCode> {
+    let image = store.resolve(&args.image)?;
+    let (manifest, config, _) = store.image_config(&image)?;
+    let id = manifest.config.digest.clone();
+    if args.quiet {
+        println!("{}", id.short());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut layers = manifest.layers.iter();
+    let mut rows: Vec<(Option<String>, String, u64, String)> = config
+        .history
+        .iter()
+        .map(|h| {
+            let size = if h.empty_layer {
+                0
+            } else {
+                layers.next().map_or(0, |l| l.size)
+            };
+            let created_by = h.created_by.clone().unwrap_or_default();
+            (
+                h.created.clone(),
+                created_by,
+                size,
+                h.comment.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    rows.reverse();
+    match args.format {
+        ListFormat::Json => {
+            for (n, (created, created_by, size, comment)) in rows.iter().enumerate() {
+                let image = if n == 0 { id.as_str() } else { "<missing>" };
+                let value = json!({
+                    "ID": image,
+                    "CreatedAt": created,
+                    "CreatedSince": human_age(created.as_deref()),
+                    "CreatedBy": created_by,
+                    "Size": human_size(*size),
+                    "Comment": comment,
+                });
+                println!("{value}");
+            }
+        }
+        ListFormat::Table => {
+            let mut table = vec![["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]
+                .map(String::from)
+                .to_vec()];
+            for (n, (created, created_by, size, comment)) in rows.iter().enumerate() {
+                let image = if n == 0 {
+                    id.short().to_string()
+                } else {
+                    "<missing>".into()
+                };
+                let created_by = match created_by.char_indices().nth(44) {
+                    Some((cut, _)) if !args.no_trunc => format!("{}…", &created_by[..cut]),
+                    _ => created_by.clone(),
+                };
+                table.push(vec![
+                    image,
+                    human_age(created.as_deref()),
+                    created_by,
+                    human_size(*size),
+                    comment.clone(),
+                ]);
+            }
+            print_table(&table);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
 pub struct InspectArgs {
     #[arg(required = true)]
     images: Vec<String>,

@@ -37,6 +37,8 @@ enum Command {
     Images(image_cmds::ImagesArgs),
     /// Show image details as JSON
     Inspect(image_cmds::InspectArgs),
+    /// Show the history of an image
+    History(image_cmds::HistoryArgs),
     /// Give an image another name
     Tag(image_cmds::TagArgs),
     /// Remove images
@@ -137,6 +139,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tag(args) => image_cmds::tag(&store()?, args),
         Command::Rmi(args) => image_cmds::rmi(&store()?, args),
         Command::Prune(args) => image_cmds::prune(&store()?, args),
+        Command::History(args) => image_cmds::history(&store()?, args),
         Command::Builder { command } => image_cmds::builder(&store()?, command),
         Command::Import(args) => archive_cmds::import(&store()?, args),
         Command::Load(args) => archive_cmds::load(&store()?, args),

@@ -105,6 +105,25 @@ fn docker_load_and_save_round_trip() {
     );
     assert_eq!(loaded["Config"]["Env"], docker_view["Config"]["Env"]);
     assert_eq!(loaded["Config"]["Cmd"], docker_view["Config"]["Cmd"]);
+
+    // `rbuild history` lists what `docker history` lists, in the same order.
+    let created_by = |json_lines: &[u8]| -> Vec<String> {
+        String::from_utf8_lossy(json_lines)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["CreatedBy"].to_string())
+            .collect()
+    };
+    let ours =
+        ok(rbuild(&root).args(["history", "--no-trunc", "--format", "json", "from-docker:2"]));
+    let theirs = run_ok(dockerd.docker().args([
+        "history",
+        "--no-trunc",
+        "--format",
+        "{{json .}}",
+        "from-docker:2",
+    ]))
+    .unwrap();
+    assert_eq!(created_by(ours.as_bytes()), created_by(&theirs.stdout));
 }
 
 /// `rbuild save --format oci` is accepted by skopeo and unpacked by umoci without warnings;
