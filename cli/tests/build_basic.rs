@@ -498,6 +498,51 @@ fn add_from_a_git_repository() {
         "three\n"
     );
 
+    // Over the ssh transport with the build's `default` agent: git runs GIT_SSH_COMMAND, here
+    // a stand-in for ssh that requires the agent and runs git-upload-pack on this machine.
+    let fake_ssh = tmp.path().join("fake-ssh");
+    fs::write(
+        &fake_ssh,
+        "#!/bin/sh\n[ -S \"$SSH_AUTH_SOCK\" ] || { echo 'no ssh agent' >&2; exit 1; }\n\
+         for last; do :; done\nexec sh -c \"$last\"\n",
+    )
+    .unwrap();
+    fs::set_permissions(&fake_ssh, fs::Permissions::from_mode(0o755)).unwrap();
+    let agent_socket = tmp.path().join("agent.sock");
+    let _agent = ssh_agent(&agent_socket);
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM bb:1\nADD ssh://git@git.invalid{}#v1 /over-ssh\n",
+            bare.display()
+        ),
+    )
+    .unwrap();
+    let out3 = tmp.path().join("out3");
+    let over_ssh = |with_agent: bool| {
+        let mut cmd = rbuild(&root);
+        cmd.args(["build", "-q", "-o"])
+            .arg(format!("type=local,dest={}", out3.display()))
+            .env("GIT_SSH_COMMAND", &fake_ssh);
+        if with_agent {
+            cmd.arg("--ssh")
+                .arg(format!("default={}", agent_socket.display()));
+        }
+        cmd.arg(&ctx).env_remove("SSH_AUTH_SOCK").output().unwrap()
+    };
+    let refused = over_ssh(false);
+    assert!(
+        !refused.status.success(),
+        "fetched over ssh without an agent"
+    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no ssh agent"));
+    let fetched = over_ssh(true);
+    assert!(fetched.status.success(), "{fetched:?}");
+    assert_eq!(
+        fs::read_to_string(out3.join("over-ssh/README")).unwrap(),
+        "one\n"
+    );
+
     // A ref that is not there, and a commit that is not the checksum's.
     for (line, error) in [
         (format!("ADD {repo}#nope /x"), "no ref \"nope\""),
