@@ -19,6 +19,18 @@ fn store_with_busybox(tmp: &Path, name: &str) -> std::path::PathBuf {
     root
 }
 
+/// A fresh store with the busybox fixture as `bb:1`, and a context holding `dockerfile`.
+fn store_and_context(
+    dockerfile: &str,
+) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = store_with_busybox(tmp.path(), "store");
+    let ctx = tmp.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+    (tmp, root, ctx)
+}
+
 fn build(root: &Path, context: &Path, extra: &[&str]) -> (String, String) {
     let out = rbuild(root)
         .args(["build", "--progress", "plain"])
@@ -182,11 +194,7 @@ fn reproducible_across_clean_stores_and_outputs() {
 
 #[test]
 fn secrets_never_reach_the_image_or_cache() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = store_with_busybox(tmp.path(), "store");
-    let ctx = tmp.path().join("ctx");
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(ctx.join("Dockerfile"), "FROM bb:1\nRUN --mount=type=secret,id=token cat /run/secrets/token | wc -c > /token-length\n").unwrap();
+    let (tmp, root, ctx) = store_and_context("FROM bb:1\nRUN --mount=type=secret,id=token cat /run/secrets/token | wc -c > /token-length\n");
     let secret = tmp.path().join("token");
     fs::write(&secret, "s3cr3t-value-for-the-test").unwrap();
     build(
@@ -761,16 +769,10 @@ fn named_build_contexts() {
 /// its cache key; bad values are refused.
 #[test]
 fn run_sandbox_options() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = store_with_busybox(tmp.path(), "store");
-    let ctx = tmp.path().join("ctx");
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(
-        ctx.join("Dockerfile"),
+    let (tmp, root, ctx) = store_and_context(
         "FROM bb:1\nRUN grep myhost /etc/hosts > /hosts; ulimit -Sn > /soft; ulimit -Hn > /hard; \
          df -k /dev/shm | tail -1 | awk '{print $2}' > /shm\n",
-    )
-    .unwrap();
+    );
     let out = tmp.path().join("out");
     let dest = format!("type=local,dest={}", out.display());
     let flags = [
@@ -811,11 +813,7 @@ fn run_sandbox_options() {
 /// manifest; other annotation kinds are refused.
 #[test]
 fn tar_output_and_manifest_annotations() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = store_with_busybox(tmp.path(), "store");
-    let ctx = tmp.path().join("ctx");
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(ctx.join("Dockerfile"), "FROM bb:1\nRUN echo hi > /hello\n").unwrap();
+    let (tmp, root, ctx) = store_and_context("FROM bb:1\nRUN echo hi > /hello\n");
     let tar_at = |name: &str| {
         let path = tmp.path().join(name);
         let dest = format!("type=tar,dest={}", path.display());
@@ -1014,15 +1012,8 @@ fn add_url_secret_env_and_bind_from_stage() {
 /// the next commands work and `prune` removes the step's scratch space.
 #[test]
 fn killed_build_leaves_store_consistent() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = store_with_busybox(tmp.path(), "store");
-    let ctx = tmp.path().join("ctx");
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(
-        ctx.join("Dockerfile"),
-        "FROM bb:1\nRUN echo started > /started && sleep 31.25\n",
-    )
-    .unwrap();
+    let (_tmp, root, ctx) =
+        store_and_context("FROM bb:1\nRUN echo started > /started && sleep 31.25\n");
     let marker = "31.25";
     let running = || {
         fs::read_dir("/proc").unwrap().flatten().any(|p| {
