@@ -223,14 +223,48 @@ impl Default for UploadPurgingConfig {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
+        Config::load_with_env(Some(path), std::iter::empty())
+    }
+
+    /// The config file (or the defaults, without one) with distribution's environment
+    /// overrides applied (`REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY=/x`, see
+    /// [`apply_env_overrides`]), then checked.
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let origin = path.map_or_else(|| PathBuf::from("(environment)"), Path::to_path_buf);
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        let parse_error = |source| ConfigError::Parse {
+            path: origin.clone(),
             source,
-        })?;
-        let config: Config = serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        };
+        let overrides = env_overrides(env);
+        // Overrides are applied to the YAML tree, which is then written out and read again as
+        // text: read from a tree, `version: 0.1` would stay a number where a string is wanted.
+        let text = if overrides.is_empty() {
+            text
+        } else {
+            let mut tree: serde_yaml::Value = serde_yaml::from_str(&text).map_err(parse_error)?;
+            if tree.is_null() {
+                tree = serde_yaml::Value::Mapping(Default::default());
+            }
+            apply_env_overrides(&mut tree, overrides);
+            serde_yaml::to_string(&tree).map_err(parse_error)?
+        };
+        let config: Config = serde_yaml::from_str(&text).map_err(parse_error)?;
+        config.checked(&origin)
+    }
+
+    /// The mistakes distribution refuses at start, each with the key to fix.
+    fn checked(self, path: &Path) -> Result<Config, ConfigError> {
+        let config = self;
         if let Some(driver) = UNSUPPORTED_DRIVERS
             .iter()
             .find(|d| config.storage.other.contains_key(**d))
@@ -294,6 +328,65 @@ impl Config {
     }
 }
 
+/// The `REGISTRY_…` variables of `env` (all but REGISTRY_CONFIGURATION_PATH), by name.
+fn env_overrides(env: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
+    let mut overrides: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("REGISTRY_") && name != "REGISTRY_CONFIGURATION_PATH")
+        .collect();
+    overrides.sort();
+    overrides
+}
+
+/// distribution's environment overrides ("Override specific configuration options" in
+/// ../shared/specs/distribution-configuration.md): `REGISTRY_` then the key's path with `_`
+/// between levels, a number indexing a list; the value is read as YAML, so `true` and `5000`
+/// keep their types. Applied in name order, so a scalar set first can be descended into by a
+/// longer name: `REGISTRY_STORAGE=s3` then `REGISTRY_STORAGE_S3_BUCKET=b` make `storage: {s3:
+/// {bucket: b}}` (the driver chosen, the file's one dropped), as distribution does.
+fn apply_env_overrides(tree: &mut serde_yaml::Value, overrides: Vec<(String, String)>) {
+    use serde_yaml::{Mapping, Value};
+    for (name, text) in overrides {
+        let path: Vec<String> = name["REGISTRY_".len()..]
+            .split('_')
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if path.iter().any(String::is_empty) {
+            continue;
+        }
+        let value = match serde_yaml::from_str::<Value>(&text) {
+            Ok(Value::Null) | Err(_) => Value::String(text),
+            Ok(value) => value,
+        };
+        let mut node = &mut *tree;
+        for key in &path {
+            if let Value::String(named) = node {
+                let mut only = Mapping::new();
+                only.insert(Value::String(named.clone()), Value::Null);
+                *node = Value::Mapping(only);
+            }
+            node = match (node, key.parse::<usize>()) {
+                (Value::Sequence(items), Ok(index)) => {
+                    if items.len() <= index {
+                        items.resize(index + 1, Value::Null);
+                    }
+                    &mut items[index]
+                }
+                (node, _) => {
+                    if !node.is_mapping() {
+                        *node = Value::Mapping(Mapping::new());
+                    }
+                    let Value::Mapping(map) = node else {
+                        unreachable!("made a mapping just above")
+                    };
+                    map.entry(Value::String(key.clone())).or_insert(Value::Null)
+                }
+            };
+        }
+        *node = value;
+    }
+}
+
 pub(crate) fn go_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -310,6 +403,76 @@ pub(crate) fn go_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environment_overrides_as_distribution_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yml");
+        std::fs::write(
+            &file,
+            "version: 0.1\nhttp:\n  addr: :5000\nstorage:\n  filesystem:\n    rootdirectory: /var/lib/registry\n  delete:\n    enabled: false\n",
+        )
+        .unwrap();
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .chain([("HOME".to_string(), "/root".to_string())])
+                .collect()
+        };
+        let config = Config::load_with_env(
+            Some(&file),
+            env(&[
+                ("REGISTRY_HTTP_ADDR", "127.0.0.1:6000"),
+                ("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", "/somewhere"),
+                ("REGISTRY_STORAGE_DELETE_ENABLED", "true"),
+                ("REGISTRY_PROXY_REMOTEURL", "https://registry-1.docker.io"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.version.as_deref(), Some("0.1"));
+        assert_eq!(config.http.addr, "127.0.0.1:6000");
+        assert_eq!(
+            config.storage.filesystem.rootdirectory,
+            PathBuf::from("/somewhere")
+        );
+        assert!(config.storage.delete.enabled);
+        assert_eq!(
+            config.proxy.remoteurl.as_deref(),
+            Some("https://registry-1.docker.io")
+        );
+
+        // A driver named by REGISTRY_STORAGE, its keys by longer names: the file's driver goes.
+        let s3 = Config::load_with_env(
+            Some(&file),
+            env(&[
+                ("REGISTRY_STORAGE", "s3"),
+                ("REGISTRY_STORAGE_S3_REGION", "us-east-1"),
+                ("REGISTRY_STORAGE_S3_BUCKET", "images"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s3.storage.s3.as_ref().map(|c| c.bucket.as_str()),
+            Some("images")
+        );
+
+        // A list element by its index.
+        let mut tree: serde_yaml::Value =
+            serde_yaml::from_str("http:\n  tls:\n    letsencrypt:\n      hosts: [a.example]\n")
+                .unwrap();
+        apply_env_overrides(
+            &mut tree,
+            env_overrides(env(&[(
+                "REGISTRY_HTTP_TLS_LETSENCRYPT_HOSTS_0",
+                "registry.example.com",
+            )])),
+        );
+        assert_eq!(
+            tree["http"]["tls"]["letsencrypt"]["hosts"][0].as_str(),
+            Some("registry.example.com")
+        );
+    }
 
     #[test]
     fn durations() {

@@ -22,13 +22,20 @@ enum Command {
         /// A YAML config file; distribution's config.yml keys are understood.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// The config file, as `registry serve CONFIG` takes it.
+        #[arg(conflicts_with = "config", value_name = "CONFIG")]
+        config_file: Option<PathBuf>,
     },
     /// Garbage-collect the storage once: blobs no manifest references, their links, idle
     /// upload sessions. Without --dry-run, run it while no server writes to the storage
     /// (a server collects online with storage.maintenance.gc).
+    #[command(alias = "garbage-collect")]
     Gc {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// The config file, as `registry garbage-collect CONFIG` takes it.
+        #[arg(conflicts_with = "config", value_name = "CONFIG")]
+        config_file: Option<PathBuf>,
         /// Only report what would be removed.
         #[arg(long)]
         dry_run: bool,
@@ -46,11 +53,11 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     oci::timestamp::parse_go_duration(text)
 }
 
-fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
-    match path {
-        Some(path) => Config::load(path).with_context(|| format!("load config {}", path.display())),
-        None => Ok(Config::default()),
-    }
+/// The config file (given, or REGISTRY_CONFIGURATION_PATH, as distribution reads it) with the
+/// `REGISTRY_…` environment overrides; without either, the defaults.
+fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    let path = path.or_else(|| std::env::var_os("REGISTRY_CONFIGURATION_PATH").map(PathBuf::from));
+    Config::load_with_env(path.as_deref(), std::env::vars()).context("load the configuration")
 }
 
 /// Logs go to stderr, as text or JSON lines (`log.formatter`).
@@ -105,8 +112,11 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = || tokio::runtime::Runtime::new().context("start the tokio runtime");
     match cli.command {
-        Command::Serve { config } => {
-            let config = load_config(config.as_deref())?;
+        Command::Serve {
+            config,
+            config_file,
+        } => {
+            let config = load_config(config.or(config_file))?;
             init_logging(&config)?;
             runtime()?
                 .block_on(registry::server::serve(
@@ -117,11 +127,12 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Gc {
             config,
+            config_file,
             dry_run,
             delete_untagged,
             grace_period,
         } => {
-            let config = load_config(config.as_deref())?;
+            let config = load_config(config.or(config_file))?;
             init_logging(&config)?;
             let options = registry::gc::GcOptions {
                 grace_period: grace_period.unwrap_or(config.storage.maintenance.gc.graceperiod),

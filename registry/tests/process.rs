@@ -272,3 +272,59 @@ fn stale_upload_sessions_are_purged() {
         0
     );
 }
+
+/// What `docker run -e REGISTRY_…=… registry:2` users pass works: with no config file,
+/// distribution's environment overrides set the address, the storage and delete; and the
+/// config file can be given as `registry serve CONFIG` gives it.
+#[test]
+fn environment_overrides_and_a_positional_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let http = client();
+    let port = free_port();
+    let data = dir.path().join("from-env");
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_rregistry"));
+    serve
+        .arg("serve")
+        .env("REGISTRY_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", &data)
+        .env("REGISTRY_STORAGE_DELETE_ENABLED", "true");
+    let server = Server::spawn(dir.path(), port, &mut serve);
+    let blob = b"configured by the environment";
+    let digest = Digest::sha256_of(blob);
+    let resp = http
+        .post(server.url(&format!("/v2/env/test/blobs/uploads/?digest={digest}")))
+        .header("Content-Type", "application/octet-stream")
+        .body(blob.to_vec())
+        .send()
+        .expect("POST");
+    assert_eq!(resp.status(), 201);
+    assert!(data.join("docker/registry/v2/blobs/sha256").is_dir());
+    let deleted = http
+        .delete(server.url(&format!("/v2/env/test/blobs/{digest}")))
+        .send()
+        .expect("DELETE");
+    assert_eq!(
+        deleted.status(),
+        202,
+        "delete.enabled did not come from the environment"
+    );
+    drop(server);
+
+    let port = free_port();
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nhttp:\n  addr: 127.0.0.1:{port}\nstorage:\n  filesystem:\n    rootdirectory: {}\n",
+            dir.path().join("from-file").display()
+        ),
+    )
+    .expect("config");
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_rregistry"));
+    serve.arg("serve").arg(&config);
+    let server = Server::spawn(dir.path(), port, &mut serve);
+    assert_eq!(
+        http.get(server.url("/v2/")).send().expect("GET").status(),
+        200
+    );
+}

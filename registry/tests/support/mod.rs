@@ -39,15 +39,20 @@ impl Server {
             ),
         )
         .expect("write config");
+        let mut serve = Command::new(env!("CARGO_BIN_EXE_rregistry"));
+        serve.arg("serve").arg("--config").arg(&config);
+        Self::spawn(dir, port, &mut serve)
+    }
+
+    /// Runs `serve` (an `rregistry serve` command) with its log in `dir`, once it listens on
+    /// `port`.
+    pub fn spawn(dir: &Path, port: u16, serve: &mut Command) -> Server {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("rregistry.log"))
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_rregistry"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
+        let child = serve
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -57,7 +62,8 @@ impl Server {
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
                 start.elapsed() < Duration::from_secs(20),
-                "rregistry did not start"
+                "rregistry did not start: {}",
+                std::fs::read_to_string(dir.join("rregistry.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
