@@ -467,47 +467,22 @@ impl BuildInputs {
             None if dockerfile_on_stdin => Some(text_of(read_stdin()?)?),
             text => text,
         };
-        // With a context that is not a local directory, as with BuildKit's, `-f` names a file in it.
-        let dockerfile_path = match (&args.file, context_is_local) {
-            _ if stdin_dockerfile.is_some() => None,
-            (Some(file), false) => Some(context.join(file)),
-            (Some(file), true) => Some(file.clone()),
-            (None, _) => Some(context.join("Dockerfile")),
+        let (dockerfile_path, dockerfile) = match stdin_dockerfile {
+            Some(text) => (None, text),
+            None => {
+                // Unless the context is a local directory, `-f` names a file in it (BuildKit's
+                // rule).
+                let path = match &args.file {
+                    Some(file) if context_is_local => file.clone(),
+                    Some(file) => context.join(file),
+                    None => context.join("Dockerfile"),
+                };
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("read the Dockerfile {}", path.display()))?;
+                (Some(path), text)
+            }
         };
-        let dockerfile = match (stdin_dockerfile, &dockerfile_path) {
-            (Some(text), _) => text,
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .with_context(|| format!("read the Dockerfile {}", path.display()))?,
-            (None, None) => unreachable!("the Dockerfile has a path unless it came from stdin"),
-        };
-        let mut named_contexts = BTreeMap::new();
-        for spec in &args.build_contexts {
-            let Some((name, value)) = spec
-                .split_once('=')
-                .filter(|(n, v)| !n.is_empty() && !v.is_empty())
-            else {
-                bail!("--build-context {spec:?}: expected NAME=VALUE");
-            };
-            let named = if let Some(image) = value.strip_prefix("docker-image://") {
-                NamedContext::Image(image.to_string())
-            } else if let Some(git) = GitSource::parse(value) {
-                let (dir, root) = check_out_context(store, &git, build_args, ssh_agents)?;
-                scratch.push(dir);
-                NamedContext::Directory(root)
-            } else if value.contains("://") {
-                bail!("--build-context {name}={value}: only directories, docker-image:// and Git repositories are supported");
-            } else {
-                let dir = Path::new(value);
-                if !dir.is_dir() {
-                    bail!("--build-context {name}={value}: not a directory");
-                }
-                NamedContext::Directory(
-                    dir.canonicalize()
-                        .with_context(|| format!("--build-context {name}={value}"))?,
-                )
-            };
-            named_contexts.insert(name.to_string(), named);
-        }
+        let named_contexts = named_contexts(store, args, build_args, ssh_agents, &mut scratch)?;
         Ok(BuildInputs {
             context,
             dockerfile_path,
@@ -516,6 +491,45 @@ impl BuildInputs {
             _scratch: scratch,
         })
     }
+}
+
+/// `--build-context NAME=VALUE`s; Git checkouts go into `scratch`.
+fn named_contexts(
+    store: &Store,
+    args: &BuildArgs,
+    build_args: &BTreeMap<String, String>,
+    ssh_agents: &BTreeMap<String, PathBuf>,
+    scratch: &mut Vec<tempfile::TempDir>,
+) -> Result<BTreeMap<String, NamedContext>> {
+    let mut named_contexts = BTreeMap::new();
+    for spec in &args.build_contexts {
+        let Some((name, value)) = spec
+            .split_once('=')
+            .filter(|(n, v)| !n.is_empty() && !v.is_empty())
+        else {
+            bail!("--build-context {spec:?}: expected NAME=VALUE");
+        };
+        let named = if let Some(image) = value.strip_prefix("docker-image://") {
+            NamedContext::Image(image.to_string())
+        } else if let Some(git) = GitSource::parse(value) {
+            let (dir, root) = check_out_context(store, &git, build_args, ssh_agents)?;
+            scratch.push(dir);
+            NamedContext::Directory(root)
+        } else if value.contains("://") {
+            bail!("--build-context {name}={value}: only directories, docker-image:// and Git repositories are supported");
+        } else {
+            let dir = Path::new(value);
+            if !dir.is_dir() {
+                bail!("--build-context {name}={value}: not a directory");
+            }
+            NamedContext::Directory(
+                dir.canonicalize()
+                    .with_context(|| format!("--build-context {name}={value}"))?,
+            )
+        };
+        named_contexts.insert(name.to_string(), named);
+    }
+    Ok(named_contexts)
 }
 
 /// `--annotation KEY=VALUE` or `manifest:KEY=VALUE` (buildx's prefix for the image manifest,
