@@ -178,6 +178,11 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
     if push && args.tags.is_empty() {
         bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY:TAG");
     }
+    // An archive for stdout (`dest=-`) is written to the store's scratch space, then copied.
+    let stdout_output = StdoutOutput::take(store, &mut outputs)?;
+    if stdout_output.is_some() && push {
+        bail!("an output to stdout and --push would both write to stdout");
+    }
     // One client for every cache on a registry: sessions and tokens are shared.
     let cache_client = if args.cache_from.is_empty() && args.cache_to.is_empty() {
         None
@@ -269,10 +274,13 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
         std::fs::write(path, serde_json::to_vec_pretty(&metadata)?)
             .with_context(|| format!("write {}", path.display()))?;
     }
-    if quiet {
-        println!("{id}");
-    } else {
+    if let Some(output) = &stdout_output {
+        output.copy_to_stdout()?;
+    }
+    if !quiet {
         eprintln!("writing image {id} done");
+    } else if stdout_output.is_none() {
+        println!("{id}");
     }
     if push {
         for tag in &options.tags {
@@ -281,6 +289,45 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The one output that goes to stdout (`dest=-`), written to a scratch file by the build.
+struct StdoutOutput {
+    _dir: tempfile::TempDir,
+    file: PathBuf,
+}
+
+impl StdoutOutput {
+    /// Points the output whose destination is `-` at a scratch file; at most one may be.
+    fn take(store: &Store, outputs: &mut [Output]) -> Result<Option<StdoutOutput>> {
+        let mut found = None;
+        for output in outputs.iter_mut() {
+            let path = match output {
+                Output::Oci(p) | Output::Docker(p) | Output::Tar(p) => p,
+                Output::Local(_) => continue,
+            };
+            if path.as_os_str() != "-" {
+                continue;
+            }
+            if found.is_some() {
+                bail!("only one output can go to stdout");
+            }
+            let dir = scratch_dir(store, "stdout-")?;
+            let file = dir.path().join("output");
+            *path = file.clone();
+            found = Some(StdoutOutput { _dir: dir, file });
+        }
+        Ok(found)
+    }
+
+    fn copy_to_stdout(&self) -> Result<()> {
+        let mut archive = std::fs::File::open(&self.file)
+            .with_context(|| format!("open {}", self.file.display()))?;
+        let mut stdout = std::io::stdout().lock();
+        std::io::copy(&mut archive, &mut stdout).context("write the output to stdout")?;
+        std::io::Write::flush(&mut stdout).context("write the output to stdout")?;
+        Ok(())
+    }
 }
 
 fn parse_pairs(items: &[String], flag: &str) -> Result<BTreeMap<String, String>> {
@@ -324,6 +371,13 @@ fn options_of(spec: &str) -> BTreeMap<String, String> {
 
 /// An `--output`; `None` for `type=registry`, which is a push rather than a builder output.
 fn parse_output(spec: &str) -> Result<Option<Output>> {
+    // buildx's shorthands: `-o -` is a tar on stdout, `-o DIR` a local directory.
+    if spec == "-" {
+        return Ok(Some(Output::Tar(PathBuf::from("-"))));
+    }
+    if !spec.contains('=') {
+        return Ok(Some(Output::Local(PathBuf::from(spec))));
+    }
     let opts = options_of(spec);
     let dest = || -> Result<PathBuf> {
         opts.get("dest")
@@ -333,6 +387,10 @@ fn parse_output(spec: &str) -> Result<Option<Output>> {
     match opts.get("type").map(String::as_str) {
         Some("oci") => Ok(Some(Output::Oci(dest()?))),
         Some("docker") => Ok(Some(Output::Docker(dest()?))),
+        // As buildx: a local output to stdout is a tar of the files.
+        Some("local") if opts.get("dest").map(String::as_str) == Some("-") => {
+            Ok(Some(Output::Tar(PathBuf::from("-"))))
+        }
         Some("local") => Ok(Some(Output::Local(dest()?))),
         Some("tar") => Ok(Some(Output::Tar(dest()?))),
         Some("registry") => Ok(None),

@@ -810,7 +810,7 @@ fn run_sandbox_options() {
 }
 
 /// `--output type=tar` writes the root filesystem as one tar, the same bytes from one build to
-/// the next under SOURCE_DATE_EPOCH; `--annotation` (bare or `manifest:`) annotates the image
+/// the next under SOURCE_DATE_EPOCH, to a file or to stdout; `--annotation` (bare or `manifest:`) annotates the image
 /// manifest; other annotation kinds are refused.
 #[test]
 fn tar_output_and_manifest_annotations() {
@@ -836,6 +836,31 @@ fn tar_output_and_manifest_annotations() {
     };
     let first = tar_at("one.tar");
     assert_eq!(first, tar_at("two.tar"), "two tars of one build differ");
+    // buildx's shorthands: `-o -` is that tar on stdout, `-o DIR` the files in DIR; and a
+    // docker archive on stdout loads into another store.
+    let stdout = |output: &str| {
+        let out = rbuild(&root)
+            .args(["build", "-q", "-o", output])
+            .arg(&ctx)
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        out.stdout
+    };
+    assert_eq!(stdout("-"), first);
+    let dir = tmp.path().join("dir-output");
+    let id = String::from_utf8(stdout(dir.to_str().unwrap())).unwrap();
+    assert!(
+        id.starts_with("sha256:"),
+        "-q prints the ID when stdout is free: {id}"
+    );
+    assert_eq!(fs::read_to_string(dir.join("hello")).unwrap(), "hi\n");
+    let docker_archive = tmp.path().join("from-stdout.tar");
+    fs::write(&docker_archive, stdout("type=docker,dest=-")).unwrap();
+    ok(rbuild(&tmp.path().join("other-store"))
+        .args(["load", "-q", "-i"])
+        .arg(&docker_archive));
     let mut archive = tar::Archive::new(&first[..]);
     let mut hello = None;
     for entry in archive.entries().unwrap() {
