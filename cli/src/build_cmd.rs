@@ -49,7 +49,8 @@ pub struct BuildArgs {
     #[arg(short, long)]
     file: Option<PathBuf>,
     /// A named context for `FROM NAME`, `COPY --from=NAME`, `RUN --mount from=NAME`:
-    /// `NAME=DIR`, `NAME=docker-image://IMAGE` or `NAME=GIT-URL`; repeatable
+    /// `NAME=DIR`, `NAME=docker-image://IMAGE`, `NAME=GIT-URL` or `NAME=https://…/x.tar.gz`;
+    /// repeatable
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     build_contexts: Vec<String>,
     /// Build this stage and what it needs
@@ -499,17 +500,11 @@ impl BuildInputs {
                     None => read_stdin()?,
                 };
                 // As `docker build -` and `docker build URL`: an archive is the context, anything
-                // else the Dockerfile.
-                let dir = scratch_dir(store, "context-")?;
-                let dockerfile = match archive_compression(&input) {
-                    Some(compression) => {
-                        oci::layer::apply(&input[..], compression, dir.path(), ApplyMode::Merged)
-                            .with_context(|| {
-                            format!("unpack the context from {}", args.context.display())
-                        })?;
-                        None
-                    }
-                    None => Some(text_of(input)?),
+                // else the Dockerfile (and the context is empty).
+                let what = args.context.display().to_string();
+                let (dir, dockerfile) = match unpack_archive(store, &input, &what)? {
+                    Some(dir) => (dir, None),
+                    None => (scratch_dir(store, "context-")?, Some(text_of(input)?)),
                 };
                 let root = dir.path().to_path_buf();
                 scratch.push(dir);
@@ -573,8 +568,15 @@ fn named_contexts(
             let (dir, root) = check_out_context(store, &git, build_args, ssh_agents)?;
             scratch.push(dir);
             NamedContext::Directory(root)
+        } else if value.starts_with("http://") || value.starts_with("https://") {
+            let Some(dir) = unpack_archive(store, &download(value)?, value)? else {
+                bail!("--build-context {name}={value}: not a tar archive");
+            };
+            let root = dir.path().to_path_buf();
+            scratch.push(dir);
+            NamedContext::Directory(root)
         } else if value.contains("://") {
-            bail!("--build-context {name}={value}: only directories, docker-image:// and Git repositories are supported");
+            bail!("--build-context {name}={value}: only directories, archives over http(s), docker-image:// and Git repositories are supported");
         } else {
             let dir = Path::new(value);
             if !dir.is_dir() {
@@ -706,6 +708,17 @@ fn read_stdin() -> Result<Vec<u8>> {
 
 fn text_of(input: Vec<u8>) -> Result<String> {
     String::from_utf8(input).context("the Dockerfile is not UTF-8 text")
+}
+
+/// `input` unpacked into a new scratch directory, if it is a tar archive (plain, gzip, zstd).
+fn unpack_archive(store: &Store, input: &[u8], what: &str) -> Result<Option<tempfile::TempDir>> {
+    let Some(compression) = archive_compression(input) else {
+        return Ok(None);
+    };
+    let dir = scratch_dir(store, "context-")?;
+    oci::layer::apply(input, compression, dir.path(), ApplyMode::Merged)
+        .with_context(|| format!("unpack {what}"))?;
+    Ok(Some(dir))
 }
 
 /// How `input` is compressed if it is a tar archive (a tar header says `ustar` at 257).

@@ -702,9 +702,10 @@ fn dockerfile_or_context_from_standard_input_or_a_url() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("cannot both be read"));
 }
 
-/// `--build-context`: a directory for `COPY --from` and `RUN --mount from=` (read with its own
-/// .dockerignore, its content in the cache key) in place of a stage of that name, and
-/// `docker-image://` in place of a FROM name. FROM a directory is refused by name.
+/// `--build-context`: a directory (or a tar over HTTP) for `COPY --from` and `RUN --mount
+/// from=` (read with its own .dockerignore, its content in the cache key) in place of a stage of
+/// that name, and `docker-image://` in place of a FROM name. FROM a directory is refused by
+/// name.
 #[test]
 fn named_build_contexts() {
     let tmp = tempfile::tempdir().unwrap();
@@ -753,6 +754,29 @@ fn named_build_contexts() {
     assert_eq!(changed.matches("CACHED").count(), 0, "{changed}");
     assert_eq!(read("out3/lib/lib.txt"), "v2\n");
     assert_eq!(read("out3/via-mount"), "v2\n");
+
+    // The same directory as a tar served over HTTP.
+    let served = tmp.path().join("served");
+    fs::create_dir_all(&served).unwrap();
+    let mut archive = tar::Builder::new(Vec::new());
+    archive.append_dir_all(".", &lib).unwrap();
+    fs::write(served.join("lib.tar"), archive.into_inner().unwrap()).unwrap();
+    let (_server, port) = http_server(&served, &tmp.path().join("http.log"));
+    let remote = format!("lib=http://127.0.0.1:{port}/lib.tar");
+    let dest = format!("type=local,dest={}", tmp.path().join("out4").display());
+    build(
+        &root,
+        &ctx,
+        &[
+            "--build-context",
+            &remote,
+            "--build-context",
+            "base=docker-image://bb:1",
+            "-o",
+            &dest,
+        ],
+    );
+    assert_eq!(read("out4/lib/lib.txt"), "v2\n");
 
     fs::write(ctx.join("Dockerfile"), "FROM lib\n").unwrap();
     let err = fails(
