@@ -98,14 +98,40 @@ fn main() -> ExitCode {
     }
 }
 
+/// docker's two-word commands and the one-word commands rbuild has for them, so that scripts
+/// written for `docker` (`docker image ls`, `docker buildx build`) run with rbuild.
+const DOCKER_SPELLINGS: [(&str, &str, &str); 12] = [
+    ("buildx", "build", "build"),
+    ("builder", "build", "build"),
+    ("image", "build", "build"),
+    ("image", "ls", "images"),
+    ("image", "list", "images"),
+    ("image", "rm", "rmi"),
+    ("image", "inspect", "inspect"),
+    ("image", "history", "history"),
+    ("image", "tag", "tag"),
+    ("image", "prune", "prune"),
+    ("image", "pull", "pull"),
+    ("image", "push", "push"),
+];
+
 /// `rbuild -t app:1 .` means `rbuild build -t app:1 .`: when the first argument after the
-/// global options is not a subcommand, `build` is inserted there.
+/// global options is not a subcommand, `build` is inserted there. docker's two-word spellings
+/// ([`DOCKER_SPELLINGS`]) become rbuild's one word.
 fn with_default_subcommand(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     use clap::CommandFactory;
     let command = Cli::command();
     let mut i = 1;
     while i < args.len() {
-        let arg = args[i].to_string_lossy();
+        let arg = args[i].to_string_lossy().into_owned();
+        let next = args.get(i + 1).map(|a| a.to_string_lossy().into_owned());
+        let spelled = DOCKER_SPELLINGS
+            .iter()
+            .find(|(group, verb, _)| arg == *group && next.as_deref() == Some(*verb));
+        if let Some((_, _, ours)) = spelled {
+            args.splice(i..i + 2, [std::ffi::OsString::from(*ours)]);
+            break;
+        }
         if arg == "--root" {
             i += 2;
         } else if arg.starts_with("--root=") {
@@ -150,5 +176,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logout(args) => registry_cmds::logout(args),
         Command::Run(args) => Ok(run_cmd::run(store(), *args)),
         Command::OciRuntime(args) => oci_runtime::oci_runtime(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewritten(args: &[&str]) -> Vec<String> {
+        let args = args.iter().map(std::ffi::OsString::from).collect();
+        with_default_subcommand(args)
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn docker_spellings_and_the_default_subcommand() {
+        assert_eq!(
+            rewritten(&["rbuild", "-t", "a:1", "."]),
+            ["rbuild", "build", "-t", "a:1", "."]
+        );
+        assert_eq!(
+            rewritten(&["rbuild", "buildx", "build", "."]),
+            ["rbuild", "build", "."]
+        );
+        assert_eq!(
+            rewritten(&["rbuild", "--root", "/r", "image", "ls", "-q"]),
+            ["rbuild", "--root", "/r", "images", "-q"]
+        );
+        assert_eq!(
+            rewritten(&["rbuild", "image", "rm", "a:1"]),
+            ["rbuild", "rmi", "a:1"]
+        );
+        assert_eq!(
+            rewritten(&["rbuild", "builder", "prune", "-a"]),
+            ["rbuild", "builder", "prune", "-a"]
+        );
+        assert_eq!(rewritten(&["rbuild", "images"]), ["rbuild", "images"]);
     }
 }
