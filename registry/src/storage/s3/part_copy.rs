@@ -165,8 +165,9 @@ impl PartCopier {
         Ok(etags.into_iter().map(|(_, etag)| etag).collect())
     }
 
-    /// One signed request, retried with backoff on a 5xx or a broken connection; the body of
-    /// its answer. S3 can answer 200 with an error document for a copy or a completion.
+    /// One signed request, retried with backoff on a 5xx, a 200 with an error document (S3's
+    /// answer to a copy or a completion that failed inside) or a broken connection; the body
+    /// of its answer.
     async fn send(
         &self,
         store: &AmazonS3,
@@ -205,7 +206,12 @@ impl PartCopier {
                         Ok(text) if status.is_success() && !text.contains("<Error>") => {
                             return Ok(text)
                         }
-                        Ok(text) => (status.is_server_error(), format!("{status}: {text}")),
+                        // A 200 carrying an error document is S3's way of reporting an internal
+                        // error during a copy: retried, as a 5xx is.
+                        Ok(text) => (
+                            status.is_server_error() || status.is_success(),
+                            format!("{status}: {text}"),
+                        ),
                         Err(e) => (true, e.to_string()),
                     }
                 }
