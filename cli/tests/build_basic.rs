@@ -551,6 +551,54 @@ fn add_from_a_git_repository() {
         "one\n"
     );
 
+    // A repository with a submodule: the submodule's files come too.
+    let sub_work = tmp.path().join("sub-work");
+    fs::create_dir_all(&sub_work).unwrap();
+    git_at(&sub_work, 0, &["init", "-q", "-b", "main"]);
+    fs::write(sub_work.join("inside.txt"), "from the submodule\n").unwrap();
+    git_at(&sub_work, 1_600_000_300, &["add", "."]);
+    git_at(&sub_work, 1_600_000_300, &["commit", "-q", "-m", "sub"]);
+    ok(Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&sub_work)
+        .arg(served.join("sub.git")));
+    let sub_url = format!("git://127.0.0.1:{port}/sub.git");
+    git_at(
+        &work,
+        1_600_000_400,
+        &["submodule", "add", "-q", &sub_url, "vendor/sub"],
+    );
+    git_at(
+        &work,
+        1_600_000_400,
+        &["commit", "-q", "-m", "with a submodule"],
+    );
+    ok(Command::new("git")
+        .arg("-C")
+        .arg(&work)
+        .args(["push", "-q"])
+        .arg(&bare)
+        .arg("main"));
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM bb:1\nADD {repo} /with-sub\n"),
+    )
+    .unwrap();
+    let out4 = tmp.path().join("out4");
+    build(
+        &root,
+        &ctx,
+        &["-o", &format!("type=local,dest={}", out4.display())],
+    );
+    assert_eq!(
+        fs::read_to_string(out4.join("with-sub/vendor/sub/inside.txt")).unwrap(),
+        "from the submodule\n"
+    );
+    assert!(
+        !out4.join("with-sub/vendor/sub/.git").exists(),
+        "a submodule's .git file stayed"
+    );
+
     // A ref that is not there, and a commit that is not the checksum's.
     for (line, error) in [
         (format!("ADD {repo}#nope /x"), "no ref \"nope\""),

@@ -169,7 +169,7 @@ impl GitSource {
             .parse()
             .map_err(|e| format!("{}: commit time: {e}", self.remote))?;
         if !keep_git_dir {
-            fs::remove_dir_all(dir.join(".git")).map_err(|e| e.to_string())?;
+            remove_git_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
         normalize(dir, time).map_err(|e| format!("{}: {e}", dir.display()))?;
         match &self.subdir {
@@ -218,6 +218,26 @@ fn is_scp_like(url: &str) -> bool {
         && !host.is_empty()
         && !host.contains('/')
         && !path.is_empty()
+}
+
+/// Removes `.git` everywhere in a checkout: the repository's directory and each submodule's
+/// `.git` file (which names a directory that is gone with the first).
+fn remove_git_metadata(dir: &Path) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        if entry.file_name() == ".git" {
+            if kind.is_dir() {
+                fs::remove_dir_all(&path)?;
+            } else {
+                fs::remove_file(&path)?;
+            }
+        } else if kind.is_dir() {
+            remove_git_metadata(&path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Modes as BuildKit gives a Git checkout, and every mtime set to `time`.
