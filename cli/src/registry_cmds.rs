@@ -45,10 +45,14 @@ impl RegistryFlags {
 
 #[derive(Args)]
 pub struct PushArgs {
-    /// The local image to push (name or ID)
+    /// The local image to push (name or ID); with `-a`, a repository
     source: String,
     /// Where to push it, when not under its own name (e.g. `registry.example/app:1`)
+    #[arg(conflicts_with = "all_tags")]
     target: Option<String>,
+    /// Push every local tag of the repository SOURCE
+    #[arg(short, long)]
+    all_tags: bool,
     /// A repository on the target registry that may already have the layers, to mount them
     /// from instead of uploading (repeatable; names of the image on that registry are tried
     /// by themselves)
@@ -59,6 +63,24 @@ pub struct PushArgs {
 }
 
 pub fn push(store: &Store, args: PushArgs) -> Result<ExitCode> {
+    if args.all_tags {
+        let repository = Reference::parse_name_only(&args.source)?;
+        let mut tags: Vec<String> = store
+            .images()?
+            .into_iter()
+            .flat_map(|image| image.names)
+            .filter(|name| name.name() == repository.name() && name.tag.is_some())
+            .map(|name| name.to_string())
+            .collect();
+        tags.sort();
+        if tags.is_empty() {
+            bail!("no local tag of {} to push", repository.familiar_name());
+        }
+        for tag in &tags {
+            push_to(store, tag, tag, &args.mount_from, &args.registry)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let target = args.target.as_deref().unwrap_or(&args.source);
     push_to(
         store,

@@ -109,6 +109,22 @@ fn no_auth_round_trips_with_skopeo_and_docker() {
     let digest = digest_in(&pushed);
     assert_eq!(skopeo_digest(&format!("{addr}/app/bb:1"), &[]), digest);
 
+    // `push -a`: every local tag of a repository.
+    for tag in ["1", "2"] {
+        ok(rb(&root, &cfg).args([
+            "tag",
+            "rbuild-test/busybox:1",
+            &format!("{addr}/multi/bb:{tag}"),
+        ]));
+    }
+    ok(rb(&root, &cfg).args(["push", "-a", &format!("{addr}/multi/bb")]));
+    for tag in ["1", "2"] {
+        assert_eq!(
+            skopeo_digest(&format!("{addr}/multi/bb:{tag}"), &[]),
+            digest
+        );
+    }
+
     let dockerd = Dockerd::start().expect("start dockerd");
     run_ok(dockerd.docker().args(["pull", &format!("{addr}/app/bb:1")])).unwrap();
     let repo_digest = run_ok(dockerd.docker().args([
