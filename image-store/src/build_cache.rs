@@ -94,10 +94,7 @@ impl Store {
             _ => {
                 // Last use, for `cache_prune`'s age and size limits; a failure costs nothing
                 // but a record that looks older than it is.
-                let _ = fs::File::options()
-                    .write(true)
-                    .open(&path)
-                    .and_then(|f| f.set_modified(SystemTime::now()));
+                let _ = oci::layer::set_mtime(&path, oci::timestamp::now_unix());
                 Ok(Some(record))
             }
         }

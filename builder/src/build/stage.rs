@@ -342,21 +342,20 @@ impl<'a> Solver<'a> {
             }
             None => name,
         };
-        let missing = self.store.resolve(name).is_err();
-        if let Some(fetcher) = self.options.image_fetcher.as_deref() {
-            if missing || self.options.pull {
+        let stored = self.store.resolve(name);
+        let record = match (stored, self.options.image_fetcher.as_deref()) {
+            (Ok(record), Some(_)) if !self.options.pull => record,
+            (Ok(record), None) => record,
+            (_, Some(fetcher)) => {
                 self.fetch_once(fetcher, name)?;
+                self.store.resolve(name).map_err(|e| e.to_string())?
             }
-        }
-        let record = self
-            .store
-            .resolve(name)
-            .map_err(|e| match self.options.image_fetcher {
-                Some(_) => e.to_string(),
-                None => {
-                    format!("{e} (this build uses local images only: load or pull {name} first)")
-                }
-            })?;
+            (Err(e), None) => {
+                return Err(format!(
+                    "{e} (this build uses local images only: load or pull {name} first)"
+                ))
+            }
+        };
         let (manifest, config, _) = self
             .store
             .image_config(&record)
