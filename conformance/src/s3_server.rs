@@ -39,10 +39,15 @@ impl S3Server {
                 "AWS_SHARED_CREDENTIALS_FILE",
                 dir.path().join("aws-credentials"),
             );
-        let mut process = PeerProcess::spawn("moto", &mut cmd, &dir.path().join("moto.log"))?;
+        let log = dir.path().join("moto.log");
+        let mut process = PeerProcess::spawn("moto", &mut cmd, &log)?;
+        // Its own log line, not a connection: another process may hold the port.
+        let running = format!("Running on http://127.0.0.1:{port}");
         wait_until("moto", Duration::from_secs(30), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        })?;
+            std::fs::read_to_string(&log).is_ok_and(|text| text.contains(&running))
+                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
         process.check_alive()?;
         Ok(S3Server {
             process,

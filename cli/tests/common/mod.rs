@@ -104,7 +104,11 @@ pub fn ssh_agent(socket: &Path) -> PeerProcess {
         &log,
     )
     .expect("start ssh-agent");
-    wait_until("ssh-agent", Duration::from_secs(10), || socket.exists()).expect("ssh-agent");
+    // The socket file appears at bind(), before listen(): only a connection says it is ready.
+    wait_until("ssh-agent", Duration::from_secs(10), || {
+        std::os::unix::net::UnixStream::connect(socket).is_ok()
+    })
+    .expect("ssh-agent");
     agent
 }
 

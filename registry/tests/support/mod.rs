@@ -5,7 +5,7 @@
 
 pub mod client;
 
-use std::net::TcpListener;
+pub use conformance::peers::free_port;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,13 +13,6 @@ use std::time::{Duration, Instant};
 pub struct Server {
     child: Child,
     pub port: u16,
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
 }
 
 impl Server {
