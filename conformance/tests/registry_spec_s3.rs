@@ -85,7 +85,8 @@ fn s3_faults_are_retried_then_answered_with_the_spec_error() {
         &S3Server::storage_yaml(
             &proxy.url(),
             "faults",
-            "    chunksize: 5242880\n    maxretries: 6\n    retrytimeout: 20s\n    requesttimeout: 2s\n",
+            // Copies over 5 MiB go in parts, so UploadPartCopy meets the faults too.
+            "    chunksize: 5242880\n    maxretries: 6\n    retrytimeout: 20s\n    requesttimeout: 2s\n    multipartcopythresholdsize: 5242880\n    multipartcopychunksize: 5242880\n",
         ),
     )
     .expect("start rregistry");
@@ -97,21 +98,39 @@ fn s3_faults_are_retried_then_answered_with_the_spec_error() {
             .collect()
     };
 
+    // A push that succeeds, and the same bytes read back.
+    let pushed_and_read_back = |repo: &str, data: &[u8]| {
+        let (status, body) = push_blob(&http, &base, repo, data);
+        assert_eq!(status, 201, "{} bytes: {body}", data.len());
+        let got = http
+            .get(format!(
+                "{base}/v2/{repo}/blobs/{}",
+                Digest::sha256_of(data)
+            ))
+            .send()
+            .expect("GET");
+        assert_eq!(got.status(), 200);
+        assert!(got.bytes().expect("body")[..] == data[..], "blob differs");
+    };
+
     // A third of S3's answers are 500s: retries hide them. 12 MiB makes a 3-part multipart.
     proxy.set(Fault::ServerErrors(34));
-    let data = blob(1, 12 << 20);
-    let (status, body) = push_blob(&http, &base, "faults/retried", &data);
-    assert_eq!(status, 201, "{body}");
-    let got = http
-        .get(format!(
-            "{base}/v2/faults/retried/blobs/{}",
-            Digest::sha256_of(&data)
-        ))
-        .send()
-        .expect("GET");
-    assert_eq!(got.status(), 200);
-    assert!(got.bytes().expect("body")[..] == data[..], "blob differs");
+    pushed_and_read_back("faults/retried", &blob(1, 12 << 20));
     assert!(proxy.faults() > 0, "no fault was injected");
+
+    // Every other copy or multipart completion is answered 200 with an error document, S3's
+    // report of a copy that failed inside: retried as a 5xx is. 12 MiB is renamed in three
+    // UploadPartCopy parts, 1 MiB with one CopyObject.
+    proxy.set(Fault::ErrorsIn200(50));
+    let before = proxy.faults();
+    for (seed, len) in [(3, 12 << 20), (4, 1 << 20)] {
+        pushed_and_read_back("faults/in200", &blob(seed, len));
+    }
+    assert!(
+        proxy.faults() >= before + 3,
+        "too few errors in a 200 were injected"
+    );
+    proxy.set(Fault::None);
 
     // S3 fails every request: a 5xx with the spec's error body, and no blob appears.
     proxy.set(Fault::ServerErrors(100));
