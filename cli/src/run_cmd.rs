@@ -91,6 +91,10 @@ pub struct RunArgs {
     /// Mount the container's root filesystem read-only
     #[arg(long = "read-only")]
     read_only: bool,
+    /// Give the container every capability, no seccomp filter, no masked paths and every
+    /// device, as docker run --privileged
+    #[arg(long)]
+    privileged: bool,
     /// Add a Linux capability (or ALL)
     #[arg(long = "cap-add")]
     cap_add: Vec<String>,
@@ -296,6 +300,9 @@ fn prepare(store: &Store, args: RunArgs) -> anyhow::Result<Prepared> {
     if let Some(mut linux) = spec.linux().clone() {
         linux.set_seccomp(seccomp);
         spec.set_linux(Some(linux));
+    }
+    if args.privileged {
+        runtime_exec::defaults::make_privileged(&mut spec)?;
     }
 
     let mut options = RunOptions::new(match &args.name {

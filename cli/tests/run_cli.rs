@@ -471,8 +471,8 @@ fn capabilities_and_read_only(f: &Fixture) {
     );
 }
 
-/// Docker's default seccomp profile is on unless `--security-opt seccomp=unconfined`; a
-/// profile file replaces it; options rbuild does not apply are refused; `-t` gives the
+/// Docker's default seccomp profile is on unless `--security-opt seccomp=unconfined` or
+/// `--privileged`; a profile file replaces it; options rbuild does not apply are refused; `-t` gives the
 /// container a pty of its own devpts, as docker does.
 fn security_options_and_tty(f: &Fixture) {
     let seccomp_mode = |args: &[&str]| {
@@ -498,6 +498,29 @@ fn security_options_and_tty(f: &Fixture) {
         seccomp_mode(&["--security-opt", "no-new-privileges"]),
         "NoNewPrivs: 1\nSeccomp: 2\n"
     );
+    // --privileged: no filter, every capability (CAP_SYS_ADMIN among them), /sys writable.
+    assert_eq!(
+        seccomp_mode(&["--privileged"]),
+        "NoNewPrivs: 0\nSeccomp: 0\n"
+    );
+    let privileged = run_ok(
+        f,
+        &[
+            "--privileged",
+            "bb:1",
+            "sh",
+            "-c",
+            "grep CapEff /proc/self/status; grep ' /sys ' /proc/mounts",
+        ],
+    );
+    let caps = privileged
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .replace("CapEff:", "");
+    let caps = u64::from_str_radix(caps.trim(), 16).unwrap();
+    assert!(caps & (1 << 21) != 0, "{privileged}");
+    assert!(privileged.contains(" rw,"), "{privileged}");
 
     let profile = f.dir.join("no-mkdir.json");
     fs::write(

@@ -80,11 +80,17 @@ pub fn parse(name: &str) -> Result<Capability> {
 }
 
 /// Docker's rule for `--cap-add`/`--cap-drop` over its default set: `ALL` in add means every
-/// capability, `ALL` in drop removes all but those named in add.
+/// capability this process can grant (those in its bounding set, as moby's caps package
+/// does), `ALL` in drop removes all but those named in add.
 pub fn docker_set(add: &[String], drop: &[String]) -> Result<Capabilities> {
     let is_all = |s: &String| s.eq_ignore_ascii_case("ALL");
     let mut set: Capabilities = if add.iter().any(is_all) {
-        NUMBERS.iter().filter_map(|(n, _)| parse(n).ok()).collect()
+        let bounding = own_bounding_set();
+        NUMBERS
+            .iter()
+            .filter(|(_, bit)| bounding & (1u64 << bit) != 0)
+            .filter_map(|(n, _)| parse(n).ok())
+            .collect()
     } else if drop.iter().any(is_all) {
         HashSet::new()
     } else {
@@ -127,6 +133,17 @@ fn mask(set: &Option<Capabilities>, last_cap: u32) -> u64 {
         .filter_map(number)
         .filter(|n| *n <= last_cap)
         .fold(0u64, |m, n| m | (1u64 << n))
+}
+
+/// This process's bounding set (`CapBnd` in /proc/self/status); every bit when unreadable.
+fn own_bounding_set() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("CapBnd:"))?;
+            u64::from_str_radix(line["CapBnd:".len()..].trim(), 16).ok()
+        })
+        .unwrap_or(u64::MAX)
 }
 
 /// The highest capability number this kernel knows.
@@ -257,6 +274,12 @@ mod tests {
         assert!(!set.contains(&Capability::Chown));
         assert_eq!(set.len(), 14);
         assert!(docker_set(&[], &["ALL".into()]).unwrap().is_empty());
+        let all = docker_set(&["ALL".into()], &[]).unwrap();
+        let bounding = own_bounding_set();
+        assert!(all
+            .iter()
+            .all(|c| bounding & (1u64 << number(c).unwrap()) != 0));
+        assert!(all.contains(&Capability::SysAdmin));
         assert!(parse("CAP_NOPE").is_err());
     }
 

@@ -78,6 +78,34 @@ pub fn docker_spec(rootfs: &Path, args: &[String]) -> Result<Spec> {
     serde_json::from_value(value).map_err(|e| Error::InvalidSpec(format!("default spec: {e}")))
 }
 
+/// What `docker run --privileged` (and BuildKit's `RUN --security=insecure`) changes: every
+/// capability this process can grant, no seccomp filter, nothing masked or read-only, sysfs
+/// and the cgroup filesystem writable, every device allowed by the device cgroup.
+pub fn make_privileged(spec: &mut Spec) -> Result<()> {
+    let all = capabilities::docker_set(&["ALL".to_string()], &[])?;
+    let invalid = |e: serde_json::Error| Error::InvalidSpec(format!("privileged spec: {e}"));
+    let mut value = serde_json::to_value(&*spec).map_err(invalid)?;
+    value["process"]["capabilities"] =
+        serde_json::to_value(capabilities::linux_capabilities(&all)).map_err(invalid)?;
+    let linux = &mut value["linux"];
+    if let Some(linux) = linux.as_object_mut() {
+        linux.remove("seccomp");
+    }
+    linux["maskedPaths"] = serde_json::json!([]);
+    linux["readonlyPaths"] = serde_json::json!([]);
+    linux["resources"]["devices"] = serde_json::json!([{ "allow": true, "access": "rwm" }]);
+    for mount in value["mounts"].as_array_mut().into_iter().flatten() {
+        if mount["destination"] == "/sys" || mount["destination"] == "/sys/fs/cgroup" {
+            if let Some(options) = mount["options"].as_array_mut() {
+                options.retain(|o| o != "ro");
+                options.push(serde_json::json!("rw"));
+            }
+        }
+    }
+    *spec = serde_json::from_value(value).map_err(invalid)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
