@@ -3,7 +3,7 @@
 //! BuildKit's dockerfile2llb applies them. Used by the build solver and by
 //! `rbuild import --change`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use oci::image::ImageConfig;
 use serde_json::{json, Value};
@@ -40,6 +40,13 @@ impl<'a> Scope<'a> {
     }
 }
 
+impl Scope<'_> {
+    /// The names the image's environment defines.
+    pub fn env_names(&self) -> impl Iterator<Item = &str> {
+        self.env.keys().map(String::as_str)
+    }
+}
+
 impl VarLookup for Scope<'_> {
     fn lookup(&self, name: &str) -> Option<&str> {
         self.env
@@ -62,16 +69,22 @@ pub fn is_config_only(instruction: &Instruction) -> bool {
 }
 
 /// Applies one config-only instruction. `args` are the build args in scope (none for import).
-/// Errors are messages without a line; the caller adds where the instruction came from.
+/// Returns the variables its words referred to that were not set (for the UndefinedVar
+/// check). Errors are messages without a line; the caller adds where the instruction came
+/// from.
 pub fn apply(
     config: &mut ImageConfig,
     instruction: &Instruction,
     lex: &Lex,
     args: &dyn VarLookup,
-) -> Result<(), String> {
+) -> Result<BTreeSet<String>, String> {
+    let unset = std::cell::RefCell::new(BTreeSet::new());
     let expand = |config: &ImageConfig, word: &str| -> Result<String, String> {
-        lex.process_word(word, &Scope::new(config, args))
-            .map_err(|e| e.to_string())
+        let expansion = lex
+            .expand(word, &Scope::new(config, args))
+            .map_err(|e| e.to_string())?;
+        unset.borrow_mut().extend(expansion.unset);
+        Ok(expansion.word)
     };
     match instruction {
         Instruction::Env(pairs) => {
@@ -151,7 +164,7 @@ pub fn apply(
             return Err("this instruction does not only change the image config".into())
         }
     }
-    Ok(())
+    Ok(unset.into_inner())
 }
 
 /// Exec form as is; shell form through the image's SHELL (default `/bin/sh -c`).
@@ -259,7 +272,7 @@ mod tests {
         let tree = parse(line).map_err(|e| e.to_string())?;
         let instruction =
             Instruction::from_node(&tree.ast.children[0]).map_err(|e| e.to_string())?;
-        apply(config, &instruction, &Lex::default(), &NoVars)
+        apply(config, &instruction, &Lex::default(), &NoVars).map(drop)
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `rbuild build` (also `rbuild -t app:1 .`): docker build's flags on rbuild's solver.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,14 +11,14 @@ use builder::build::{
     build, BuildOptions, CacheBackend, CacheExport, CacheMode, GitSource, LocalCache, NamedContext,
     Output, Progress, ProgressMode, RunSandbox,
 };
-use builder::dockerfile::Dockerfile;
+use builder::dockerfile::{run_checks, CheckConfig, CheckWarning, Dockerfile};
 use clap::{Args, ValueEnum};
 use distribution_client::cache::RegistryCache;
 use distribution_client::Client;
 use image_store::Store;
 use oci::compression::Compression;
 use oci::layer::ApplyMode;
-use oci::{Platform, Reference};
+use oci::{Digest, Platform, Reference};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum ProgressFlag {
@@ -65,6 +65,13 @@ pub struct BuildArgs {
     /// Do not use the cache
     #[arg(long)]
     no_cache: bool,
+    /// Squash the layers the build adds to its base image into one
+    #[arg(long)]
+    squash: bool,
+    /// Entitlements, as buildx: security.insecure (lets RUN --security=insecure run
+    /// privileged), network.host (always granted: RUN uses the host's network by default)
+    #[arg(long = "allow")]
+    allow: Vec<String>,
     /// Do not use the cache for these stages; repeatable
     #[arg(long = "no-cache-filter")]
     no_cache_filter: Vec<String>,
@@ -122,6 +129,28 @@ pub struct BuildArgs {
     /// lacks are always pulled)
     #[arg(long)]
     pull: bool,
+    /// Accepted for buildx scripts: the image always goes to the local store
+    #[arg(long)]
+    load: bool,
+    /// Accepted for docker build scripts: no intermediate containers are ever kept
+    #[arg(long, value_name = "true|false", num_args = 0..=1, default_missing_value = "true")]
+    rm: Option<bool>,
+    /// Accepted for docker build scripts: no intermediate containers are ever kept
+    #[arg(long = "force-rm")]
+    force_rm: bool,
+    /// Only `false` is accepted: rbuild makes no provenance attestations
+    #[arg(long, value_name = "false")]
+    provenance: Option<String>,
+    /// Only `false` is accepted: rbuild makes no SBOM attestations
+    #[arg(long, value_name = "false")]
+    sbom: Option<String>,
+    /// Run BuildKit's build checks on the Dockerfile and exit (1 when any finds something),
+    /// without building
+    #[arg(long)]
+    check: bool,
+    /// buildx's `--call`: `build` (the default) or `check` (as --check)
+    #[arg(long, value_name = "build|check")]
+    call: Option<String>,
     /// Use the build cache exported to `type=registry,ref=REPO:TAG` (or just `REPO:TAG`) or
     /// `type=local,src=DIR`; repeatable
     #[arg(long = "cache-from")]
@@ -144,23 +173,44 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
         named_contexts,
         _scratch,
     } = BuildInputs::resolve(store, &args, &build_args, &ssh_agents)?;
+    let dockerfile_name = dockerfile_path
+        .as_deref()
+        .and_then(Path::file_name)
+        .map_or("Dockerfile".into(), |n| n.to_string_lossy().into_owned());
     // Every syntax error is reported before any step runs.
     let dockerfile = match Dockerfile::parse(&source) {
         Ok(d) => d,
         Err(e) => {
-            let name = dockerfile_path
-                .as_deref()
-                .and_then(Path::file_name)
-                .map_or("Dockerfile".into(), |n| n.to_string_lossy().into_owned());
-            eprint!("{}", e.render(&name, &source));
+            eprint!("{}", e.render(&dockerfile_name, &source));
             return Ok(ExitCode::from(1));
         }
     };
-    if args.network != "host" && args.network != "default" {
-        bail!(
-            "--network {}: only host networking is supported for builds",
-            args.network
+    let check_only = match args.call.as_deref() {
+        None | Some("build") => args.check,
+        Some("check") => true,
+        Some(other) => bail!("--call={other}: rbuild knows build and check"),
+    };
+    let (check_config, mut findings) = build_checks(&dockerfile, &build_args)?;
+    if check_only {
+        print_check_details(&dockerfile_name, &source, &findings);
+        return Ok(ExitCode::from(u8::from(!findings.is_empty())));
+    }
+    if check_config.error && !findings.is_empty() {
+        print_check_summary(&findings);
+        let rules: BTreeSet<&str> = findings.iter().map(|f| f.rule).collect();
+        let rules: Vec<&str> = rules.into_iter().collect();
+        eprintln!(
+            "ERROR: lint violation found for rules: {}",
+            rules.join(", ")
         );
+        return Ok(ExitCode::from(1));
+    }
+    for (flag, value) in [("--provenance", &args.provenance), ("--sbom", &args.sbom)] {
+        if let Some(value) = value.as_deref().filter(|v| !matches!(*v, "false" | "0")) {
+            bail!(
+                "{flag}={value}: rbuild makes no attestations; leave it out or pass {flag}=false"
+            );
+        }
     }
     let platform = match &args.platform {
         Some(p) => Platform::parse(p)
@@ -170,14 +220,20 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
     // `type=registry` is a push after the build; the other outputs are the builder's.
     let mut push = args.push;
     let mut outputs = Vec::new();
+    let mut names = args.tags.clone();
     for spec in &args.outputs {
         match parse_output(spec)? {
-            Some(output) => outputs.push(output),
-            None => push = true,
+            OutputSpec::Builder(output) => outputs.push(output),
+            OutputSpec::Image { push: p, names: n } => {
+                push |= p;
+                names.extend(n);
+            }
         }
     }
-    if push && args.tags.is_empty() {
-        bail!("--push needs a name to push to: add -t REGISTRY/REPOSITORY:TAG");
+    if push && names.is_empty() {
+        bail!(
+            "--push needs a name to push to: add -t REGISTRY/REPOSITORY:TAG (or name= to --output)"
+        );
     }
     // An archive for stdout (`dest=-`) is written to the store's scratch space, then copied.
     let stdout_output = StdoutOutput::take(store, &mut outputs)?;
@@ -205,8 +261,7 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
             .canonicalize()
             .with_context(|| format!("build context {}", context.display()))?,
         dockerfile_path,
-        tags: args
-            .tags
+        tags: names
             .iter()
             .map(|t| Reference::parse(t))
             .collect::<Result<_, _>>()?,
@@ -235,6 +290,8 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
         pull: args.pull,
         named_contexts,
         sandbox: parse_sandbox(&args)?,
+        squash: args.squash,
+        allow_insecure: parse_entitlements(&args.allow)?,
     };
     let quiet = args.quiet || matches!(args.progress, ProgressFlag::Quiet);
     // BuildKit's rule: a live view on a terminal, plain lines otherwise (CI logs).
@@ -254,6 +311,14 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
     let progress = Progress::new(mode, stage_names, Box::new(std::io::stderr()));
     let result = build(store, &dockerfile, &options, &progress);
     progress.finish();
+    if let Ok(built) = &result {
+        let found = built.lint.iter().filter(|w| check_config.reports(w.rule));
+        findings.extend(found.cloned());
+        findings.sort_by_key(|w| w.line);
+    }
+    if !quiet {
+        print_check_summary(&findings);
+    }
     let result = match result {
         Ok(r) => r,
         Err(e) => {
@@ -290,6 +355,70 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--allow`: whether `security.insecure` is granted; unknown entitlements are refused.
+fn parse_entitlements(items: &[String]) -> Result<bool> {
+    let mut insecure = false;
+    for item in items.iter().flat_map(|i| i.split(',')) {
+        match item.trim() {
+            "security.insecure" => insecure = true,
+            "network.host" => {}
+            other => bail!("--allow {other:?}: rbuild knows security.insecure and network.host"),
+        }
+    }
+    Ok(insecure)
+}
+
+/// The build checks' findings, configured by the `# check=` directive or, over it, the
+/// `BUILDKIT_DOCKERFILE_CHECK` build arg (BuildKit's names).
+fn build_checks(
+    dockerfile: &Dockerfile,
+    build_args: &BTreeMap<String, String>,
+) -> Result<(CheckConfig, Vec<CheckWarning>)> {
+    let (spec, from) = match build_args.get("BUILDKIT_DOCKERFILE_CHECK") {
+        Some(spec) => (spec.as_str(), "--build-arg BUILDKIT_DOCKERFILE_CHECK"),
+        None => {
+            let directive = dockerfile.directives.iter().find(|d| d.name == "check");
+            (directive.map_or("", |d| d.value.as_str()), "# check=")
+        }
+    };
+    let config = CheckConfig::parse(spec).map_err(|e| anyhow::anyhow!("{from}: {e}"))?;
+    let findings = run_checks(dockerfile, &config);
+    Ok((config, findings))
+}
+
+/// After a build, as docker build prints them: one line per finding.
+fn print_check_summary(findings: &[CheckWarning]) {
+    if findings.is_empty() {
+        return;
+    }
+    let plural = if findings.len() == 1 { "" } else { "s" };
+    eprintln!(
+        " {} warning{plural} found (use rbuild build --check to expand):",
+        findings.len()
+    );
+    for f in findings {
+        eprintln!(" - {}: {} (line {})", f.rule, f.message, f.line);
+    }
+}
+
+/// `--check`: each finding with its rule's documentation and the line it is about.
+fn print_check_details(name: &str, source: &str, findings: &[CheckWarning]) {
+    for f in findings {
+        let text = source.lines().nth(f.line.saturating_sub(1)).unwrap_or("");
+        eprintln!("WARNING: {} - {}", f.rule, f.url());
+        eprintln!("{}", f.message);
+        eprintln!("{name}:{}", f.line);
+        eprintln!("--------------------");
+        eprintln!("{:>4} | >>> {text}", f.line);
+        eprintln!("--------------------\n");
+    }
+    match findings.len() {
+        0 => eprintln!("Check complete, no warnings found."),
+        1 => eprintln!("Check complete, 1 warning has been found!"),
+        n => eprintln!("Check complete, {n} warnings have been found!"),
+    }
 }
 
 /// The one output that goes to stdout (`dest=-`), written to a scratch file by the build.
@@ -362,7 +491,8 @@ fn parse_build_args(items: &[String]) -> Result<BTreeMap<String, String>> {
 }
 
 fn options_of(spec: &str) -> BTreeMap<String, String> {
-    spec.split(',')
+    csv_fields(spec)
+        .iter()
         .filter_map(|kv| {
             kv.split_once('=')
                 .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
@@ -370,14 +500,48 @@ fn options_of(spec: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// An `--output`; `None` for `type=registry`, which is a push rather than a builder output.
-fn parse_output(spec: &str) -> Result<Option<Output>> {
+/// The comma-separated fields of a buildx option value, read as CSV: a field in double quotes
+/// keeps its commas (`type=image,"name=a:1,b:1"`), and `""` inside quotes is one quote.
+fn csv_fields(spec: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut quoted = false;
+    let mut chars = spec.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                push_char(&mut fields, '"');
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(String::new()),
+            c => push_char(&mut fields, c),
+        }
+    }
+    fields
+}
+
+fn push_char(fields: &mut [String], c: char) {
+    if let Some(field) = fields.last_mut() {
+        field.push(c);
+    }
+}
+
+/// What one `--output` asks for.
+enum OutputSpec {
+    /// An output the builder writes.
+    Builder(Output),
+    /// The image itself: in the local store (always), under `name=` names too, and pushed to
+    /// its registry with `push=true` (`type=registry` is `type=image,push=true`).
+    Image { push: bool, names: Vec<String> },
+}
+
+fn parse_output(spec: &str) -> Result<OutputSpec> {
     // buildx's shorthands: `-o -` is a tar on stdout, `-o DIR` a local directory.
     if spec == "-" {
-        return Ok(Some(Output::Tar(PathBuf::from("-"))));
+        return Ok(OutputSpec::Builder(Output::Tar(PathBuf::from("-"))));
     }
     if !spec.contains('=') {
-        return Ok(Some(Output::Local(PathBuf::from(spec))));
+        return Ok(OutputSpec::Builder(Output::Local(PathBuf::from(spec))));
     }
     let opts = options_of(spec);
     let dest = || -> Result<PathBuf> {
@@ -385,22 +549,52 @@ fn parse_output(spec: &str) -> Result<Option<Output>> {
             .map(PathBuf::from)
             .with_context(|| format!("--output {spec:?}: dest= is required"))
     };
-    match opts.get("type").map(String::as_str) {
-        Some("oci") => Ok(Some(Output::Oci(dest()?))),
-        Some("docker") => Ok(Some(Output::Docker(dest()?))),
+    let names = || -> Vec<String> {
+        opts.get("name")
+            .map(|n| {
+                n.split(',')
+                    .map(|n| n.trim().to_string())
+                    .filter(|n| !n.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let output = match opts.get("type").map(String::as_str) {
+        Some("oci") => Output::Oci(dest()?),
+        Some("docker") => Output::Docker(dest()?),
         // As buildx: a local output to stdout is a tar of the files.
         Some("local") if opts.get("dest").map(String::as_str) == Some("-") => {
-            Ok(Some(Output::Tar(PathBuf::from("-"))))
+            Output::Tar(PathBuf::from("-"))
         }
-        Some("local") => Ok(Some(Output::Local(dest()?))),
-        Some("tar") => Ok(Some(Output::Tar(dest()?))),
-        Some("registry") => Ok(None),
-        Some("image") if opts.get("push").map(String::as_str) == Some("true") => Ok(None),
+        Some("local") => Output::Local(dest()?),
+        Some("tar") => Output::Tar(dest()?),
+        Some("registry") => {
+            return Ok(OutputSpec::Image {
+                push: true,
+                names: names(),
+            })
+        }
+        Some("image") => {
+            let push = match opts.get("push").map(String::as_str) {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(other) => bail!("--output {spec:?}: push={other} is not true or false"),
+            };
+            return Ok(OutputSpec::Image {
+                push,
+                names: names(),
+            });
+        }
         Some(other) => {
-            bail!("--output type={other} is not supported (oci, docker, local, tar, registry)")
+            bail!(
+                "--output type={other} is not supported (oci, docker, local, tar, image, registry)"
+            )
         }
-        None => bail!("--output {spec:?}: type= is required (oci, docker, local, tar, registry)"),
-    }
+        None => {
+            bail!("--output {spec:?}: type= is required (oci, docker, local, tar, image, registry)")
+        }
+    };
+    Ok(OutputSpec::Builder(output))
 }
 
 /// A `--cache-from`: `type=registry,ref=REF`, `type=local,src=DIR`, or a bare `REF`.
@@ -427,13 +621,19 @@ fn parse_cache_from(spec: &str, client: Option<&Arc<Client>>) -> Result<Arc<dyn 
     }
 }
 
-/// A `--cache-to`: `type=registry,ref=REF` or `type=local,dest=DIR`, with `mode=min|max`.
+/// A `--cache-to`: `type=registry,ref=REF` or `type=local,dest=DIR`, with `mode=min|max` and
+/// `cache-mounts=true|false`.
 fn parse_cache_to(spec: &str, client: Option<&Arc<Client>>) -> Result<CacheExport> {
     let opts = options_of(spec);
     let mode = match opts.get("mode").map(String::as_str) {
         None | Some("min") => CacheMode::Min,
         Some("max") => CacheMode::Max,
         Some(other) => bail!("--cache-to {spec:?}: mode={other} is not min or max"),
+    };
+    let cache_mounts = match opts.get("cache-mounts").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => bail!("--cache-to {spec:?}: cache-mounts={other} is not true or false"),
     };
     let backend: Arc<dyn CacheBackend> = match opts.get("type").map(String::as_str) {
         Some("registry") => {
@@ -451,7 +651,11 @@ fn parse_cache_to(spec: &str, client: Option<&Arc<Client>>) -> Result<CacheExpor
         Some(other) => bail!("--cache-to type={other} is not supported (registry, local)"),
         None => bail!("--cache-to {spec:?}: type= is required (registry, local)"),
     };
-    Ok(CacheExport { backend, mode })
+    Ok(CacheExport {
+        backend,
+        mode,
+        cache_mounts,
+    })
 }
 
 fn registry_cache(reference: &str, client: Option<&Arc<Client>>) -> Result<Arc<dyn CacheBackend>> {
@@ -564,6 +768,14 @@ fn named_contexts(
         };
         let named = if let Some(image) = value.strip_prefix("docker-image://") {
             NamedContext::Image(image.to_string())
+        } else if let Some(layout) = value.strip_prefix("oci-layout://") {
+            let (path, tag, digest) = parse_layout_context(layout)
+                .with_context(|| format!("--build-context {name}={value}"))?;
+            let _writing = store.writer_lock()?;
+            let manifest = store
+                .import_from_layout(Path::new(path), tag, digest.as_ref(), &Platform::host())
+                .with_context(|| format!("--build-context {name}={value}"))?;
+            NamedContext::StoredImage(manifest.digest)
         } else if let Some(git) = GitSource::parse(value) {
             let (dir, root) = check_out_context(store, &git, build_args, ssh_agents)?;
             scratch.push(dir);
@@ -576,7 +788,7 @@ fn named_contexts(
             scratch.push(dir);
             NamedContext::Directory(root)
         } else if value.contains("://") {
-            bail!("--build-context {name}={value}: only directories, archives over http(s), docker-image:// and Git repositories are supported");
+            bail!("--build-context {name}={value}: only directories, archives over http(s), docker-image://, oci-layout:// and Git repositories are supported");
         } else {
             let dir = Path::new(value);
             if !dir.is_dir() {
@@ -590,6 +802,24 @@ fn named_contexts(
         named_contexts.insert(name.to_string(), named);
     }
     Ok(named_contexts)
+}
+
+/// `PATH[:TAG][@DIGEST]` of an `oci-layout://` context (buildx's form).
+fn parse_layout_context(spec: &str) -> Result<(&str, Option<&str>, Option<Digest>)> {
+    let (rest, digest) = match spec.rsplit_once('@') {
+        Some((rest, digest)) => (rest, Some(digest.parse::<Digest>()?)),
+        None => (spec, None),
+    };
+    let (path, tag) = match rest.rsplit_once(':') {
+        Some((path, tag)) if !path.is_empty() && !tag.is_empty() && !tag.contains('/') => {
+            (path, Some(tag))
+        }
+        _ => (rest, None),
+    };
+    if path.is_empty() {
+        bail!("no layout directory");
+    }
+    Ok((path, tag, digest))
 }
 
 /// `--annotation KEY=VALUE` or `manifest:KEY=VALUE` (buildx's prefix for the image manifest,
@@ -617,7 +847,15 @@ fn parse_annotations(items: &[String]) -> Result<BTreeMap<String, String>> {
 
 /// `--add-host`, `--ulimit` and `--shm-size`, as docker build reads them.
 fn parse_sandbox(args: &BuildArgs) -> Result<RunSandbox> {
-    let mut sandbox = RunSandbox::default();
+    let no_network = match args.network.as_str() {
+        "host" | "default" => false,
+        "none" => true,
+        other => bail!("--network {other}: builds use host (the default) or none"),
+    };
+    let mut sandbox = RunSandbox {
+        no_network,
+        ..RunSandbox::default()
+    };
     for spec in &args.add_hosts {
         let (name, address) = spec
             .split_once([':', '='])
@@ -836,6 +1074,31 @@ fn parse_secrets(items: &[String]) -> Result<BTreeMap<String, Vec<u8>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outputs_read_as_buildx_reads_them() {
+        assert_eq!(
+            csv_fields(r#"type=image,"name=a:1,b:1",push=true"#),
+            ["type=image", "name=a:1,b:1", "push=true"]
+        );
+        assert_eq!(csv_fields(r#""a=say ""hi""",b"#), [r#"a=say "hi""#, "b"]);
+        let OutputSpec::Image { push, names } =
+            parse_output(r#"type=image,"name=a:1,b:1",push=true"#).unwrap()
+        else {
+            panic!("not the image");
+        };
+        assert!(push);
+        assert_eq!(names, ["a:1", "b:1"]);
+        assert!(matches!(
+            parse_output("type=registry,name=r/x:1").unwrap(),
+            OutputSpec::Image { push: true, .. }
+        ));
+        assert!(matches!(
+            parse_output("type=image").unwrap(),
+            OutputSpec::Image { push: false, .. }
+        ));
+        assert!(parse_output("type=image,push=maybe").is_err());
+    }
 
     #[test]
     fn secrets_read_as_buildx_reads_them() {

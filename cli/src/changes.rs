@@ -32,5 +32,6 @@ pub fn apply(config: &mut ImageConfig, change: &str) -> Result<()> {
     }
     let instruction = Instruction::from_node(node).map_err(|e| anyhow::anyhow!("{e}"))?;
     builder::image_config::apply(config, &instruction, &Lex::default(), &NoVars)
+        .map(drop)
         .map_err(anyhow::Error::msg)
 }

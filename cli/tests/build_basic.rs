@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{busybox_archive, fails, http_server, inspect, listening, ok, rbuild, ssh_agent};
-use conformance::peers::{require, PeerProcess};
+use conformance::peers::{require, run_ok, PeerProcess};
 use oci::archive::ArchiveFormat;
 
 /// A store with the busybox fixture loaded as `bb:1`.
@@ -752,8 +752,8 @@ fn dockerfile_or_context_from_standard_input_or_a_url() {
 
 /// `--build-context`: a directory (or a tar over HTTP) for `COPY --from` and `RUN --mount
 /// from=` (read with its own .dockerignore, its content in the cache key) in place of a stage of
-/// that name, and `docker-image://` in place of a FROM name. FROM a directory is refused by
-/// name.
+/// that name, and `docker-image://` in place of a FROM name. FROM a directory starts a stage
+/// with its files, as BuildKit does.
 #[test]
 fn named_build_contexts() {
     let tmp = tempfile::tempdir().unwrap();
@@ -826,20 +826,377 @@ fn named_build_contexts() {
     );
     assert_eq!(read("out4/lib/lib.txt"), "v2\n");
 
-    fs::write(ctx.join("Dockerfile"), "FROM lib\n").unwrap();
+    // FROM a directory: its files (less its .dockerignore) are the stage's filesystem.
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM lib\nCOPY --from=bb:1 /bin/busybox /bin/sh\nRUN cat /lib.txt > /seen\n",
+    )
+    .unwrap();
+    let dest = format!("type=local,dest={}", tmp.path().join("out5").display());
+    let from_dir = ["--build-context", &lib_context, "-o", &dest];
+    build(&root, &ctx, &from_dir);
+    assert_eq!(read("out5/seen"), "v2\n");
+    assert!(!tmp.path().join("out5/secret.txt").exists());
+    let again = build(&root, &ctx, &from_dir).1;
+    assert_eq!(again.matches("CACHED").count(), 3, "{again}");
+}
+
+/// `--build-context NAME=oci-layout://PATH[:TAG][@DIGEST]`: the image of an OCI layout that
+/// skopeo wrote, by tag (default `latest`) or by digest, copied into a store that lacks it and
+/// never pulled; the layout is only read. An absent tag is an error naming it.
+#[test]
+fn oci_layout_build_context() {
+    let skopeo = require("skopeo");
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = busybox_archive(tmp.path(), "bb:1", ArchiveFormat::Oci);
+    let layout = tmp.path().join("layout");
+    for tag in ["v1", "latest"] {
+        run_ok(
+            Command::new(&skopeo)
+                .arg("copy")
+                .arg(format!("oci-archive:{}", archive.display()))
+                .arg(format!("oci:{}:{tag}", layout.display())),
+        )
+        .unwrap();
+    }
+    let raw = run_ok(
+        Command::new(&skopeo)
+            .args(["inspect", "--raw"])
+            .arg(format!("oci:{}:v1", layout.display())),
+    )
+    .unwrap();
+    let digest = oci::Digest::sha256_of(&raw.stdout);
+    let root = tmp.path().join("store");
+    let ctx = tmp.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM base\nRUN echo built > /built\n",
+    )
+    .unwrap();
+    for (n, spec) in [
+        format!("{}:v1", layout.display()),
+        format!("{}@{digest}", layout.display()),
+        layout.display().to_string(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let context = format!("base=oci-layout://{spec}");
+        let out = tmp.path().join(format!("out{n}"));
+        let dest = format!("type=local,dest={}", out.display());
+        build(
+            &root,
+            &ctx,
+            &["--pull", "--build-context", &context, "-o", &dest],
+        );
+        assert_eq!(fs::read_to_string(out.join("built")).unwrap(), "built\n");
+        assert!(
+            out.join("bin/busybox").is_file(),
+            "{spec}: not the layout's image"
+        );
+    }
+    assert!(!layout.join("ingest").exists(), "the layout was written to");
+
+    let missing = format!("base=oci-layout://{}:nope", layout.display());
     let err = fails(
         rbuild(&root)
-            .args(["build", "-q", "--build-context", &lib_context])
+            .args(["build", "-q", "--build-context", &missing])
             .arg(&ctx),
     );
     assert!(
-        err.contains("Dockerfile:1") && err.contains("FROM cannot"),
+        err.contains(":nope") && err.contains("no such tag"),
         "{err}"
     );
 }
 
-/// docker build's `--add-host`, `--ulimit` and `--shm-size` reach every RUN and are part of
-/// its cache key; bad values are refused.
+/// `--squash`: the layers a build adds to its base image become one, the base's stay. The
+/// files are exactly those of the same build without it (the two root filesystems' tars are
+/// equal byte for byte, a deleted base file included), the history keeps every step, and a
+/// rebuild squashes nothing again.
+#[test]
+fn squash_merges_the_added_layers() {
+    let (tmp, root, ctx) = store_and_context(
+        "FROM bb:1\nRUN echo one > /a && echo x > /tmp/gone\n\
+         RUN echo two > /b && rm /tmp/gone /bin/vi\nCOPY c.txt /c\n",
+    );
+    fs::write(ctx.join("c.txt"), "three\n").unwrap();
+    let build_as = |name: &str, extra: &[&str]| {
+        let tar = tmp.path().join(format!("{name}.tar"));
+        let dest = format!("type=tar,dest={}", tar.display());
+        let tag = format!("{name}:1");
+        let mut args = vec!["-t", &tag, "-o", &dest];
+        args.extend(extra);
+        let progress = build(&root, &ctx, &args).1;
+        (fs::read(tar).unwrap(), inspect(&root, &tag), progress)
+    };
+    let (plain_files, plain, _) = build_as("plain", &[]);
+    let (squashed_files, squashed, progress) = build_as("squashed", &["--squash"]);
+    assert!(progress.contains("squashing 3 layers"), "{progress}");
+    assert!(
+        plain_files == squashed_files,
+        "the squashed image's files differ"
+    );
+
+    let base = inspect(&root, "bb:1")["RootFS"]["Layers"].clone();
+    let layers = |image: &serde_json::Value| image["RootFS"]["Layers"].as_array().unwrap().clone();
+    let base = base.as_array().unwrap();
+    assert_eq!(layers(&plain).len(), base.len() + 3);
+    let squashed_layers = layers(&squashed);
+    assert_eq!(squashed_layers.len(), base.len() + 1);
+    assert_eq!(
+        &squashed_layers[..base.len()],
+        &base[..],
+        "the base layers changed"
+    );
+    let config_digest = squashed["Id"].as_str().unwrap();
+    let config_blob = root
+        .join("blobs/sha256")
+        .join(&config_digest["sha256:".len()..]);
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(config_blob).unwrap()).unwrap();
+    let history = config["history"].as_array().unwrap();
+    let non_empty = history
+        .iter()
+        .filter(|h| !h["empty_layer"].as_bool().unwrap_or(false))
+        .count();
+    assert_eq!(non_empty, squashed_layers.len(), "{history:?}");
+    assert!(history
+        .iter()
+        .any(|h| h["created_by"] == "rbuild build --squash"));
+
+    // The same build again: every step and the squash come from the cache.
+    let (_, again, progress) = build_as("squashed", &["--squash"]);
+    assert_eq!(again["Id"], squashed["Id"], "{progress}");
+    let squash_step = progress
+        .lines()
+        .find(|l| l.contains("squashing 3 layers"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no squash step:\n{progress}"));
+    assert!(
+        progress.contains(&format!("{squash_step} CACHED")),
+        "squashed again:\n{progress}"
+    );
+    let script = "cat /a /b /c; test -e /bin/vi || test -e /tmp/gone || echo deleted";
+    let out = ok(rbuild(&root).args(["run", "squashed:1", "sh", "-c", script]));
+    assert_eq!(out, "one\ntwo\nthree\ndeleted\n");
+}
+
+/// Build checks, as docker build reports them: findings listed after a build (UndefinedVar
+/// among them, which needs the base image's environment), `--check` that explains each and
+/// exits 1 without building, `# check=skip=…;error=true` and the `BUILDKIT_DOCKERFILE_CHECK`
+/// build arg over it.
+#[test]
+fn build_checks() {
+    let (_tmp, root, ctx) = store_and_context("FROM bb:1 as base\nCMD echo hi\n");
+    let run = |extra: &[&str]| {
+        let out = rbuild(&root)
+            .args(["build", "--progress", "plain"])
+            .args(extra)
+            .arg(&ctx)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(&["-t", "checked:1"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains(" 2 warnings found"), "{stderr}");
+    assert!(
+        stderr.contains(" - FromAsCasing: 'as' and 'FROM' keywords' casing do not match (line 1)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(" - JSONArgsRecommended: JSON arguments recommended for CMD to prevent unintended behavior related to OS signals (line 2)"), "{stderr}");
+
+    let (code, stderr) = run(&["--check", "-t", "not-built:1"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("WARNING: FromAsCasing - https://docs.docker.com/go/dockerfile/rule/from-as-casing/\n'as' and 'FROM' keywords' casing do not match\nDockerfile:1\n"), "{stderr}");
+    assert!(stderr.contains("   1 | >>> FROM bb:1 as base"), "{stderr}");
+    assert!(
+        stderr.contains("Check complete, 2 warnings have been found!"),
+        "{stderr}"
+    );
+    assert!(!ok(rbuild(&root).args(["images", "-q", "not-built"])).contains("sha256"));
+
+    fs::write(
+        ctx.join("Dockerfile"),
+        "# check=skip=FromAsCasing;error=true\nFROM bb:1 as base\nCMD echo hi\n",
+    )
+    .unwrap();
+    let (code, stderr) = run(&[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("ERROR: lint violation found for rules: JSONArgsRecommended"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("#1 "), "a step ran: {stderr}");
+    let (code, stderr) = run(&["--build-arg", "BUILDKIT_DOCKERFILE_CHECK=skip=all"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    let (code, stderr) = run(&["--build-arg", "BUILDKIT_DOCKERFILE_CHECK=skip=all;bogus"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("invalid check option \"bogus\""),
+        "{stderr}"
+    );
+
+    // UndefinedVar needs the base image's environment: the build finds it.
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM bb:1\nARG DECLARED\nENV A=$PAHT B=$DECLARED C=$PATH\nWORKDIR /$NOWHERE\n",
+    )
+    .unwrap();
+    let (code, stderr) = run(&[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains(" 2 warnings found"), "{stderr}");
+    assert!(
+        stderr.contains(
+            " - UndefinedVar: Usage of undefined variable '$PAHT' (did you mean $PATH?) (line 3)"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(" - UndefinedVar: Usage of undefined variable '$NOWHERE' (line 4)"),
+        "{stderr}"
+    );
+
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM bb:1 AS base\nCMD [\"true\"]\n",
+    )
+    .unwrap();
+    let (code, stderr) = run(&["--call=outline"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--call=outline"), "{stderr}");
+    let (code, stderr) = run(&["--call=check"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("Check complete, no warnings found."),
+        "{stderr}"
+    );
+}
+
+/// Cache mount `sharing`, between two stages that run at once: `shared` lets both use one
+/// directory at the same time, `locked` makes one wait for the other, `private` gives the
+/// second its own directory.
+#[test]
+fn cache_mount_sharing() {
+    let (tmp, root, ctx) = store_and_context("");
+    let build_with = |sharing: &str| {
+        let stage = |name: &str| {
+            format!(
+                "FROM bb:1 AS {name}\n\
+                 RUN --mount=type=cache,id=c-{sharing},target=/c,sharing={sharing} \
+                 echo start-{name} >> /c/log && echo {name} > /c/who && sleep 1 && \
+                 cat /c/who > /seen && echo end-{name} >> /c/log\n"
+            )
+        };
+        fs::write(
+            ctx.join("Dockerfile"),
+            format!(
+                "{}{}FROM bb:1\nCOPY --from=a /seen /seen-a\nCOPY --from=b /seen /seen-b\n\
+                 RUN --mount=type=cache,id=c-{sharing},target=/c cp /c/log /log\n",
+                stage("a"),
+                stage("b")
+            ),
+        )
+        .unwrap();
+        let out = tmp.path().join(sharing);
+        build(
+            &root,
+            &ctx,
+            &["-o", &format!("type=local,dest={}", out.display())],
+        );
+        let read = |f: &str| fs::read_to_string(out.join(f)).unwrap();
+        (read("seen-a"), read("seen-b"), read("log"))
+    };
+
+    // The control: both stages ran at once, so with one directory one saw the other's file.
+    let (a, b, _) = build_with("shared");
+    assert!(
+        a != "a\n" || b != "b\n",
+        "the stages did not overlap: {a:?} {b:?}"
+    );
+
+    let (a, b, log) = build_with("locked");
+    assert_eq!((a.as_str(), b.as_str()), ("a\n", "b\n"));
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(
+        lines == ["start-a", "end-a", "start-b", "end-b"]
+            || lines == ["start-b", "end-b", "start-a", "end-a"],
+        "the locked runs overlapped: {lines:?}"
+    );
+
+    let (a, b, log) = build_with("private");
+    assert_eq!((a.as_str(), b.as_str()), ("a\n", "b\n"));
+    assert_eq!(
+        log.lines().count(),
+        2,
+        "one stage's run, in the first directory: {log}"
+    );
+
+    // One locked cache mounted twice by one RUN is held once (not waited for by itself).
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM bb:1\nRUN --mount=type=cache,id=twice,target=/a,sharing=locked \
+         --mount=type=cache,id=twice,target=/b,sharing=locked touch /a/f && ls /b > /seen\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("twice");
+    build(
+        &root,
+        &ctx,
+        &["-o", &format!("type=local,dest={}", out.display())],
+    );
+    assert_eq!(fs::read_to_string(out.join("seen")).unwrap(), "f\n");
+}
+
+/// RUN's confinement, as BuildKit's: docker's default capabilities and seccomp profile;
+/// `--security=insecure` runs with every capability and no filter, only with
+/// `--allow security.insecure`, and under its own cache key. `--device` is refused by name.
+#[test]
+fn run_security_modes() {
+    let probe = "grep -E '^(CapEff|Seccomp):' /proc/self/status";
+    let (tmp, root, ctx) = store_and_context(&format!(
+        "FROM bb:1\nRUN {probe} > /sandbox\nRUN --security=insecure {probe} > /insecure\n"
+    ));
+    let refused = fails(rbuild(&root).args(["build", "-q"]).arg(&ctx));
+    assert!(
+        refused.contains("Dockerfile:3") && refused.contains("--allow security.insecure"),
+        "{refused}"
+    );
+    let out = tmp.path().join("out");
+    let dest = format!("type=local,dest={}", out.display());
+    build(&root, &ctx, &["--allow", "security.insecure", "-o", &dest]);
+    let read = |f: &str| fs::read_to_string(out.join(f)).unwrap();
+    assert_eq!(read("sandbox"), "CapEff:\t00000000a80425fb\nSeccomp:\t2\n");
+    let insecure = read("insecure");
+    assert!(insecure.ends_with("Seccomp:\t0\n"), "{insecure}");
+    let caps = u64::from_str_radix(insecure[8..].lines().next().unwrap(), 16).unwrap();
+    assert!(caps & (1 << 21) != 0, "no CAP_SYS_ADMIN: {insecure}");
+
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM bb:1\nRUN --device=vendor.com/gpu=0 true\n",
+    )
+    .unwrap();
+    let refused = fails(rbuild(&root).args(["build", "-q"]).arg(&ctx));
+    assert!(
+        refused.contains("RUN --device is not supported"),
+        "{refused}"
+    );
+    let refused = fails(
+        rbuild(&root)
+            .args(["build", "-q", "--allow", "bogus"])
+            .arg(&ctx),
+    );
+    assert!(refused.contains("--allow \"bogus\""), "{refused}");
+}
+
+/// docker build's `--add-host`, `--ulimit`, `--shm-size` and `--network` reach every RUN and
+/// are part of its cache key; bad values are refused.
 #[test]
 fn run_sandbox_options() {
     let (tmp, root, ctx) = store_and_context(
@@ -875,10 +1232,40 @@ fn run_sandbox_options() {
         ("--ulimit", "nofile=9:1"),
         ("--add-host", "x:not-an-ip"),
         ("--shm-size", "lots"),
+        ("--network", "bridge"),
+        ("--provenance", "mode=max"),
     ] {
         let err = fails(rbuild(&root).args(["build", "-q", flag, value]).arg(&ctx));
         assert!(err.contains(flag), "{err}");
     }
+
+    // `--network none`: a RUN without its own --network sees only `lo`; one with
+    // `--network=host` keeps the host's.
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM bb:1\nRUN ls /sys/class/net > /none\nRUN --network=host ls /sys/class/net > /host\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("net");
+    let dest = format!("type=local,dest={}", out.display());
+    build(
+        &root,
+        &ctx,
+        &[
+            "--network",
+            "none",
+            "--provenance",
+            "false",
+            "--sbom",
+            "false",
+            "--rm",
+            "--force-rm",
+            "-o",
+            &dest,
+        ],
+    );
+    assert_eq!(fs::read_to_string(out.join("none")).unwrap(), "lo\n");
+    assert_ne!(fs::read_to_string(out.join("host")).unwrap(), "lo\n");
 }
 
 /// `--output type=tar` writes the root filesystem as one tar, the same bytes from one build to

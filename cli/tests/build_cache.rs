@@ -328,6 +328,99 @@ fn local_cache_min_and_max() {
     );
 }
 
+/// `cache-mounts=true`: the export carries the RUN cache mounts' directories. A build whose
+/// steps are all cached passes the imported copy on without opening it; a build whose RUN runs
+/// on a new store starts from it. Without the option nothing of the mounts is exported.
+#[test]
+fn cache_mounts_travel_with_the_cache() {
+    let case = Case::new();
+    std::fs::write(
+        case.context.join("Dockerfile"),
+        "FROM bb:1\nARG V=1\n\
+         RUN --mount=type=cache,id=pkgs,target=/var/cache/pkgs \
+         echo \"run $V\" >> /var/cache/pkgs/log && cp /var/cache/pkgs/log /log\n",
+    )
+    .unwrap();
+    let dir = |name: &str| case.tmp.path().join(name);
+    let local = |kind: &str, name: &str, extra: &str| {
+        format!("type=local,{kind}={}{extra}", dir(name).display())
+    };
+    let mounts_of = |name: &str| {
+        let layout = dir(name);
+        let index = read_blob_json(&layout.join("index.json"));
+        let manifest = read_blob(&layout, index["manifests"][0]["digest"].as_str().unwrap());
+        let config = read_blob(&layout, manifest["config"]["digest"].as_str().unwrap());
+        let listed = layer_digests(&manifest);
+        let mounts: Vec<(String, String)> = config["cache_mounts"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .map(|m| {
+                        let digest = m["descriptor"]["digest"].as_str().unwrap().to_string();
+                        assert!(listed.contains(&digest), "{digest} not in the manifest");
+                        (m["id"].as_str().unwrap().to_string(), digest)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        mounts
+    };
+
+    let first = case.store("store-first");
+    case.build(
+        &first,
+        &["--cache-to", &local("dest", "c1", ",cache-mounts=true")],
+    );
+    let exported = mounts_of("c1");
+    assert_eq!(exported.len(), 1, "{exported:?}");
+    assert_eq!(exported[0].0, "pkgs");
+
+    // Everything cached: the mount is passed on as imported, never restored here.
+    let second = case.store("store-second");
+    let (_, progress) = case.build(
+        &second,
+        &[
+            "--cache-from",
+            &local("src", "c1", ""),
+            "--cache-to",
+            &local("dest", "c2", ",cache-mounts=true"),
+            "--cache-to",
+            &local("dest", "c3", ""),
+        ],
+    );
+    assert!(!progress.contains("importing cache mount"), "{progress}");
+    assert_eq!(mounts_of("c2"), exported);
+    assert!(mounts_of("c3").is_empty());
+
+    // The RUN runs on a new store: its cache mount starts as the first build left it. Its
+    // cache, the mount's new contents with it, goes to a registry this time.
+    let registry = Rregistry::start(true, "").expect("start rregistry");
+    let remote = format!("type=registry,ref=127.0.0.1:{}/cache:mounts", registry.port);
+    let third = case.store("store-third");
+    let (_, progress) = case.build(
+        &third,
+        &[
+            "--build-arg",
+            "V=2",
+            "--cache-from",
+            &local("src", "c2", ""),
+            "--cache-to",
+            &format!("{remote},cache-mounts=true"),
+        ],
+    );
+    assert!(
+        progress.contains("importing cache mount pkgs"),
+        "{progress}"
+    );
+    let log = ok(rbuild(&third).args(["run", "app:1", "cat", "/log"]));
+    assert_eq!(log, "run 1\nrun 2\n");
+
+    let fourth = case.store("store-fourth");
+    case.build(&fourth, &["--build-arg", "V=3", "--cache-from", &remote]);
+    let log = ok(rbuild(&fourth).args(["run", "app:1", "cat", "/log"]));
+    assert_eq!(log, "run 1\nrun 2\nrun 3\n");
+}
+
 fn read_blob_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
@@ -338,6 +431,11 @@ fn bad_cache_flags_are_refused() {
     let root = case.tmp.path().join("store");
     for (flag, spec, expected) in [
         ("--cache-to", "type=s3,bucket=x", "type=s3 is not supported"),
+        (
+            "--cache-to",
+            "type=local,dest=x,cache-mounts=yes",
+            "cache-mounts=yes is not true or false",
+        ),
         ("--cache-to", "type=local,dest=/tmp/x,mode=all", "mode=all"),
         ("--cache-to", "type=local", "dest= is required"),
         ("--cache-from", "type=registry", "ref= is required"),

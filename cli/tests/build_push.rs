@@ -26,6 +26,22 @@ fn build_and_push() {
     )
     .unwrap();
 
+    // The manifest digest of `local` in the store and of `remote` as the registry serves it.
+    let local_digest = |local: &str| {
+        inspect(&root, local)["Descriptor"]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let remote_digest = |remote: &str| {
+        let raw = run_ok(
+            Command::new(&skopeo)
+                .args(["inspect", "--raw", "--tls-verify=false"])
+                .arg(format!("docker://{remote}")),
+        )
+        .unwrap();
+        oci::Digest::sha256_of(&raw.stdout).to_string()
+    };
     for (tag, flag) in [
         ("via-push:1", "--push"),
         ("via-output:1", "--output=type=registry"),
@@ -35,18 +51,20 @@ fn build_and_push() {
             .args(["build", "-q", "-t", &name, flag])
             .arg(&ctx));
         assert!(out.contains("digest: sha256:"), "{out}");
-        let local = inspect(&root, &name)["Descriptor"]["digest"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let raw = run_ok(
-            Command::new(&skopeo)
-                .args(["inspect", "--raw", "--tls-verify=false"])
-                .arg(format!("docker://{name}")),
-        )
-        .unwrap();
-        assert_eq!(oci::Digest::sha256_of(&raw.stdout).as_str(), local);
+        assert_eq!(remote_digest(&name), local_digest(&name));
     }
+    // buildx's way: the names in the output (quoted, as CSV), no -t; `--load` is accepted
+    // (the image is in the local store anyway).
+    let (first, second) = (
+        format!("{}/app/via-name:1", registry.addr()),
+        format!("{}/app/via-name:2", registry.addr()),
+    );
+    let output = format!("--output=type=image,\"name={first},{second}\",push=true");
+    ok(rbuild(&root)
+        .args(["build", "-q", "--load", &output])
+        .arg(&ctx));
+    assert_eq!(remote_digest(&second), local_digest(&first));
+
     // Without a name there is nowhere to push.
     let out = rbuild(&root)
         .args(["build", "--push"])

@@ -525,8 +525,46 @@ fn busy_and_failing_answers_are_retried() {
 }
 
 // ---------------------------------------------------------------------------------------
-// A TCP proxy on 127.0.0.1 that cuts one connection once, after `after` bytes in one
-// direction.
+// TCP proxies on 127.0.0.1 that break a registry's answers on purpose.
+
+/// Accepts connections on a free loopback port until dropped, connecting each to `upstream`
+/// and handing both ends to `handle`.
+struct LoopbackProxy {
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl LoopbackProxy {
+    fn start(
+        upstream: u16,
+        handle: impl Fn(TcpStream, TcpStream) + Send + 'static,
+    ) -> LoopbackProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        std::thread::spawn(move || {
+            while !stopping.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                if let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) {
+                    handle(client, server);
+                }
+            }
+        });
+        LoopbackProxy { port, stop }
+    }
+}
+
+impl Drop for LoopbackProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Direction {
@@ -534,57 +572,36 @@ enum Direction {
     ToClient,
 }
 
+/// Cuts one connection once, after `after` bytes in one direction.
 struct CutProxy {
     port: u16,
     cut: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
+    _proxy: LoopbackProxy,
 }
 
 impl CutProxy {
     fn start(upstream: u16, direction: Direction, after: u64) -> CutProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (cut2, stop2) = (cut.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop2.load(Ordering::SeqCst) {
-                let Ok((client, _)) = listener.accept() else {
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                    continue;
-                };
-                let _ = client.set_nonblocking(false);
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                    continue;
-                };
-                let counted = Arc::new(AtomicU64::new(0));
-                for (from, to, dir) in [
-                    (
-                        client.try_clone().unwrap(),
-                        server.try_clone().unwrap(),
-                        Direction::ToServer,
-                    ),
-                    (
-                        server.try_clone().unwrap(),
-                        client.try_clone().unwrap(),
-                        Direction::ToClient,
-                    ),
-                ] {
-                    let (cut, counted) = (cut2.clone(), counted.clone());
-                    std::thread::spawn(move || {
-                        pump(from, to, dir == direction, after, &cut, &counted)
-                    });
-                }
+        let cutting = cut.clone();
+        let proxy = LoopbackProxy::start(upstream, move |client, server| {
+            let counted = Arc::new(AtomicU64::new(0));
+            for (from, to, dir) in [
+                (
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    Direction::ToServer,
+                ),
+                (server, client, Direction::ToClient),
+            ] {
+                let (cut, counted) = (cutting.clone(), counted.clone());
+                std::thread::spawn(move || pump(from, to, dir == direction, after, &cut, &counted));
             }
         });
-        CutProxy { port, cut, stop }
-    }
-}
-
-impl Drop for CutProxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        CutProxy {
+            port: proxy.port,
+            cut,
+            _proxy: proxy,
+        }
     }
 }
 
@@ -617,63 +634,41 @@ fn pump(
     let _ = to.shutdown(Shutdown::Both);
 }
 
-// ---------------------------------------------------------------------------------------
-// A proxy for GET-only clients (a pull) that answers the first request whose line contains a
-// pattern with an error status instead of forwarding it, once per pattern. Requests are read
-// head by head; a client waits for each answer before its next request on a connection, so
-// an injected answer never interleaves with a forwarded one.
-
+/// For GET-only clients (a pull): answers the first request whose line contains a pattern
+/// with an error status instead of forwarding it, once per pattern. Requests are read head by
+/// head; a client waits for each answer before its next request on a connection, so an
+/// injected answer never interleaves with a forwarded one.
 struct FaultProxy {
     port: u16,
     refused: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
+    _proxy: LoopbackProxy,
 }
 
 impl FaultProxy {
     fn start(upstream: u16, faults: Vec<(&'static str, &'static str)>) -> FaultProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
         let refused = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
         let pending = Arc::new(Mutex::new(faults));
-        let (refused2, stop2) = (refused.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop2.load(Ordering::SeqCst) {
-                let Ok((client, _)) = listener.accept() else {
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                    continue;
-                };
-                let _ = client.set_nonblocking(false);
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
-                    continue;
-                };
-                let back = (server.try_clone().unwrap(), client.try_clone().unwrap());
-                std::thread::spawn(move || {
-                    pump(
-                        back.0,
-                        back.1,
-                        false,
-                        0,
-                        &AtomicBool::new(false),
-                        &AtomicU64::new(0),
-                    )
-                });
-                let (pending, refused) = (pending.clone(), refused2.clone());
-                std::thread::spawn(move || forward_requests(client, server, &pending, &refused));
-            }
+        let refusing = refused.clone();
+        let proxy = LoopbackProxy::start(upstream, move |client, server| {
+            let back = (server.try_clone().unwrap(), client.try_clone().unwrap());
+            std::thread::spawn(move || {
+                pump(
+                    back.0,
+                    back.1,
+                    false,
+                    0,
+                    &AtomicBool::new(false),
+                    &AtomicU64::new(0),
+                )
+            });
+            let (pending, refused) = (pending.clone(), refusing.clone());
+            std::thread::spawn(move || forward_requests(client, server, &pending, &refused));
         });
         FaultProxy {
-            port,
+            port: proxy.port,
             refused,
-            stop,
+            _proxy: proxy,
         }
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
     }
 }
 

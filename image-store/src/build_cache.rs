@@ -38,10 +38,22 @@ pub const CACHE_ARTIFACT_TYPE: &str = "application/vnd.rbuild.cache.v1";
 /// The media type of an exported build cache's config blob, a [`CacheConfig`].
 pub const CACHE_CONFIG_MEDIA_TYPE: &str = "application/vnd.rbuild.cache.config.v1+json";
 
-/// The config blob of an exported build cache: the records, sorted by key.
+/// The config blob of an exported build cache: the records, sorted by key, and (with
+/// `--cache-to …,cache-mounts=true`) the contents of the build's `RUN --mount=type=cache`
+/// directories, sorted by id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CacheConfig {
     pub records: Vec<ExportedRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache_mounts: Vec<ExportedCacheMount>,
+}
+
+/// One cache mount's directory as a layer blob (its files from the directory's root).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportedCacheMount {
+    pub id: String,
+    #[serde(flatten)]
+    pub layer: CachedLayer,
 }
 
 /// One step's record as exported: its key, the key of the filesystem it ran on (so that a

@@ -83,7 +83,7 @@ impl Store {
                 ),
             });
         }
-        let (info, writer) = self.compress_dir(&dir, compression)?;
+        let (info, writer) = self.compress_dir(&dir, SourceKind::OverlayUpper, compression)?;
         if &info.diff_id != diff_id {
             // Dropping the writer discards the blob.
             return Err(StoreError::Io {
@@ -115,16 +115,31 @@ impl Store {
         dir: &Path,
         compression: Compression,
     ) -> Result<(Digest, u64, Descriptor), StoreError> {
-        let (info, writer) = self.compress_dir(dir, compression)?;
+        let (info, writer) = self.compress_dir(dir, SourceKind::OverlayUpper, compression)?;
         let made = self.commit_layer_blob(writer, &info.diff_id, compression)?;
         Ok((info.diff_id, info.uncompressed_size, made))
     }
 
-    /// Writes the blob of `dir` (an overlay upper directory: its whiteouts and opaque markers
-    /// become layer.md's) into the content store, uncommitted.
+    /// Stores the files of `dir`, a plain directory (a RUN cache mount's), as one layer blob in
+    /// `compression`; returns it with its diff ID. Nothing remembers the blob: the caller
+    /// references it before the next GC (it holds [`Store::writer_lock`]).
+    pub fn blob_of_dir(
+        &self,
+        dir: &Path,
+        compression: Compression,
+    ) -> Result<(Descriptor, Digest), StoreError> {
+        let (info, writer) = self.compress_dir(dir, SourceKind::Directory, compression)?;
+        let (digest, size) = writer.commit()?;
+        let blob = Descriptor::new(media_type::oci_layer(compression), digest, size);
+        Ok((blob, info.diff_id))
+    }
+
+    /// Writes the blob of `dir` into the content store, uncommitted. An overlay upper
+    /// directory's whiteouts and opaque markers become layer.md's.
     fn compress_dir(
         &self,
         dir: &Path,
+        kind: SourceKind,
         compression: Compression,
     ) -> Result<(LayerInfo, BlobWriter), StoreError> {
         let opts = CreateOptions {
@@ -134,12 +149,11 @@ impl Store {
             source_date_epoch: None,
         };
         let mut writer = self.content().writer(Expected::default())?;
-        let info = create(dir, SourceKind::OverlayUpper, &opts, &mut writer).map_err(|source| {
-            StoreError::LayerDir {
+        let info =
+            create(dir, kind, &opts, &mut writer).map_err(|source| StoreError::LayerDir {
                 path: dir.to_path_buf(),
                 source,
-            }
-        })?;
+            })?;
         Ok((info, writer))
     }
 

@@ -15,7 +15,8 @@
 //!   layer-blobs/<diff-id hex>.<compression>.json  the blob made late for such a layer
 //!   index.lock            held exclusively while index.json is read-modified-written
 //!   build-cache/<key>.json  the builder's step cache: key → layer (GC roots)
-//!   cache-mounts/<id>/    RUN --mount=type=cache directories
+//!   cache-mounts/<sha256 of id>[-N]/  RUN --mount=type=cache directories (N: a `sharing=private`
+//!                         instance), each with its `.lock` file beside it
 //!   tmp/                  scratch space of running builds (overlay upper/work dirs)
 //!   gc.lock               held shared by every operation that adds content, exclusively by GC
 //! ```
@@ -24,16 +25,19 @@
 //! rename, index.json changes under `index.lock`, and garbage collection waits for writers.
 
 mod build_cache;
+mod cache_mounts;
 mod ingest;
 mod layer_blobs;
+mod layout_import;
 mod lock;
 mod store;
 mod unpacked;
 
 pub use build_cache::{
     CacheBackend, CacheBackendError, CacheConfig, CachePrune, CachePruneReport, CacheRecord,
-    CachedLayer, ExportedRecord, CACHE_ARTIFACT_TYPE, CACHE_CONFIG_MEDIA_TYPE,
+    CachedLayer, ExportedCacheMount, ExportedRecord, CACHE_ARTIFACT_TYPE, CACHE_CONFIG_MEDIA_TYPE,
 };
+pub use cache_mounts::{HeldCacheMount, MountSharing};
 pub use layer_blobs::unpacked_only_descriptor;
 pub use lock::{LockError, StoreLock};
 pub use store::{ImageRecord, PruneReport, RemoveOutcome, Store, StoreError};

@@ -80,6 +80,20 @@ impl ContentStore {
         Ok(ContentStore { root })
     }
 
+    /// Opens the blobs of an OCI image layout someone else wrote, to read from: nothing is
+    /// created in it.
+    pub fn open_layout(root: impl Into<PathBuf>) -> Result<ContentStore, ContentError> {
+        let root = root.into();
+        let blobs = root.join("blobs");
+        if !blobs.is_dir() {
+            return Err(ContentError::io(
+                &blobs,
+                io::Error::new(io::ErrorKind::NotFound, "not an OCI image layout"),
+            ));
+        }
+        Ok(ContentStore { root })
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -144,6 +158,24 @@ impl ContentStore {
             w.commit()?;
         }
         Ok(digest)
+    }
+
+    /// Copies blob `digest` of `size` bytes from `source` unless this store has it already,
+    /// verified on the way in.
+    pub fn copy_from(
+        &self,
+        source: &ContentStore,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), ContentError> {
+        if self.contains(digest) {
+            return Ok(());
+        }
+        self.ingest(
+            source.open_blob(digest)?,
+            Expected::exact(digest.clone(), size),
+        )?;
+        Ok(())
     }
 
     /// Streams `reader` into the store, verifying it against `expected`.

@@ -173,10 +173,12 @@ pub(crate) fn plan(
     };
     let scope = Scope::new(&state.config, &state.args);
     let expand = |w: &str| {
-        solver
+        let expansion = solver
             .lex
-            .process_word(w, &scope)
-            .map_err(|e| step_error(at, e))
+            .expand(w, &scope)
+            .map_err(|e| step_error(at, e))?;
+        solver.note_unset(state, at, &expansion.unset);
+        Ok::<_, BuildError>(expansion.word)
     };
     let mut dest = expand(&files.dest)?;
     let workdir = state
@@ -722,6 +724,27 @@ fn is_archive(path: &Path) -> bool {
     }
 }
 
+/// Runs of queued files with one destination directory, at most [`COPY_BATCH`] long: the
+/// copy threads take whole runs, so that two threads rarely create files in one directory at
+/// once (each creation takes the directory's lock).
+fn batches_by_directory(queued: &[QueuedFile]) -> Vec<std::ops::Range<usize>> {
+    let mut batches = Vec::new();
+    let mut start = 0;
+    for i in 1..=queued.len() {
+        let ends = i == queued.len()
+            || i - start >= COPY_BATCH
+            || queued[i].dest.parent() != queued[start].dest.parent();
+        if ends {
+            batches.push(start..i);
+            start = i;
+        }
+    }
+    batches
+}
+
+/// The longest run of files of one directory a copy thread takes at a time.
+const COPY_BATCH: usize = 256;
+
 /// Regular files queued by [`Copier`] are copied by this many threads at most: the work is
 /// mostly per-file system calls, which run in parallel.
 const COPY_THREADS: usize = 4;
@@ -835,6 +858,7 @@ impl Copier {
         if queued.len() < PARALLEL_COPY_MIN_FILES || threads == 1 {
             return queued.iter().try_for_each(|f| self.copy_queued(f));
         }
+        let batches = batches_by_directory(&queued);
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
         let this = &*self;
@@ -843,14 +867,15 @@ impl Copier {
             let workers: Vec<_> = (0..threads)
                 .map(|_| {
                     scope.spawn(|| {
-                        while !failed.load(Ordering::Relaxed) {
-                            let Some(file) = queued.get(next.fetch_add(1, Ordering::Relaxed))
-                            else {
-                                break;
-                            };
-                            if let Err(e) = this.copy_queued(file) {
-                                failed.store(true, Ordering::Relaxed);
-                                return Err(e);
+                        while let Some(batch) = batches.get(next.fetch_add(1, Ordering::Relaxed)) {
+                            for file in &queued[batch.clone()] {
+                                if failed.load(Ordering::Relaxed) {
+                                    return Ok(());
+                                }
+                                if let Err(e) = this.copy_queued(file) {
+                                    failed.store(true, Ordering::Relaxed);
+                                    return Err(e);
+                                }
                             }
                         }
                         Ok(())

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use image_store::Store;
 use oci::archive::{write_archive_file, ArchiveFormat, ArchiveImage};
 use oci::image::{to_json_bytes, Manifest};
-use oci::layer::{apply, ApplyMode};
+use oci::layer::{apply, ApplyMode, ApplyStats};
 use oci::media_type::{self, Kind};
 use oci::{Descriptor, Digest};
 
@@ -33,6 +33,8 @@ pub struct BuildResult {
     pub manifest: Descriptor,
     /// The image ID (the config digest), as `docker build` prints it.
     pub config_digest: Digest,
+    /// Build check findings only a build can make (UndefinedVar).
+    pub lint: Vec<crate::dockerfile::CheckWarning>,
 }
 
 pub(crate) fn export(
@@ -129,6 +131,7 @@ pub(crate) fn export(
     Ok(BuildResult {
         manifest: descriptor,
         config_digest,
+        lint: Vec::new(),
     })
 }
 
@@ -167,18 +170,27 @@ fn export_tar(
 fn export_local(store: &Store, layers: &[Layer], dir: &Path) -> Result<(), BuildError> {
     fs::create_dir_all(dir).map_err(|e| BuildError::other(format!("{}: {e}", dir.display())))?;
     for layer in layers {
-        let Kind::Layer(compression) = media_type::kind(&layer.descriptor.media_type) else {
-            return Err(BuildError::other(format!(
-                "{} is not a layer",
-                layer.descriptor.digest
-            )));
-        };
-        let blob = store
-            .content()
-            .open_blob(&layer.descriptor.digest)
-            .map_err(image_store::StoreError::from)?;
-        apply(blob, compression, dir, ApplyMode::Merged)
-            .map_err(|e| BuildError::other(format!("{}: {e}", dir.display())))?;
+        apply_blob(store, &layer.descriptor, dir)?;
     }
     Ok(())
+}
+
+/// Applies the stored layer blob `blob` onto `dir` as plain files, its whiteouts carried out.
+pub(crate) fn apply_blob(
+    store: &Store,
+    blob: &Descriptor,
+    dir: &Path,
+) -> Result<ApplyStats, BuildError> {
+    let Kind::Layer(compression) = media_type::kind(&blob.media_type) else {
+        return Err(BuildError::other(format!(
+            "{} is not a layer ({})",
+            blob.digest, blob.media_type
+        )));
+    };
+    let file = store
+        .content()
+        .open_blob(&blob.digest)
+        .map_err(image_store::StoreError::from)?;
+    apply(file, compression, dir, ApplyMode::Merged)
+        .map_err(|e| BuildError::other(format!("{}: {e}", dir.display())))
 }

@@ -15,6 +15,7 @@ mod progress;
 mod remote_cache;
 mod run;
 mod snapshot;
+mod squash;
 mod ssh_agent;
 mod stage;
 
@@ -76,9 +77,13 @@ pub struct BuildOptions {
     pub named_contexts: BTreeMap<String, NamedContext>,
     /// `--add-host`, `--ulimit`, `--shm-size`: how every RUN's sandbox differs from the default.
     pub sandbox: RunSandbox,
+    /// `--squash`: the layers the target stage adds to its base image become one.
+    pub squash: bool,
+    /// `--allow security.insecure`: `RUN --security=insecure` may run privileged.
+    pub allow_insecure: bool,
 }
 
-/// What docker build's `--add-host`, `--ulimit` and `--shm-size` change in every RUN. Part of
+/// What docker build's `--add-host`, `--ulimit`, `--shm-size` and `--network` change in every RUN. Part of
 /// each RUN's cache key, as in BuildKit (they are in its ExecOp's metadata).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunSandbox {
@@ -88,6 +93,8 @@ pub struct RunSandbox {
     pub ulimits: Vec<(String, u64, u64)>,
     /// The size of /dev/shm in bytes (the default is 64 MiB).
     pub shm_size: Option<u64>,
+    /// `--network none`: a RUN without `--network` gets no network, only `lo`.
+    pub no_network: bool,
 }
 
 /// A named build context (buildx's `--build-context`).
@@ -95,6 +102,9 @@ pub struct RunSandbox {
 pub enum NamedContext {
     /// `docker-image://REF`: that image in place of the name.
     Image(String),
+    /// An image already put into the local store (by the CLI, from `oci-layout://`), named by
+    /// its manifest digest: never pulled, `--pull` or not.
+    StoredImage(oci::Digest),
     /// A directory, read as the build context is (with its own .dockerignore).
     Directory(PathBuf),
 }
@@ -156,7 +166,15 @@ pub fn build(
     solver.save_stat_cache()?;
     // Layers taken from a --cache-from are downloaded now, and only those the image has.
     solver.remote_cache.fetch(store, &state.layers, progress)?;
-    let result = export::export(store, &state, options, progress)?;
+    let squashed;
+    let image = if options.squash {
+        squashed = squash::squash(store, &state, options, progress)?;
+        &squashed
+    } else {
+        &*state
+    };
+    let mut result = export::export(store, image, options, progress)?;
+    result.lint = solver.lint();
     solver
         .remote_cache
         .export(store, &state.fs_key, options, progress)?;

@@ -13,8 +13,13 @@
 //! is fetched only when its bytes are needed: by a step that misses and must run on top of it
 //! (the stage's layers and those of the stages it reads from), or by the export of the result.
 //! A fetched layer's records become local records, so the next build here needs no import.
+//!
+//! With `cache-mounts=true`, an export also carries the `RUN --mount=type=cache` directories
+//! the build's RUN steps name (BuildKit cannot: moby/buildkit#1474), each as one layer. An
+//! import restores such a directory only when a step that runs needs it and it does not
+//! exist here; a build whose steps are all cached passes the imported blob on unopened.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -22,14 +27,14 @@ use std::sync::{Arc, Mutex};
 
 pub use image_store::CacheBackend;
 use image_store::{
-    CacheBackendError, CacheConfig, CacheRecord, CachedLayer, ExportedRecord, Store, StoreError,
-    CACHE_ARTIFACT_TYPE, CACHE_CONFIG_MEDIA_TYPE,
+    CacheBackendError, CacheConfig, CacheRecord, CachedLayer, ExportedCacheMount, ExportedRecord,
+    Store, StoreError, CACHE_ARTIFACT_TYPE, CACHE_CONFIG_MEDIA_TYPE,
 };
 use oci::archive::reachable_blobs;
 use oci::compression::Compression;
-use oci::content::{ContentStore, Expected};
+use oci::content::ContentStore;
 use oci::image::{to_json_bytes, Index, Manifest};
-use oci::{media_type, Descriptor, Digest, Digester};
+use oci::{media_type, Descriptor, Digest};
 
 use super::progress::{Progress, StepStatus};
 use super::stage::{Layer, Solver, StageState};
@@ -51,6 +56,8 @@ pub enum CacheMode {
 pub struct CacheExport {
     pub backend: Arc<dyn CacheBackend>,
     pub mode: CacheMode,
+    /// Also export the cache mounts' directories (`cache-mounts=true`).
+    pub cache_mounts: bool,
 }
 
 /// The imported records of one build, and the steps it recorded for export.
@@ -62,6 +69,10 @@ pub(crate) struct RemoteCache {
     sources: HashMap<Digest, Arc<dyn CacheBackend>>,
     /// Steps this build resolved (ran or took from a cache), by key, for `--cache-to`.
     steps: Mutex<BTreeMap<Digest, ExportedRecord>>,
+    /// Cache mount id → its directory as a layer, and the cache that can send it.
+    imported_mounts: HashMap<String, (CachedLayer, Arc<dyn CacheBackend>)>,
+    /// The ids of the cache mounts this build's RUN steps name, run or cached.
+    mounts: Mutex<BTreeSet<String>>,
 }
 
 impl RemoteCache {
@@ -133,7 +144,60 @@ impl RemoteCache {
             }
             self.imported.entry(exported.key).or_insert(exported.record);
         }
+        for mount in config.cache_mounts {
+            let digest = &mount.layer.descriptor.digest;
+            if !listed.contains(digest) {
+                return Err(format!(
+                    "cache mount {:?} names layer {digest}, which the cache manifest does not list",
+                    mount.id
+                )
+                .into());
+            }
+            self.imported_mounts
+                .entry(mount.id)
+                .or_insert_with(|| (mount.layer, backend.clone()));
+        }
         Ok(true)
+    }
+
+    /// Notes that a RUN step of this build names the cache mount `id`, for `cache-mounts=true`.
+    pub fn note_cache_mount(&self, id: &str) {
+        self.mounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string());
+    }
+
+    /// Fills the absent directory `dir` of cache mount `id` from an imported cache, if one
+    /// carries it; `false` when none does. The directory appears whole or not at all.
+    pub fn restore_cache_mount(
+        &self,
+        store: &Store,
+        id: &str,
+        dir: &Path,
+        progress: &Progress,
+    ) -> Result<bool, BuildError> {
+        let Some((layer, backend)) = self.imported_mounts.get(id) else {
+            return Ok(false);
+        };
+        let what = backend.describe();
+        let step = progress.step(
+            usize::MAX,
+            &format!("importing cache mount {id} from {what}"),
+        );
+        let restored = restore_into(store, layer, backend.as_ref(), dir);
+        match restored {
+            Ok(()) => {
+                step.finish(StepStatus::Done);
+                Ok(true)
+            }
+            Err(e) => {
+                step.finish(StepStatus::Failed);
+                Err(BuildError::Other(format!(
+                    "--cache-from {what}: cache mount {id}: {e}"
+                )))
+            }
+        }
     }
 
     /// The record of `key`: the local build cache first, then the imported caches. An
@@ -267,11 +331,50 @@ impl RemoteCache {
                     store.layer_blob(&layer.descriptor, &layer.diff_id, compression)?;
             }
         }
-        let manifest = write_artifact(store, records)?;
+        let cache_mounts = if export.cache_mounts {
+            self.export_cache_mounts(store, compression)?
+        } else {
+            Vec::new()
+        };
+        let manifest = write_artifact(store, records, cache_mounts)?;
         export
             .backend
             .write(store, &manifest)
             .map_err(BuildError::other)
+    }
+
+    /// The cache mounts this build named, by id: a directory here becomes a new blob, one
+    /// never restored here passes on as the imported cache had it.
+    fn export_cache_mounts(
+        &self,
+        store: &Store,
+        compression: Compression,
+    ) -> Result<Vec<ExportedCacheMount>, BuildError> {
+        let ids = self
+            .mounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut exported = Vec::new();
+        for id in ids {
+            let dir = store.cache_mount_dir(&id);
+            let layer = if dir.is_dir() {
+                let (descriptor, diff_id) = store.blob_of_dir(&dir, compression)?;
+                CachedLayer {
+                    descriptor,
+                    diff_id,
+                }
+            } else if let Some((layer, backend)) = self.imported_mounts.get(&id) {
+                backend
+                    .fetch_blob(store, &layer.descriptor)
+                    .map_err(|e| BuildError::Other(format!("cache mount {id}: {e}")))?;
+                layer.clone()
+            } else {
+                continue;
+            };
+            exported.push(ExportedCacheMount { id, layer });
+        }
+        Ok(exported)
     }
 
     /// The records to export, sorted by key so that the same build exports the same bytes.
@@ -299,17 +402,62 @@ impl RemoteCache {
     }
 }
 
+/// Unpacks the cache mount `layer`, fetched through `backend`, as the directory `dir`: into a
+/// sibling first, renamed into place when whole. A blob fetched only for this is dropped again.
+fn restore_into(
+    store: &Store,
+    layer: &CachedLayer,
+    backend: &dyn CacheBackend,
+    dir: &Path,
+) -> Result<(), BuildError> {
+    let blob = &layer.descriptor;
+    let fetched = !store.content().contains(&blob.digest);
+    backend.fetch_blob(store, blob).map_err(BuildError::other)?;
+    let parent = dir.parent().unwrap_or(dir);
+    fs::create_dir_all(parent).map_err(BuildError::other)?;
+    let partial = tempfile::Builder::new()
+        .prefix(".restoring-")
+        .tempdir_in(parent)
+        .map_err(BuildError::other)?;
+    let stats = super::export::apply_blob(store, blob, partial.path())?;
+    if stats.diff_id != layer.diff_id {
+        return Err(BuildError::Other(format!(
+            "layer {} has diff ID {}, not {}",
+            blob.digest, stats.diff_id, layer.diff_id
+        )));
+    }
+    let restored = partial.keep();
+    if fs::rename(&restored, dir).is_err() {
+        // Another step restoring the same mount was first; its copy will do.
+        let _ = fs::remove_dir_all(&restored);
+    }
+    if fetched {
+        // Only the directory is kept; the blob was for this restore alone.
+        store
+            .content()
+            .delete(&blob.digest)
+            .map_err(StoreError::from)?;
+    }
+    Ok(())
+}
+
 /// Stores the cache artifact of `records` (config, then manifest) in the content store.
-fn write_artifact(store: &Store, records: Vec<ExportedRecord>) -> Result<Descriptor, BuildError> {
+fn write_artifact(
+    store: &Store,
+    records: Vec<ExportedRecord>,
+    cache_mounts: Vec<ExportedCacheMount>,
+) -> Result<Descriptor, BuildError> {
     let mut layers: Vec<Descriptor> = Vec::new();
-    for record in &records {
-        if let Some(layer) = &record.record.layer {
-            if !layers.iter().any(|l| l.digest == layer.descriptor.digest) {
-                layers.push(layer.descriptor.clone());
-            }
+    let record_layers = records.iter().filter_map(|r| r.record.layer.as_ref());
+    for layer in record_layers.chain(cache_mounts.iter().map(|m| &m.layer)) {
+        if !layers.iter().any(|l| l.digest == layer.descriptor.digest) {
+            layers.push(layer.descriptor.clone());
         }
     }
-    let config_bytes = to_json_bytes(&CacheConfig { records });
+    let config_bytes = to_json_bytes(&CacheConfig {
+        records,
+        cache_mounts,
+    });
     let content = store.content();
     let config_digest = content.put(&config_bytes).map_err(StoreError::from)?;
     let mut manifest = Manifest::oci(
@@ -371,13 +519,6 @@ impl LocalCache {
     pub fn new(dir: impl Into<PathBuf>) -> LocalCache {
         LocalCache { dir: dir.into() }
     }
-
-    fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.dir
-            .join("blobs")
-            .join(digest.algorithm().name())
-            .join(digest.encoded())
-    }
 }
 
 impl CacheBackend for LocalCache {
@@ -403,26 +544,20 @@ impl CacheBackend for LocalCache {
                 format!("no manifest of artifactType {CACHE_ARTIFACT_TYPE}"),
             ));
         };
-        let path = self.blob_path(&manifest.digest);
-        let bytes = fs::read(&path).map_err(|e| at(&path, e))?;
-        let mut digester = Digester::new(manifest.digest.algorithm());
-        digester.update(&bytes);
-        if digester.finish() != manifest.digest {
-            return Err(at(&path, "content does not match its name"));
-        }
+        // Read as a content store reads: checked against its name.
+        let layout = ContentStore::open_layout(&self.dir).map_err(|e| at(&self.dir, e))?;
+        let bytes = layout
+            .read(&manifest.digest)
+            .map_err(|e| at(&self.dir, e))?;
         Ok(Some(bytes))
     }
 
     fn fetch_blob(&self, store: &Store, blob: &Descriptor) -> Result<(), CacheBackendError> {
-        if store.content().contains(&blob.digest) {
-            return Ok(());
-        }
-        let path = self.blob_path(&blob.digest);
-        let file = fs::File::open(&path).map_err(|e| at(&path, e))?;
+        let layout = ContentStore::open_layout(&self.dir).map_err(|e| at(&self.dir, e))?;
         store
             .content()
-            .ingest(file, Expected::exact(blob.digest.clone(), blob.size))
-            .map_err(|e| at(&path, e))?;
+            .copy_from(&layout, &blob.digest, blob.size)
+            .map_err(|e| at(&self.dir, e))?;
         Ok(())
     }
 
@@ -431,10 +566,7 @@ impl CacheBackend for LocalCache {
         // rename, so a reader never sees half a blob.
         let layout = ContentStore::open(&self.dir)?;
         for blob in reachable_blobs(store.content(), manifest)? {
-            if !layout.contains(&blob.digest) {
-                let source = store.content().open_blob(&blob.digest)?;
-                layout.ingest(source, Expected::exact(blob.digest.clone(), blob.size))?;
-            }
+            layout.copy_from(store.content(), &blob.digest, blob.size)?;
         }
         // Only the ingest area of a finished write is left: an empty directory, not layout.
         let _ = fs::remove_dir(self.dir.join("ingest"));

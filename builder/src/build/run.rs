@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
+use image_store::{HeldCacheMount, MountSharing};
 use runtime_exec::{ContainerStdio, OverlayRootfs, RunOptions};
 use serde_json::{json, Value};
 
@@ -17,8 +18,10 @@ use super::snapshot::{
 use super::ssh_agent::AgentRelay;
 use super::stage::{step_error, Layer, Solver, StageState, PROXY_ARGS};
 use super::{key_of, BuildError, RunSandbox};
-use crate::dockerfile::instructions::{CommandLine, Located, NetworkMode, Run, RunScript};
-use crate::dockerfile::{Instruction, Mount, MountType};
+use crate::dockerfile::instructions::{
+    CommandLine, Located, NetworkMode, Run, RunScript, SecurityMode,
+};
+use crate::dockerfile::{CacheSharing, Instruction, Mount, MountType};
 use crate::image_config::{shell_of, Scope};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -32,9 +35,77 @@ pub(crate) struct Plan {
     cwd: String,
     user: String,
     network: NetworkMode,
+    /// `--security=insecure`: all capabilities, no seccomp filter, no masked paths.
+    insecure: bool,
     mounts: Vec<Mount>,
     /// A heredoc script run as a file: (name, content).
     script_file: Option<(String, String)>,
+}
+
+impl Plan {
+    /// The ids of the cache mounts this RUN names.
+    pub(crate) fn cache_mount_ids(&self) -> impl Iterator<Item = String> + '_ {
+        self.mounts
+            .iter()
+            .filter(|m| m.kind == MountType::Cache)
+            .map(cache_mount_id)
+    }
+}
+
+/// A cache mount's id: its `id=`, else its target (reference.md, "RUN --mount=type=cache").
+fn cache_mount_id(m: &Mount) -> String {
+    m.id.clone()
+        .unwrap_or_else(|| m.target.clone().unwrap_or_default())
+}
+
+/// Docker's default seccomp profile for docker's default capabilities, as a Spec's
+/// `linux.seccomp`; resolved once per process.
+fn default_seccomp() -> Result<&'static Value, BuildError> {
+    static PROFILE: std::sync::OnceLock<Result<Value, String>> = std::sync::OnceLock::new();
+    PROFILE
+        .get_or_init(|| {
+            use runtime_exec::seccomp::profile;
+            let caps =
+                runtime_exec::capabilities::docker_set(&[], &[]).map_err(|e| e.to_string())?;
+            let seccomp =
+                profile::resolve(profile::DEFAULT_PROFILE, &caps).map_err(|e| e.to_string())?;
+            serde_json::to_value(seccomp).map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| BuildError::other(format!("the default seccomp profile: {e}")))
+}
+
+/// What a RUN's mounts need kept until its container has exited: the relays of its ssh
+/// mounts, the holds on its cache mounts (by id).
+struct HeldByRun {
+    agent_relays: Vec<AgentRelay>,
+    cache_mounts: BTreeMap<String, HeldCacheMount>,
+}
+
+impl HeldByRun {
+    /// Holds every cache mount of `plan`, each id once (its first mount's `sharing`), in id
+    /// order: two steps waiting for the same locked mounts take them in the same order, so
+    /// neither can hold one the other waits for while it waits itself.
+    fn for_plan(solver: &Solver, plan: &Plan) -> Result<HeldByRun, BuildError> {
+        let mut wanted: BTreeMap<String, MountSharing> = BTreeMap::new();
+        for m in plan.mounts.iter().filter(|m| m.kind == MountType::Cache) {
+            let sharing = match m.sharing.unwrap_or(CacheSharing::Shared) {
+                CacheSharing::Shared => MountSharing::Shared,
+                CacheSharing::Private => MountSharing::Private,
+                CacheSharing::Locked => MountSharing::Locked,
+            };
+            wanted.entry(cache_mount_id(m)).or_insert(sharing);
+        }
+        let mut cache_mounts = BTreeMap::new();
+        for (id, sharing) in wanted {
+            let held = solver.store.hold_cache_mount(&id, sharing)?;
+            cache_mounts.insert(id, held);
+        }
+        Ok(HeldByRun {
+            agent_relays: Vec::new(),
+            cache_mounts,
+        })
+    }
 }
 
 /// Decides what the RUN executes; the cache key is made of exactly this.
@@ -95,6 +166,19 @@ pub(crate) fn plan(
         let target = first.target.clone().unwrap_or_default();
         env.entry("SSH_AUTH_SOCK".to_string()).or_insert(target);
     }
+    if !run.devices.is_empty() {
+        return Err(step_error(
+            at,
+            "RUN --device is not supported: rbuild has no CDI device support",
+        ));
+    }
+    let insecure = run.security == Some(SecurityMode::Insecure);
+    if insecure && !solver.options.allow_insecure {
+        return Err(step_error(
+            at,
+            "RUN --security=insecure needs the security.insecure entitlement: pass --allow security.insecure",
+        ));
+    }
     Ok(Plan {
         args,
         env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
@@ -104,7 +188,12 @@ pub(crate) fn plan(
             rc.working_dir.clone()
         },
         user: rc.user.clone(),
-        network: run.network.unwrap_or(NetworkMode::Default),
+        network: run.network.unwrap_or(if solver.options.sandbox.no_network {
+            NetworkMode::None
+        } else {
+            NetworkMode::Default
+        }),
+        insecure,
         mounts,
         script_file,
     })
@@ -164,6 +253,9 @@ pub(crate) fn cache_key(
         script.as_bytes(),
         context_sum.as_bytes(),
     ];
+    if plan.insecure {
+        parts.push(b"insecure");
+    }
     // Only a sandbox that differs from the default is keyed, so default keys stay as they were.
     let sandbox = &solver.options.sandbox;
     let sandbox_key = format!("{sandbox:?}");
@@ -202,6 +294,10 @@ pub(crate) fn execute(
     value["process"]["env"] = json!(plan.env);
     value["process"]["cwd"] = json!(plan.cwd);
     value["process"]["user"] = json!({ "uid": uid, "gid": gid, "additionalGids": groups });
+    if !plan.insecure {
+        // BuildKit's sandbox mode: docker's default seccomp profile.
+        value["linux"]["seccomp"] = default_seccomp()?.clone();
+    }
     let mut extra_mounts = Vec::new();
     if plan.network != NetworkMode::None {
         // rbuild's default network is the host's, as `docker build --network host`: RUN apt-get
@@ -228,17 +324,9 @@ pub(crate) fn execute(
         set_mode(&path, 0o755)?;
         extra_mounts.push(json!({ "destination": format!("/dev/pipes/{name}"), "type": "bind", "source": path, "options": ["rbind", "ro"] }));
     }
-    // Kept until the container has exited: each relays an ssh mount to its agent.
-    let mut agent_relays = Vec::new();
+    let mut held = HeldByRun::for_plan(solver, plan)?;
     for (n, m) in plan.mounts.iter().enumerate() {
-        if m.kind == MountType::Ssh {
-            if let Some((mount, relay)) = ssh_mount(solver, m, at)? {
-                extra_mounts.push(mount);
-                agent_relays.push(relay);
-            }
-            continue;
-        }
-        if let Some(mount) = mount_json(solver, &ws, n, m, at)? {
+        if let Some(mount) = mount_json(solver, &ws, n, m, at, &mut held)? {
             extra_mounts.push(mount);
         }
         // `--mount=type=secret,env=NAME`: the secret as an environment variable of this run
@@ -262,6 +350,10 @@ pub(crate) fn execute(
         mounts.extend(extra_mounts.iter().cloned());
     }
     spec = serde_json::from_value(value).map_err(BuildError::other)?;
+    if plan.insecure {
+        // BuildKit's insecure mode is docker's --privileged.
+        runtime_exec::defaults::make_privileged(&mut spec).map_err(|e| step_error(at, e))?;
+    }
 
     let (read_end, write_end) = nix::unistd::pipe().map_err(BuildError::other)?;
     let stdio = ContainerStdio {
@@ -269,7 +361,10 @@ pub(crate) fn execute(
         stdout: Some(write_end.try_clone().map_err(BuildError::other)?),
         stderr: Some(write_end),
     };
-    let mut options = RunOptions::new(format!("rbuild-run-{}", std::process::id()));
+    // One id (and cgroup) per RUN: stages solved in parallel run their steps at once.
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut options = RunOptions::new(format!("rbuild-run-{}-{run}", std::process::id()));
     // Volatile: apt-get's dpkg, for one, fsyncs every file it unpacks, a sync per file that a
     // build step does not need (a step that fails or is cut off is thrown away whole).
     // The layer is made durable once, when the step commits it (commit_upper).
@@ -315,7 +410,7 @@ pub(crate) fn execute(
             .map_err(|_| BuildError::other("a build thread panicked"))?
     });
     let (status, tail) = tail?;
-    drop(agent_relays);
+    drop(held);
     if !status.success() {
         let mut message = format!(
             "process {:?} did not complete successfully: exit code: {}",
@@ -409,26 +504,39 @@ fn relay_output(read_end: OwnedFd, step: &super::progress::Step) -> VecDeque<Str
     tail
 }
 
+/// The runtime-spec mount of `--mount` number `n`, or `None` when it mounts nothing; an ssh
+/// mount's relay and a cache mount's hold join `held`.
 fn mount_json(
     solver: &Solver,
     ws: &super::snapshot::Workspace,
     n: usize,
     m: &Mount,
     at: &Located<Instruction>,
+    held: &mut HeldByRun,
 ) -> Result<Option<Value>, BuildError> {
     let target = m.target.clone().unwrap_or_default();
     let ro = if m.read_only { "ro" } else { "rw" };
     Ok(Some(match m.kind {
         MountType::Cache => {
-            // Cache mounts persist in the store between builds and never enter an image.
-            let id = m.id.clone().unwrap_or_else(|| target.clone());
-            let dir = solver
-                .store
-                .root()
-                .join("cache-mounts")
-                .join(oci::Digest::sha256_of(id.as_bytes()).encoded());
+            // Cache mounts persist in the store between builds and never enter an image; a
+            // new one starts from an imported cache's copy when there is one.
+            let id = cache_mount_id(m);
+            let mount = held
+                .cache_mounts
+                .get(&id)
+                .ok_or_else(|| BuildError::other(format!("cache mount {id:?} is not held")))?;
+            let dir = mount.dir.clone();
             if !dir.exists() {
-                fs::create_dir_all(&dir).map_err(BuildError::other)?;
+                let restored = mount.first
+                    && solver.remote_cache.restore_cache_mount(
+                        solver.store,
+                        &id,
+                        &dir,
+                        solver.progress,
+                    )?;
+                if !restored {
+                    fs::create_dir_all(&dir).map_err(BuildError::other)?;
+                }
                 set_mode(&dir, m.mode.unwrap_or(0o755))?;
                 let (uid, gid) = (m.uid.unwrap_or(0), m.gid.unwrap_or(0));
                 std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(BuildError::other)?;
@@ -495,7 +603,13 @@ fn mount_json(
             };
             json!({ "destination": target, "type": "bind", "source": source, "options": ["rbind", "ro"] })
         }
-        MountType::Ssh => unreachable!("ssh mounts are set up by ssh_mount"),
+        MountType::Ssh => match ssh_mount(solver, m, at)? {
+            Some((mount, relay)) => {
+                held.agent_relays.push(relay);
+                mount
+            }
+            None => return Ok(None),
+        },
     }))
 }
 

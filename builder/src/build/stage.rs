@@ -14,21 +14,8 @@ use super::{key_of, BuildError, BuildOptions, ImageFetcher, NamedContext};
 use crate::context::{BuildContext, ContextError, CopyEntry, StatCache};
 use crate::dockerfile::instructions::{ArgDef, Located, Run};
 use crate::dockerfile::shell::Lex;
-use crate::dockerfile::{Dockerfile, Instruction};
+use crate::dockerfile::{undefined_var, CheckWarning, Dockerfile, Instruction};
 use crate::image_config::{self, Scope};
-
-/// Build args every build has without declaring them globally (reference.md,
-/// "Automatic platform ARGs in the global scope").
-const PLATFORM_ARGS: [&str; 8] = [
-    "TARGETPLATFORM",
-    "TARGETOS",
-    "TARGETARCH",
-    "TARGETVARIANT",
-    "BUILDPLATFORM",
-    "BUILDOS",
-    "BUILDARCH",
-    "BUILDVARIANT",
-];
 
 /// Proxy args: usable in RUN without an ARG and left out of cache keys and history
 /// (reference.md, "Predefined ARGs").
@@ -61,8 +48,10 @@ pub(crate) struct StageState {
     pub fs_key: Digest,
     /// ARGs declared in this stage, with their values (unset ones are absent).
     pub args: BTreeMap<String, String>,
-    /// Names of build args that instructions used, for the "unused build-arg" warning.
-    pub used_args: BTreeSet<String>,
+    /// ARGs this stage declared, with or without a value: using one is no UndefinedVar.
+    pub declared_args: BTreeSet<String>,
+    /// How many of `layers` are the base image's (`--squash` keeps those).
+    pub base_layers: usize,
 }
 
 /// A filesystem step's result, as cached.
@@ -95,6 +84,8 @@ pub(crate) struct Solver<'a> {
     fetched: Mutex<BTreeMap<String, Arc<Fetch>>>,
     /// The directories of `--build-context`, opened as contexts.
     named_contexts: BTreeMap<String, BuildContext>,
+    /// UndefinedVar findings, which need each stage's variables as the build has them.
+    lint: Mutex<Vec<CheckWarning>>,
 }
 
 impl<'a> Solver<'a> {
@@ -150,6 +141,7 @@ impl<'a> Solver<'a> {
             remote_cache: RemoteCache::import(store, &options.cache_from, progress)?,
             fetched: Mutex::new(BTreeMap::new()),
             named_contexts,
+            lint: Mutex::new(Vec::new()),
         })
     }
 
@@ -176,6 +168,38 @@ impl<'a> Solver<'a> {
     /// Whether `name` is a `--build-context` directory.
     pub fn is_named_directory(&self, name: &str) -> bool {
         self.named_contexts.contains_key(name)
+    }
+
+    /// Notes the variables an instruction's words used that nothing set, and that no ARG of
+    /// the stage declares (BuildKit's UndefinedVar check).
+    pub fn note_unset(
+        &self,
+        state: &StageState,
+        at: &Located<Instruction>,
+        unset: &BTreeSet<String>,
+    ) {
+        let undeclared: Vec<&String> = unset
+            .iter()
+            .filter(|name| !state.declared_args.contains(*name))
+            .collect();
+        if undeclared.is_empty() {
+            return;
+        }
+        let scope = Scope::new(&state.config, &state.args);
+        let mut defined: BTreeSet<&str> = scope.env_names().collect();
+        defined.extend(state.args.keys().map(String::as_str));
+        let mut lint = self.lint.lock().unwrap_or_else(|p| p.into_inner());
+        for name in undeclared {
+            lint.push(undefined_var(name, defined.iter().copied(), at.line));
+        }
+    }
+
+    /// What the build found for the UndefinedVar check, in line order, each once.
+    pub fn lint(&self) -> Vec<CheckWarning> {
+        let mut lint = self.lint.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        lint.sort_by(|a, b| (a.line, &a.message).cmp(&(b.line, &b.message)));
+        lint.dedup();
+        lint
     }
 
     /// Keeps the hashes computed by this build for the next one.
@@ -285,18 +309,30 @@ impl<'a> Solver<'a> {
             step.finish(StepStatus::Done);
             let mut state = (*parent).clone();
             state.args.clear();
-            state.used_args.clear();
+            state.declared_args.clear();
             return Ok(state);
         }
+        let scratch = || StageState {
+            layers: Vec::new(),
+            config: ImageConfig::for_platform(&self.options.platform),
+            fs_key: key_of(&[b"scratch"]),
+            args: BTreeMap::new(),
+            declared_args: BTreeSet::new(),
+            base_layers: 0,
+        };
         if image == "scratch" {
             step.finish(StepStatus::Done);
-            return Ok(StageState {
-                layers: Vec::new(),
-                config: ImageConfig::for_platform(&self.options.platform),
-                fs_key: key_of(&[b"scratch"]),
-                args: BTreeMap::new(),
-                used_args: BTreeSet::new(),
-            });
+            return Ok(scratch());
+        }
+        if self.is_named_directory(&image) {
+            // As BuildKit: the directory's files (less its .dockerignore) are the stage's
+            // filesystem, with no image config; here one COPY of them onto scratch, so they are
+            // one layer, keyed by their content like any COPY.
+            step.finish(StepStatus::Done);
+            let mut state = scratch();
+            let copy = format!("COPY --from={image} . /");
+            self.apply_text(index, &mut state, &copy, &copy, from)?;
+            return Ok(state);
         }
         let (layers, manifest_digest, mut config) =
             self.image(&image).map_err(|e| step_error(from, e))?;
@@ -307,43 +343,59 @@ impl<'a> Solver<'a> {
             .unwrap_or_default();
         step.finish(StepStatus::Done);
         let mut state = StageState {
+            base_layers: layers.len(),
             layers,
             config,
             fs_key: key_of(&[b"image", manifest_digest.as_str().as_bytes()]),
             args: BTreeMap::new(),
-            used_args: BTreeSet::new(),
+            declared_args: BTreeSet::new(),
         };
         // ONBUILD triggers of the base image run first (reference.md, "ONBUILD").
         for trigger in triggers {
-            let tree = crate::dockerfile::parse(&trigger)?;
-            for node in &tree.ast.children {
-                let instruction = Located {
-                    value: Instruction::from_node(node)?,
-                    line: from.line,
-                    end_line: from.end_line,
-                    original: format!("ONBUILD {trigger}"),
-                };
-                self.apply(index, &mut state, &instruction)?;
-            }
+            let original = format!("ONBUILD {trigger}");
+            self.apply_text(index, &mut state, &trigger, &original, from)?;
         }
         Ok(state)
+    }
+
+    /// Applies instructions that are not in the Dockerfile (a base image's ONBUILD trigger, the
+    /// COPY that makes a directory a stage) as if they stood on the FROM line `at`, shown as
+    /// `original`.
+    fn apply_text<T>(
+        &self,
+        index: usize,
+        state: &mut StageState,
+        text: &str,
+        original: &str,
+        at: &Located<T>,
+    ) -> Result<(), BuildError> {
+        let tree = crate::dockerfile::parse(text)?;
+        for node in &tree.ast.children {
+            let instruction = Located {
+                value: Instruction::from_node(node)?,
+                line: at.line,
+                end_line: at.end_line,
+                original: original.to_string(),
+            };
+            self.apply(index, state, &instruction)?;
+        }
+        Ok(())
     }
 
     /// An image of the local store, fetched first when the store lacks it (or always, once,
     /// with `--pull`): its layers, manifest digest and config.
     fn image(&self, name: &str) -> Result<(Vec<Layer>, Digest, ImageConfig), String> {
-        let name = match self.options.named_contexts.get(name) {
-            Some(NamedContext::Image(reference)) => reference.as_str(),
-            Some(NamedContext::Directory(dir)) => {
-                return Err(format!(
-                    "{name} is the directory {} (--build-context): COPY --from and RUN --mount from= can read it, FROM cannot",
-                    dir.display()
-                ))
+        let (name, fetcher) = match self.options.named_contexts.get(name) {
+            Some(NamedContext::Image(reference)) => {
+                (reference.as_str(), self.options.image_fetcher.as_deref())
             }
-            None => name,
+            Some(NamedContext::StoredImage(digest)) => (digest.as_str(), None),
+            Some(NamedContext::Directory(_)) | None => {
+                (name, self.options.image_fetcher.as_deref())
+            }
         };
         let stored = self.store.resolve(name);
-        let record = match (stored, self.options.image_fetcher.as_deref()) {
+        let record = match (stored, fetcher) {
             (Ok(record), Some(_)) if !self.options.pull => record,
             (Ok(record), None) => record,
             (_, Some(fetcher)) => {
@@ -427,6 +479,9 @@ impl<'a> Solver<'a> {
             }
             Instruction::Run(run) => {
                 let plan = super::run::plan(self, state, run, at)?;
+                for id in plan.cache_mount_ids() {
+                    self.remote_cache.note_cache_mount(&id);
+                }
                 let key = super::run::cache_key(self, state, &plan, at)?;
                 let output = self.fs_step(index, state, at, key, |step| {
                     super::run::execute(self, state, &plan, at, step, self.in_image(index))
@@ -445,8 +500,9 @@ impl<'a> Solver<'a> {
             }
             Instruction::Workdir(_) => {
                 let args = state.args.clone();
-                image_config::apply(&mut state.config, &at.value, &self.lex, &args)
+                let unset = image_config::apply(&mut state.config, &at.value, &self.lex, &args)
                     .map_err(|e| step_error(at, e))?;
+                self.note_unset(state, at, &unset);
                 let key = super::copy::workdir_key(state);
                 let output = self.fs_step(index, state, at, key, |_| {
                     super::copy::workdir(self, state, self.in_image(index))
@@ -457,8 +513,9 @@ impl<'a> Solver<'a> {
             Instruction::From(_) => Err(step_error(at, "FROM inside a stage")),
             other => {
                 let args = state.args.clone();
-                image_config::apply(&mut state.config, other, &self.lex, &args)
+                let unset = image_config::apply(&mut state.config, other, &self.lex, &args)
                     .map_err(|e| step_error(at, e))?;
+                self.note_unset(state, at, &unset);
                 self.history(state, at, None, true);
                 Ok(())
             }
@@ -477,16 +534,15 @@ impl<'a> Solver<'a> {
                 None => match &def.default {
                     Some(d) => {
                         let scope = Scope::new(&state.config, &state.args);
-                        Some(
-                            self.lex
-                                .process_word(d, &scope)
-                                .map_err(|e| step_error(at, e))?,
-                        )
+                        let expansion =
+                            self.lex.expand(d, &scope).map_err(|e| step_error(at, e))?;
+                        self.note_unset(state, at, &expansion.unset);
+                        Some(expansion.word)
                     }
                     None => self.global_args.get(&def.name).cloned(),
                 },
             };
-            state.used_args.insert(def.name.clone());
+            state.declared_args.insert(def.name.clone());
             match value {
                 Some(v) => state.args.insert(def.name.clone(), v),
                 None => state.args.remove(&def.name),
@@ -625,7 +681,9 @@ fn platform_args(options: &BuildOptions) -> BTreeMap<String, String> {
             platform.variant.clone().unwrap_or_default(),
         );
     }
-    debug_assert!(PLATFORM_ARGS.iter().all(|a| args.contains_key(*a)));
+    debug_assert!(crate::dockerfile::PLATFORM_ARGS
+        .iter()
+        .all(|a| args.contains_key(*a)));
     args
 }
 

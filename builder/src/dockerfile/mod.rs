@@ -10,6 +10,7 @@
 //! - [`instructions`] (with `flags`, `mount`, `chmod`): typed instructions
 //!   with checked flags; every error carries its line ([`DockerfileError`]).
 
+mod checks;
 mod chmod;
 mod directives;
 mod error;
@@ -21,6 +22,7 @@ mod node;
 mod parser;
 pub mod shell;
 
+pub use checks::{run_checks, undefined_var, CheckConfig, CheckWarning, PLATFORM_ARGS};
 pub use chmod::{Chmod, Clause};
 pub use directives::{is_dockerfile_frontend, Directive};
 pub use error::{DockerfileError, ErrorKind};
