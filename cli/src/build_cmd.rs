@@ -191,20 +191,6 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
         Some(other) => bail!("--call={other}: rbuild knows build and check"),
     };
     let (check_config, mut findings) = build_checks(&dockerfile, &build_args)?;
-    if check_only {
-        print_check_details(&dockerfile_name, &source, &findings);
-        return Ok(ExitCode::from(u8::from(!findings.is_empty())));
-    }
-    if check_config.error && !findings.is_empty() {
-        print_check_summary(&findings);
-        let rules: BTreeSet<&str> = findings.iter().map(|f| f.rule).collect();
-        let rules: Vec<&str> = rules.into_iter().collect();
-        eprintln!(
-            "ERROR: lint violation found for rules: {}",
-            rules.join(", ")
-        );
-        return Ok(ExitCode::from(1));
-    }
     for (flag, value) in [("--provenance", &args.provenance), ("--sbom", &args.sbom)] {
         if let Some(value) = value.as_deref().filter(|v| !matches!(*v, "false" | "0")) {
             bail!(
@@ -302,19 +288,47 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
         _ if std::io::stderr().is_terminal() => ProgressMode::Tty,
         _ => ProgressMode::Plain,
     };
-    let stage_names = dockerfile
+    let stage_names: Vec<String> = dockerfile
         .stages
         .iter()
         .enumerate()
         .map(|(i, s)| s.name.clone().unwrap_or_else(|| format!("stage-{i}")))
         .collect();
+    // UndefinedVar needs the stages evaluated: `--check`, and `error=true` before any step
+    // runs, evaluate them first; a build finds it as it goes.
+    if check_only || check_config.error {
+        let quiet = Progress::new(
+            ProgressMode::Quiet,
+            stage_names.clone(),
+            Box::new(std::io::stderr()),
+        );
+        match builder::build::check(store, &dockerfile, &options, &quiet) {
+            Ok(found) => add_findings(&mut findings, &found, &check_config),
+            Err(e) => {
+                eprintln!("ERROR: {e}");
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    if check_only {
+        print_check_details(&dockerfile_name, &source, &findings);
+        return Ok(ExitCode::from(u8::from(!findings.is_empty())));
+    }
+    if check_config.error && !findings.is_empty() {
+        print_check_summary(&findings);
+        let rules: BTreeSet<&str> = findings.iter().map(|f| f.rule).collect();
+        let rules: Vec<&str> = rules.into_iter().collect();
+        eprintln!(
+            "ERROR: lint violation found for rules: {}",
+            rules.join(", ")
+        );
+        return Ok(ExitCode::from(1));
+    }
     let progress = Progress::new(mode, stage_names, Box::new(std::io::stderr()));
     let result = build(store, &dockerfile, &options, &progress);
     progress.finish();
     if let Ok(built) = &result {
-        let found = built.lint.iter().filter(|w| check_config.reports(w.rule));
-        findings.extend(found.cloned());
-        findings.sort_by_key(|w| w.line);
+        add_findings(&mut findings, &built.lint, &check_config);
     }
     if !quiet {
         print_check_summary(&findings);
@@ -389,6 +403,16 @@ fn build_checks(
 }
 
 /// After a build, as docker build prints them: one line per finding.
+/// Adds what the solver found that `config` reports, each finding once, in line order.
+fn add_findings(findings: &mut Vec<CheckWarning>, found: &[CheckWarning], config: &CheckConfig) {
+    for warning in found.iter().filter(|w| config.reports(w.rule)) {
+        if !findings.contains(warning) {
+            findings.push(warning.clone());
+        }
+    }
+    findings.sort_by_key(|w| w.line);
+}
+
 fn print_check_summary(findings: &[CheckWarning]) {
     if findings.is_empty() {
         return;

@@ -984,8 +984,8 @@ fn squash_merges_the_added_layers() {
 
 /// Build checks, as docker build reports them: findings listed after a build (UndefinedVar
 /// among them, which needs the base image's environment), `--check` that explains each and
-/// exits 1 without building, `# check=skip=…;error=true` and the `BUILDKIT_DOCKERFILE_CHECK`
-/// build arg over it.
+/// exits 1 without building (UndefinedVar too, from the stages evaluated without running),
+/// `# check=skip=…;error=true` and the `BUILDKIT_DOCKERFILE_CHECK` build arg over it.
 #[test]
 fn build_checks() {
     let (_tmp, root, ctx) = store_and_context("FROM bb:1 as base\nCMD echo hi\n");
@@ -1061,6 +1061,44 @@ fn build_checks() {
         stderr.contains(" - UndefinedVar: Usage of undefined variable '$NOWHERE' (line 4)"),
         "{stderr}"
     );
+
+    // --check evaluates the stages without running anything: an ENV after the base stage's,
+    // a COPY's source, never a RUN's command line (the shell expands that).
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM bb:1 AS base\nENV FROM_BASE=1\nRUN exit 3\n\
+         FROM base\nENV A=$FROM_BASE B=$PAHT\nCOPY $NOSUCH /x\nRUN echo $NOT_CHECKED\n",
+    )
+    .unwrap();
+    let (code, stderr) = run(&["--check"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Check complete, 2 warnings have been found!"),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .contains("Usage of undefined variable '$PAHT' (did you mean $PATH?)\nDockerfile:5\n"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Usage of undefined variable '$NOSUCH'\nDockerfile:6\n"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("exit code"), "a RUN ran: {stderr}");
+    // With error=true, UndefinedVar too fails the build before any step.
+    fs::write(
+        ctx.join("Dockerfile"),
+        "# check=error=true\nFROM bb:1\nRUN touch /ran\nENV A=$PAHT\n",
+    )
+    .unwrap();
+    let (code, stderr) = run(&[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("ERROR: lint violation found for rules: UndefinedVar"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("#1 "), "a step ran: {stderr}");
 
     fs::write(
         ctx.join("Dockerfile"),

@@ -129,46 +129,28 @@ pub(crate) fn cache_key(
     ]))
 }
 
-/// Expands a COPY/ADD and resolves its context sources.
-pub(crate) fn plan(
+/// A COPY/ADD's words with their variables expanded.
+pub(crate) struct CopyWords {
+    dest: String,
+    from: Option<String>,
+    checksum: Option<String>,
+    sources: Vec<String>,
+    excludes: Vec<String>,
+    /// Heredoc files: (name, content).
+    inline: Vec<(String, String)>,
+    chown: Option<String>,
+}
+
+/// Expands a COPY/ADD's words in the stage's scope, noting the variables nothing set (the
+/// UndefinedVar check); `rbuild build --check` stops here.
+pub(crate) fn expand_words(
     solver: &Solver,
-    index: usize,
     state: &StageState,
     at: &Located<Instruction>,
-) -> Result<CopyPlan, BuildError> {
-    let (files, from, chown, chmod, link, unpack, parents, excludes, keep_git_dir): (
-        &Files,
-        _,
-        _,
-        _,
-        _,
-        _,
-        _,
-        _,
-        _,
-    ) = match &at.value {
-        Instruction::Copy(c) => (
-            &c.files,
-            c.from.as_ref(),
-            &c.chown,
-            &c.chmod,
-            c.link,
-            false,
-            c.parents,
-            &c.exclude,
-            false,
-        ),
-        Instruction::Add(a) => (
-            &a.files,
-            None,
-            &a.chown,
-            &a.chmod,
-            a.link,
-            a.unpack.unwrap_or(true),
-            false,
-            &a.exclude,
-            a.keep_git_dir,
-        ),
+) -> Result<CopyWords, BuildError> {
+    let (files, from, chown, excludes, checksum): (&Files, _, _, _, _) = match &at.value {
+        Instruction::Copy(c) => (&c.files, c.from.as_ref(), &c.chown, &c.exclude, None),
+        Instruction::Add(a) => (&a.files, None, &a.chown, &a.exclude, a.checksum.as_ref()),
         _ => return Err(step_error(at, "not a COPY or ADD")),
     };
     let scope = Scope::new(&state.config, &state.args);
@@ -180,7 +162,63 @@ pub(crate) fn plan(
         solver.note_unset(state, at, &expansion.unset);
         Ok::<_, BuildError>(expansion.word)
     };
-    let mut dest = expand(&files.dest)?;
+    let inline = files
+        .inline
+        .iter()
+        .map(|f| {
+            let content = if f.expand {
+                expand(&f.content)?
+            } else {
+                f.content.clone()
+            };
+            Ok((f.name.clone(), content))
+        })
+        .collect::<Result<Vec<_>, BuildError>>()?;
+    Ok(CopyWords {
+        dest: expand(&files.dest)?,
+        from: from.map(|name| expand(name)).transpose()?,
+        checksum: checksum.map(|c| expand(c)).transpose()?,
+        sources: files
+            .sources
+            .iter()
+            .map(|s| expand(s))
+            .collect::<Result<_, _>>()?,
+        excludes: excludes
+            .iter()
+            .map(|e| expand(e))
+            .collect::<Result<_, _>>()?,
+        inline,
+        chown: chown.as_ref().map(|c| expand(c)).transpose()?,
+    })
+}
+
+/// Expands a COPY/ADD and resolves its context sources.
+pub(crate) fn plan(
+    solver: &Solver,
+    index: usize,
+    state: &StageState,
+    at: &Located<Instruction>,
+) -> Result<CopyPlan, BuildError> {
+    let (chmod, link, unpack, parents, keep_git_dir) = match &at.value {
+        Instruction::Copy(c) => (&c.chmod, c.link, false, c.parents, false),
+        Instruction::Add(a) => (
+            &a.chmod,
+            a.link,
+            a.unpack.unwrap_or(true),
+            false,
+            a.keep_git_dir,
+        ),
+        _ => return Err(step_error(at, "not a COPY or ADD")),
+    };
+    let CopyWords {
+        mut dest,
+        from,
+        checksum,
+        sources,
+        excludes,
+        inline,
+        chown,
+    } = expand_words(solver, state, at)?;
     let workdir = state
         .config
         .config
@@ -194,7 +232,7 @@ pub(crate) fn plan(
             dest.push('/');
         }
     }
-    let (from_source, named_context) = match from.map(|name| expand(name)).transpose()? {
+    let (from_source, named_context) = match from {
         Some(name) if solver.is_named_directory(&name) => (None, Some(name)),
         Some(name) => (
             Some(match solver.stage_index(&name, index) {
@@ -207,16 +245,11 @@ pub(crate) fn plan(
         ),
         None => (None, None),
     };
-    let checksum = match &at.value {
-        Instruction::Add(a) => a.checksum.as_ref().map(|c| expand(c)).transpose()?,
-        _ => None,
-    };
     let mut source_names = Vec::new();
     let mut downloads = Vec::new();
     let mut git = Vec::new();
     let is_add = matches!(at.value, Instruction::Add(_));
-    for s in &files.sources {
-        let s = expand(s)?;
+    for s in sources {
         if let Some(source) = GitSource::parse(&s).filter(|_| is_add) {
             let commit = source
                 .resolve(
@@ -263,10 +296,6 @@ pub(crate) fn plan(
             "--checksum applies to URL and Git sources only",
         ));
     }
-    let excludes = excludes
-        .iter()
-        .map(|e| expand(e))
-        .collect::<Result<Vec<_>, _>>()?;
     let entries = if from_source.is_none() && !source_names.is_empty() {
         let spec = CopySources {
             sources: &source_names,
@@ -280,21 +309,9 @@ pub(crate) fn plan(
     } else {
         Vec::new()
     };
-    let inline = files
-        .inline
-        .iter()
-        .map(|f| {
-            let content = if f.expand {
-                expand(&f.content)?
-            } else {
-                f.content.clone()
-            };
-            Ok((f.name.clone(), content))
-        })
-        .collect::<Result<Vec<_>, BuildError>>()?;
-    let chown = chown.as_ref().map(|c| expand(c)).transpose()?;
     let chmod = match chmod {
         Some(c) => {
+            let scope = Scope::new(&state.config, &state.args);
             let mut ex = |w: &str| {
                 solver
                     .lex

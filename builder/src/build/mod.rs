@@ -32,7 +32,7 @@ pub use git_source::GitSource;
 pub use progress::{Progress, ProgressMode};
 pub use remote_cache::{CacheBackend, CacheExport, CacheMode, LocalCache};
 
-use crate::dockerfile::{Dockerfile, DockerfileError};
+use crate::dockerfile::{CheckWarning, Dockerfile, DockerfileError};
 
 /// Everything `rbuild build` can be asked.
 #[derive(Debug, Clone)]
@@ -179,6 +179,27 @@ pub fn build(
         .remote_cache
         .export(store, &state.fs_key, options, progress)?;
     Ok(result)
+}
+
+/// The build checks that need the stages evaluated (UndefinedVar), as BuildKit's
+/// `--call=check` makes them: the stages the target needs, with their base images (fetched as
+/// a build would), evaluated without running or copying anything.
+pub fn check(
+    store: &Store,
+    dockerfile: &Dockerfile,
+    options: &BuildOptions,
+    progress: &Progress,
+) -> Result<Vec<CheckWarning>, BuildError> {
+    // No cache is read or written: nothing is built.
+    let options = BuildOptions {
+        cache_from: Vec::new(),
+        cache_to: Vec::new(),
+        ..options.clone()
+    };
+    let _writing = store.writer_lock()?;
+    let solver = stage::Solver::new(store, dockerfile, &options, progress)?.only_checking();
+    solver.solve(solver.target_stage()?)?;
+    Ok(solver.lint())
 }
 
 /// The digest of a cache-key preimage.

@@ -86,6 +86,8 @@ pub(crate) struct Solver<'a> {
     named_contexts: BTreeMap<String, BuildContext>,
     /// UndefinedVar findings, which need each stage's variables as the build has them.
     lint: Mutex<Vec<CheckWarning>>,
+    /// Only evaluating the stages for the build checks: no RUN runs, nothing is copied.
+    checking: bool,
 }
 
 impl<'a> Solver<'a> {
@@ -142,7 +144,16 @@ impl<'a> Solver<'a> {
             fetched: Mutex::new(BTreeMap::new()),
             named_contexts,
             lint: Mutex::new(Vec::new()),
+            checking: false,
         })
+    }
+
+    /// This solver only evaluates stages, for the build checks: FROM resolves base images
+    /// (their configs hold variables), ARG, ENV and the other config instructions apply, and
+    /// COPY/ADD words are expanded; RUN, COPY, ADD and WORKDIR make no layer.
+    pub fn only_checking(mut self) -> Self {
+        self.checking = true;
+        self
     }
 
     /// The content checksum of entries of `context`, through the stat cache.
@@ -477,6 +488,11 @@ impl<'a> Solver<'a> {
                 self.history(state, at, None, true);
                 Ok(())
             }
+            // A RUN's command line is the shell's to expand, not the Dockerfile's.
+            Instruction::Run(_) if self.checking => Ok(()),
+            Instruction::Copy(_) | Instruction::Add(_) if self.checking => {
+                super::copy::expand_words(self, state, at).map(drop)
+            }
             Instruction::Run(run) => {
                 let plan = super::run::plan(self, state, run, at)?;
                 for id in plan.cache_mount_ids() {
@@ -503,6 +519,9 @@ impl<'a> Solver<'a> {
                 let unset = image_config::apply(&mut state.config, &at.value, &self.lex, &args)
                     .map_err(|e| step_error(at, e))?;
                 self.note_unset(state, at, &unset);
+                if self.checking {
+                    return Ok(());
+                }
                 let key = super::copy::workdir_key(state);
                 let output = self.fs_step(index, state, at, key, |_| {
                     super::copy::workdir(self, state, self.in_image(index))

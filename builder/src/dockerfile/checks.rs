@@ -4,8 +4,8 @@
 //! overridden by the `BUILDKIT_DOCKERFILE_CHECK` build arg.
 //!
 //! [`run_checks`] has the rules that the Dockerfile alone decides. UndefinedVar needs the
-//! base images' environments: the solver finds it while it builds ([`undefined_var`]), so
-//! `--check` cannot report it. InvalidBaseImagePlatform, CopyIgnoredFile and
+//! base images' environments: the solver finds it ([`undefined_var`]) while it builds, or
+//! while it only evaluates the stages for `--check` (`build::check`). InvalidBaseImagePlatform, CopyIgnoredFile and
 //! InvalidDefinitionDescription (experimental in BuildKit) are not checked; DuplicateStageName
 //! is a parse error here.
 
