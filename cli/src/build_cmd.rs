@@ -944,8 +944,7 @@ fn parse_sandbox(args: &BuildArgs) -> Result<RunSandbox> {
 
 /// A new directory in the store's scratch space, removed on drop.
 fn scratch_dir(store: &Store, prefix: &str) -> Result<tempfile::TempDir> {
-    let scratch = store.root().join("tmp");
-    std::fs::create_dir_all(&scratch).with_context(|| format!("create {}", scratch.display()))?;
+    let scratch = store.scratch_dir()?;
     tempfile::Builder::new()
         .prefix(prefix)
         .tempdir_in(&scratch)

@@ -610,8 +610,7 @@ fn random_id() -> anyhow::Result<String> {
 /// The run's scratch directory under ROOT/tmp, on the layers' filesystem (overlay wants upper
 /// and work together); removed when dropped.
 fn new_run_dir(store: &Store, id: &str) -> anyhow::Result<tempfile::TempDir> {
-    let base = store.root().join("tmp");
-    fs::create_dir_all(&base).with_context(|| format!("create {}", base.display()))?;
+    let base = store.scratch_dir()?;
     let dir = tempfile::Builder::new()
         .prefix(&format!("run-{}-", &id[..12]))
         .tempdir_in(&base)

@@ -17,7 +17,8 @@
 //!   build-cache/<key>.json  the builder's step cache: key → layer (GC roots)
 //!   cache-mounts/<sha256 of id>[-N]/  RUN --mount=type=cache directories (N: a `sharing=private`
 //!                         instance), each with its `.lock` file beside it
-//!   tmp/                  scratch space of running builds (overlay upper/work dirs)
+//!   tmp/                  scratch space of running builds (overlay upper/work dirs); it and
+//!                         layers/ carry ext4's TOPDIR flag (`chattr +T`), see Store::scratch_dir
 //!   gc.lock               held shared by every operation that adds content, exclusively by GC
 //! ```
 //!

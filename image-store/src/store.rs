@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use oci::archive::{
@@ -123,7 +124,7 @@ impl Store {
 
     pub fn open(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
         let root = root.into();
-        fs::create_dir_all(root.join("layers")).map_err(io_err(&root))?;
+        create_spreading_dir(&root.join("layers"))?;
         let content = ContentStore::open(&root)?;
         let layout = root.join("oci-layout");
         if !layout.exists() {
@@ -134,6 +135,15 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// ROOT/tmp, the scratch space of builds and runs (step workspaces, downloads), on the
+    /// layers' filesystem so that a finished step's upper dir is renamed into `layers/`.
+    /// `rbuild prune` removes it whole.
+    pub fn scratch_dir(&self) -> Result<PathBuf, StoreError> {
+        let tmp = self.root.join("tmp");
+        create_spreading_dir(&tmp)?;
+        Ok(tmp)
     }
 
     pub fn content(&self) -> &ContentStore {
@@ -461,6 +471,34 @@ pub(crate) fn files_in(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
         .collect()
 }
 
+/// `FS_TOPDIR_FL` of linux/fs.h (`chattr +T`); the libc crate does not define it.
+const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
+
+/// Creates `dir` marked as the top of directory hierarchies, so that ext4's Orlov allocator
+/// puts each of its subdirectories (a step's workspace, an unpacked layer) in a block group of
+/// its own rather than beside its parent. Without that, new files land in the groups whose
+/// inodes a prune has just freed, and ext4 without a journal makes every create there skip
+/// each inode freed in the last 60-300 s (`recently_deleted` in fs/ext4/ialloc.c): a
+/// 5,000-file COPY after `rbuild prune` took 2.4 s instead of 0.95 s. Only a hint: a
+/// filesystem without the flag refuses it, and nothing else changes.
+fn create_spreading_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    if let Ok(handle) = fs::File::open(dir) {
+        let fd = handle.as_raw_fd();
+        let mut flags: libc::c_int = 0;
+        // SAFETY: FS_IOC_GETFLAGS and FS_IOC_SETFLAGS read or write one int at the pointer,
+        // on a descriptor that stays open across both calls.
+        unsafe {
+            if libc::ioctl(fd, libc::FS_IOC_GETFLAGS, &mut flags) == 0 && flags & FS_TOPDIR_FL == 0
+            {
+                flags |= FS_TOPDIR_FL;
+                libc::ioctl(fd, libc::FS_IOC_SETFLAGS, &flags);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Replaces `path` with `data` atomically: a reader sees the old or the new file, whole.
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -475,4 +513,37 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On ext4 (this project's machines, / included) the scratch and layer directories carry
+    /// the TOPDIR flag, and prune's removal of `tmp/` does not lose it for the next build.
+    #[test]
+    fn scratch_and_layers_spread_their_subdirectories() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let flags = |path: &Path| {
+            let handle = fs::File::open(path).unwrap();
+            let mut flags: libc::c_int = 0;
+            // SAFETY: FS_IOC_GETFLAGS writes one int at the pointer.
+            let got = unsafe { libc::ioctl(handle.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) };
+            assert_eq!(
+                got,
+                0,
+                "{}: no inode flags here; /var/tmp must be on ext4",
+                path.display()
+            );
+            flags
+        };
+        let scratch = store.scratch_dir().unwrap();
+        for path in [&scratch, &store.root().join("layers")] {
+            assert_ne!(flags(path) & FS_TOPDIR_FL, 0, "{}", path.display());
+        }
+        store.prune().unwrap();
+        assert!(!scratch.exists());
+        assert_ne!(flags(&store.scratch_dir().unwrap()) & FS_TOPDIR_FL, 0);
+    }
 }

@@ -597,8 +597,7 @@ fn download(solver: &Solver, url: &str, checksum: Option<&str>) -> Result<Downlo
                 .map_err(|e| format!("--checksum: {e}"))
         })
         .transpose()?;
-    let dir = solver.store.root().join("tmp");
-    fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let dir = solver.store.scratch_dir().map_err(|e| e.to_string())?;
     let mut file = tempfile::Builder::new()
         .prefix("download-")
         .tempfile_in(&dir)

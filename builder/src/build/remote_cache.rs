@@ -402,8 +402,9 @@ impl RemoteCache {
     }
 }
 
-/// Unpacks the cache mount `layer`, fetched through `backend`, as the directory `dir`: into a
-/// sibling first, renamed into place when whole. A blob fetched only for this is dropped again.
+/// Unpacks the cache mount `layer`, fetched through `backend`, as the directory `dir`: into the
+/// store's scratch space first (which `rbuild prune` clears of what a killed build left),
+/// renamed into place when whole. A blob fetched only for this is dropped again.
 fn restore_into(
     store: &Store,
     layer: &CachedLayer,
@@ -415,9 +416,10 @@ fn restore_into(
     backend.fetch_blob(store, blob).map_err(BuildError::other)?;
     let parent = dir.parent().unwrap_or(dir);
     fs::create_dir_all(parent).map_err(BuildError::other)?;
+    let scratch = store.scratch_dir()?;
     let partial = tempfile::Builder::new()
-        .prefix(".restoring-")
-        .tempdir_in(parent)
+        .prefix("restoring-")
+        .tempdir_in(&scratch)
         .map_err(BuildError::other)?;
     let stats = super::export::apply_blob(store, blob, partial.path())?;
     if stats.diff_id != layer.diff_id {
@@ -427,9 +429,15 @@ fn restore_into(
         )));
     }
     let restored = partial.keep();
-    if fs::rename(&restored, dir).is_err() {
-        // Another step restoring the same mount was first; its copy will do.
+    if let Err(e) = fs::rename(&restored, dir) {
         let _ = fs::remove_dir_all(&restored);
+        // Another step restoring the same mount was first; its copy will do.
+        if !dir.is_dir() {
+            return Err(BuildError::Other(format!(
+                "restore the cache mount {}: {e}",
+                dir.display()
+            )));
+        }
     }
     if fetched {
         // Only the directory is kept; the blob was for this restore alone.

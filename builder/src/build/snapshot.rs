@@ -25,9 +25,7 @@ impl Workspace {
     /// A new workspace under ROOT/tmp, on the same filesystem as the unpacked layers (overlay
     /// needs upper and work together; renames stay cheap).
     pub fn new(store: &Store) -> Result<Workspace, BuildError> {
-        let base = store.root().join("tmp");
-        fs::create_dir_all(&base)
-            .map_err(|e| BuildError::other(format!("{}: {e}", base.display())))?;
+        let base = store.scratch_dir()?;
         let dir = tempfile::Builder::new()
             .prefix("step-")
             .tempdir_in(&base)
