@@ -7,25 +7,35 @@
 #   - warm pull through each mirror (everything cached);
 #   - cold pull through rregistry with `proxy.prefetchblobs` (a manifest starts its layers'
 #     downloads before the client asks).
+# Then the same cold, warm and direct pulls again with the upstream behind a slow link
+# (bench's slow-link relay: LINK_MBIT each way, LINK_RTT_MS round trip), where a mirror is
+# meant to work: on loopback every process shares the same two cores, and the mirror's CPU is
+# taken from the client's; behind a link the upstream's bandwidth is the bound, as it is for a
+# mirror in front of Docker Hub.
 # Pulls are `skopeo copy docker://… oci:…`. Prints a table with the ratios. Targets (issue 8):
 # warm pull <= 0.7x distribution's warm pull; cold pull <= 1.1x the direct pull.
 #
-# Usage: bench/mirror.sh            (builds rregistry and rbuild-fixtures in release mode first)
-# Env:   LAYERS (default 9), LAYER_MB (default 110), ROUNDS (default 1: warm pulls per mirror)
+# Usage: bench/mirror.sh            (builds rregistry, rbuild-fixtures and slow-link first)
+# Env:   LAYERS (default 9), LAYER_MB (default 110), ROUNDS (default 1: warm pulls per mirror),
+#        LINK_MBIT (default 1000), LINK_RTT_MS (default 20)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 LAYERS=${LAYERS:-9}
 LAYER_MB=${LAYER_MB:-110}
 ROUNDS=${ROUNDS:-1}
+LINK_MBIT=${LINK_MBIT:-1000}
+LINK_RTT_MS=${LINK_RTT_MS:-20}
 
 source bench/lib.sh
 require_tools docker-registry skopeo python3
 
 cargo build --release -q -p registry --bin rregistry
 cargo build --release -q -p fixtures --bin rbuild-fixtures
+cargo build --release -q -p bench --bin slow-link
 RREGISTRY=$PWD/target/release/rregistry
 FIXTURES=$PWD/target/release/rbuild-fixtures
+SLOW_LINK=$PWD/target/release/slow-link
 
 WORK=$(mktemp -d /var/tmp/rbuild-bench-mirror.XXXXXX)
 cleanup() { stop_servers; rm -rf "$WORK"; }
@@ -43,6 +53,15 @@ start_fs_registry distribution "$PROXY" docker-registry serve
 start_fs_registry rregistry "$PROXY" "$RREGISTRY" serve --config
 start_fs_registry prefetching "$PROXY
   prefetchblobs: true" "$RREGISTRY" serve --config
+PORT_link=$(free_port)
+"$SLOW_LINK" --listen "127.0.0.1:$PORT_link" --to "127.0.0.1:$PORT_upstream" \
+    --rate-mbit "$LINK_MBIT" --rtt-ms "$LINK_RTT_MS" 2>"$WORK/slow-link.log" &
+PIDS+=($!)
+wait_port "$PORT_link"
+LINKED_PROXY="proxy:
+  remoteurl: http://127.0.0.1:$PORT_link"
+start_fs_registry linked_distribution "$LINKED_PROXY" docker-registry serve
+start_fs_registry linked_rregistry "$LINKED_PROXY" "$RREGISTRY" serve --config
 
 declare -A RESULT
 pull_time() { # port
@@ -68,7 +87,8 @@ wait_cached() { # name
 }
 
 RESULT[direct]=$(pull_time "$PORT_upstream")
-for name in distribution rregistry; do
+RESULT[linked_direct]=$(pull_time "$PORT_link")
+for name in distribution rregistry linked_distribution linked_rregistry; do
     port_var=PORT_$name
     RESULT[cold_$name]=$(pull_time "${!port_var}")
     wait_cached "$name"
@@ -98,4 +118,9 @@ print(f"{'cold pull (empty cache)':<34}{r['cold_distribution']:>12.2f} s{r['cold
 line("cold pull vs direct from upstream", r["direct"], r["cold_rregistry"], 1.1, "   (ratio to the direct pull)")
 print(f"{'  the same, with prefetchblobs':<34}{r['direct']:>12.2f} s{r['cold_prefetching']:>10.2f} s{r['cold_prefetching'] / r['direct']:>8.2f}x   (not a target: see docs/BENCHMARKS.md)")
 print(f"{'  direct pull from the upstream':<34}{r['direct']:>12.2f} s")
+print(f"the upstream behind a ${LINK_MBIT} Mbit/s link with a ${LINK_RTT_MS} ms round trip:")
+line("  warm pull (cached)", r["warm_linked_distribution"], r["warm_linked_rregistry"], 0.7)
+print(f"{'  cold pull (empty cache)':<34}{r['cold_linked_distribution']:>12.2f} s{r['cold_linked_rregistry']:>10.2f} s{r['cold_linked_rregistry'] / r['cold_linked_distribution']:>8.2f}x")
+line("  cold pull vs direct", r["linked_direct"], r["cold_linked_rregistry"], 1.1, "   (ratio to the direct pull)")
+print(f"{'  direct pull through the link':<34}{r['linked_direct']:>12.2f} s")
 PY
