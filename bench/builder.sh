@@ -116,6 +116,8 @@ for w in $workloads; do
     done
   done
   for s in cold nochange onefile export; do
+    # Every round's seconds too, on stderr: on this machine one slow round is common.
+    ((rounds > 1)) && echo "  $w $s, per round: rbuild ${t[rbuild,$s]}/ buildkit ${t[buildkit,$s]}/ buildah ${t[buildah,$s]}" >&2
     r=$(median "${t[rbuild,$s]}"); b=$(median "${t[buildkit,$s]}"); h=$(median "${t[buildah,$s]}")
     printf '%-8s %-14s %10.2f %10.2f %10.2f %12.2f %12.2f\n' "$w" "$s" "$r" "$b" "$h" "$(echo "$r / $b" | bc -l)" "$(echo "$r / $h" | bc -l)"
   done
