@@ -28,8 +28,12 @@ use runtime_exec::ExitStatus;
 const GUEST_ENV: &str = "RBUILD_CGROUP_V2_GUEST";
 const CHECK: &str = "RBUILD-VM-CHECK";
 /// Checks the guest runs; the host expects an `ok` line for each.
-const CHECKS: [(&str, fn()); 4] = [
+const CHECKS: [(&str, fn()); 5] = [
     ("limits_are_written_as_the_spec_says", limits_are_written),
+    (
+        "devices_beyond_the_defaults_are_refused",
+        devices_beyond_the_defaults_are_refused,
+    ),
     (
         "memory_hog_is_reported_as_oom",
         memory_hog_is_reported_as_oom,
@@ -113,6 +117,26 @@ fn limits_are_written() {
         "{}",
         o.stderr
     );
+}
+
+/// docker's device rules hold on v2 too (an eBPF program on the container's cgroup): a node
+/// made for /dev/kmsg (CAP_MKNOD is in the default set; writing to it needs no capability)
+/// cannot be opened, /dev/zero can; with every device allowed, as `--privileged` asks, the
+/// node opens.
+fn devices_beyond_the_defaults_are_refused() {
+    let script = "mknod /tmp/kmsg c 1 11 && echo made; \
+                  echo rbuild-device-check > /tmp/kmsg && echo opened; \
+                  head -c 3 /dev/zero | wc -c";
+    let o = sh("devices", script, |_, _| {});
+    assert_eq!(status(&o), ExitStatus::Exited(0), "{}", o.stderr);
+    assert_eq!(o.stdout, "made\n3\n", "{}", o.stderr);
+    assert!(o.stderr.contains("Operation not permitted"), "{}", o.stderr);
+
+    let o = sh("privileged", script, |spec, _| {
+        runtime_exec::defaults::make_privileged(spec).unwrap();
+    });
+    assert_eq!(status(&o), ExitStatus::Exited(0), "{}", o.stderr);
+    assert_eq!(o.stdout, "made\nopened\n3\n", "{}", o.stderr);
 }
 
 /// After the runs above (and one more), /sys/fs/cgroup/rbuild holds no container's cgroup.

@@ -7,6 +7,7 @@
 //! `oom_killed` → `destroy` (rmdir; what is left is killed first). The helper itself never
 //! joins the cgroup, so it can always remove it, also when the caller was killed.
 
+mod device_filter;
 mod v1;
 mod v2;
 
@@ -90,6 +91,22 @@ pub(crate) fn own_v1_cgroup(controller: &str) -> PathBuf {
         })
         .unwrap_or_default()
 }
+
+/// Devices every container may use whatever the Spec's rules say, as runc allows them
+/// (libcontainer/specconv AllowedDevices): mknod of anything, the /dev basics, ptys.
+pub(crate) const DEFAULT_ALLOWED_DEVICES: [&str; 11] = [
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+];
 
 pub(crate) fn write_file(dir: &Path, name: &str, value: &str) -> Result<()> {
     let path = dir.join(name);

@@ -8,28 +8,12 @@ use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
 
 use super::{
     cgroup_error, create_leaf, kill_procs, read_key, refuse_unsupported, remove_dir, write_file,
-    CgroupManager,
+    CgroupManager, DEFAULT_ALLOWED_DEVICES,
 };
 use crate::error::{Error, Result};
 
 /// Controllers joined, in the order their directories are created.
 const CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "devices"];
-
-/// Devices every container may use whatever the Spec's rules say, as runc allows them
-/// (libcontainer/specconv AllowedDevices): mknod of anything, the /dev basics, ptys.
-const DEFAULT_ALLOWED_DEVICES: [&str; 11] = [
-    "c *:* m",
-    "b *:* m",
-    "c 1:3 rwm",
-    "c 1:5 rwm",
-    "c 1:7 rwm",
-    "c 1:8 rwm",
-    "c 1:9 rwm",
-    "c 5:0 rwm",
-    "c 5:1 rwm",
-    "c 5:2 rwm",
-    "c 136:* rwm",
-];
 
 pub struct V1Manager {
     /// (controller, directory of our cgroup in that controller's hierarchy)

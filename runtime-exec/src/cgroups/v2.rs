@@ -141,10 +141,8 @@ impl V2Manager {
                 write_file(dir, file, value)?;
             }
         }
-        if resources.devices().as_ref().is_some_and(|d| !d.is_empty()) {
-            // Device rules on v2 need an eBPF program (BPF_CGROUP_DEVICE); not written yet.
-            // The container's /dev holds only the nodes the executor creates.
-            tracing::warn!("cgroup v2: linux.resources.devices rules are not enforced");
+        if let Some(rules) = resources.devices().as_ref().filter(|d| !d.is_empty()) {
+            super::device_filter::attach(dir, rules, &super::DEFAULT_ALLOWED_DEVICES)?;
         }
         Ok(())
     }
