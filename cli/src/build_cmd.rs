@@ -402,7 +402,6 @@ fn build_checks(
     Ok((config, findings))
 }
 
-/// After a build, as docker build prints them: one line per finding.
 /// Adds what the solver found that `config` reports, each finding once, in line order.
 fn add_findings(findings: &mut Vec<CheckWarning>, found: &[CheckWarning], config: &CheckConfig) {
     for warning in found.iter().filter(|w| config.reports(w.rule)) {
@@ -413,6 +412,7 @@ fn add_findings(findings: &mut Vec<CheckWarning>, found: &[CheckWarning], config
     findings.sort_by_key(|w| w.line);
 }
 
+/// After a build, as docker build prints them: one line per finding.
 fn print_check_summary(findings: &[CheckWarning]) {
     if findings.is_empty() {
         return;
@@ -524,6 +524,16 @@ fn options_of(spec: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Option `key` of `opts` as buildx reads a boolean one: absent is false; `flag` names the
+/// option value in the error.
+fn bool_option(opts: &BTreeMap<String, String>, key: &str, flag: &str) -> Result<bool> {
+    match opts.get(key).map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => bail!("{flag}: {key}={other} is not true or false"),
+    }
+}
+
 /// The comma-separated fields of a buildx option value, read as CSV: a field in double quotes
 /// keeps its commas (`type=image,"name=a:1,b:1"`), and `""` inside quotes is one quote.
 fn csv_fields(spec: &str) -> Vec<String> {
@@ -599,13 +609,8 @@ fn parse_output(spec: &str) -> Result<OutputSpec> {
             })
         }
         Some("image") => {
-            let push = match opts.get("push").map(String::as_str) {
-                None | Some("false") => false,
-                Some("true") => true,
-                Some(other) => bail!("--output {spec:?}: push={other} is not true or false"),
-            };
             return Ok(OutputSpec::Image {
-                push,
+                push: bool_option(&opts, "push", &format!("--output {spec:?}"))?,
                 names: names(),
             });
         }
@@ -654,11 +659,7 @@ fn parse_cache_to(spec: &str, client: Option<&Arc<Client>>) -> Result<CacheExpor
         Some("max") => CacheMode::Max,
         Some(other) => bail!("--cache-to {spec:?}: mode={other} is not min or max"),
     };
-    let cache_mounts = match opts.get("cache-mounts").map(String::as_str) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => bail!("--cache-to {spec:?}: cache-mounts={other} is not true or false"),
-    };
+    let cache_mounts = bool_option(&opts, "cache-mounts", &format!("--cache-to {spec:?}"))?;
     let backend: Arc<dyn CacheBackend> = match opts.get("type").map(String::as_str) {
         Some("registry") => {
             let reference = opts

@@ -127,17 +127,19 @@ impl RemoteCache {
         let config: CacheConfig = serde_json::from_slice(&config_bytes)
             .map_err(|e| format!("cache config {}: {e}", manifest.config.digest))?;
         let listed: HashSet<&Digest> = manifest.layers.iter().map(|l| &l.digest).collect();
+        // Only blobs the manifest names are known to be in the cache's repository.
+        let check_listed = |what: String, digest: &Digest| -> Result<(), String> {
+            if listed.contains(digest) {
+                return Ok(());
+            }
+            Err(format!(
+                "{what} names layer {digest}, which the cache manifest does not list"
+            ))
+        };
         for exported in config.records {
             if let Some(layer) = &exported.record.layer {
                 let digest = &layer.descriptor.digest;
-                // Only blobs the manifest names are known to be in the cache's repository.
-                if !listed.contains(digest) {
-                    return Err(format!(
-                        "record {} names layer {digest}, which the cache manifest does not list",
-                        exported.key
-                    )
-                    .into());
-                }
+                check_listed(format!("record {}", exported.key), digest)?;
                 self.sources
                     .entry(digest.clone())
                     .or_insert_with(|| backend.clone());
@@ -145,14 +147,10 @@ impl RemoteCache {
             self.imported.entry(exported.key).or_insert(exported.record);
         }
         for mount in config.cache_mounts {
-            let digest = &mount.layer.descriptor.digest;
-            if !listed.contains(digest) {
-                return Err(format!(
-                    "cache mount {:?} names layer {digest}, which the cache manifest does not list",
-                    mount.id
-                )
-                .into());
-            }
+            check_listed(
+                format!("cache mount {:?}", mount.id),
+                &mount.layer.descriptor.digest,
+            )?;
             self.imported_mounts
                 .entry(mount.id)
                 .or_insert_with(|| (mount.layer, backend.clone()));

@@ -515,10 +515,7 @@ impl<'a> Solver<'a> {
                 Ok(())
             }
             Instruction::Workdir(_) => {
-                let args = state.args.clone();
-                let unset = image_config::apply(&mut state.config, &at.value, &self.lex, &args)
-                    .map_err(|e| step_error(at, e))?;
-                self.note_unset(state, at, &unset);
+                self.apply_config(state, at)?;
                 if self.checking {
                     return Ok(());
                 }
@@ -530,15 +527,25 @@ impl<'a> Solver<'a> {
                 Ok(())
             }
             Instruction::From(_) => Err(step_error(at, "FROM inside a stage")),
-            other => {
-                let args = state.args.clone();
-                let unset = image_config::apply(&mut state.config, other, &self.lex, &args)
-                    .map_err(|e| step_error(at, e))?;
-                self.note_unset(state, at, &unset);
+            _ => {
+                self.apply_config(state, at)?;
                 self.history(state, at, None, true);
                 Ok(())
             }
         }
+    }
+
+    /// Applies a config instruction (WORKDIR's config part too) and notes its unset variables.
+    fn apply_config(
+        &self,
+        state: &mut StageState,
+        at: &Located<Instruction>,
+    ) -> Result<(), BuildError> {
+        let args = state.args.clone();
+        let unset = image_config::apply(&mut state.config, &at.value, &self.lex, &args)
+            .map_err(|e| step_error(at, e))?;
+        self.note_unset(state, at, &unset);
+        Ok(())
     }
 
     fn declare_args(

@@ -5,9 +5,9 @@
 //!
 //! [`run_checks`] has the rules that the Dockerfile alone decides. UndefinedVar needs the
 //! base images' environments: the solver finds it ([`undefined_var`]) while it builds, or
-//! while it only evaluates the stages for `--check` (`build::check`). InvalidBaseImagePlatform, CopyIgnoredFile and
-//! InvalidDefinitionDescription (experimental in BuildKit) are not checked; DuplicateStageName
-//! is a parse error here.
+//! while it only evaluates the stages for `--check` (`build::check`).
+//! InvalidBaseImagePlatform, CopyIgnoredFile and InvalidDefinitionDescription (experimental
+//! in BuildKit) are not checked; DuplicateStageName is a parse error here.
 
 use std::collections::{BTreeMap, BTreeSet};
 
