@@ -3,16 +3,18 @@
 //! does (libcontainer/cgroups/devices/devicefilter.go). Without it a container with
 //! CAP_MKNOD (docker's default set) could make a node for the host's disk and read it.
 //!
-//! The rules are first reduced the way cgroup v1 applies them (runc's devices emulator): a
-//! rule for every device (`a`, or no type, with all numbers and `rwm`) sets the default and
-//! drops what came before; any other rule is an exception to the default, or withdraws one.
-//! The program then checks the exceptions and else answers the default.
+//! A Spec rule is read as the v1 manager writes it ([`device_rule`]: type `a`, or none, is
+//! every device), and the rules are then reduced the way cgroup v1 applies them (runc's
+//! devices emulator): a rule for every device sets the default and drops what came before;
+//! any other rule is an exception to the default, or withdraws one. The program then checks
+//! the exceptions and else answers the default.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
+use super::device_rule;
 use crate::error::{Error, Result};
-use crate::spec::{LinuxDeviceCgroup, LinuxDeviceType};
+use crate::spec::LinuxDeviceCgroup;
 
 /// One device rule in a comparable form.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,30 +36,12 @@ const ACC_WRITE: u32 = 4;
 const ALL_ACCESS: u32 = ACC_MKNOD | ACC_READ | ACC_WRITE;
 
 impl Rule {
-    fn from_spec(rule: &LinuxDeviceCgroup) -> Result<Rule> {
-        let number = |n: Option<i64>| -> Result<Option<u32>> {
-            match n {
-                None => Ok(None),
-                Some(n) if n < 0 => Ok(None),
-                Some(n) => u32::try_from(n).map(Some).map_err(|_| {
-                    Error::InvalidSpec(format!("linux.resources.devices: device number {n}"))
-                }),
-            }
-        };
-        Ok(Rule {
-            kind: match rule.typ() {
-                None | Some(LinuxDeviceType::A) => None,
-                Some(LinuxDeviceType::B) => Some(DEV_BLOCK),
-                Some(_) => Some(DEV_CHAR),
-            },
-            major: number(rule.major())?,
-            minor: number(rule.minor())?,
-            access: access_bits(rule.access().as_deref().unwrap_or("rwm"))?,
-        })
-    }
-
-    /// `TYPE MAJOR:MINOR ACCESS`, the devices.allow syntax of cgroup v1.
+    /// `TYPE MAJOR:MINOR ACCESS`, the devices.allow syntax of cgroup v1 ([`device_rule`]),
+    /// where `a` alone is every device.
     fn parse_v1(text: &str) -> Result<Rule> {
+        if text == "a" {
+            return Rule::parse_v1("a *:* rwm");
+        }
         let invalid = || Error::InvalidSpec(format!("device rule {text:?}"));
         let mut fields = text.split(' ');
         let kind = match fields.next() {
@@ -243,7 +227,7 @@ pub(super) fn attach(
 ) -> Result<()> {
     let mut rules = Vec::new();
     for rule in spec_rules {
-        rules.push((rule.allow(), Rule::from_spec(rule)?));
+        rules.push((rule.allow(), Rule::parse_v1(&device_rule(rule))?));
     }
     for text in always_allowed {
         rules.push((true, Rule::parse_v1(text)?));

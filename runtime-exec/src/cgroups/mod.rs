@@ -14,7 +14,7 @@ mod v2;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use oci_spec::runtime::LinuxResources;
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
 
 use crate::error::{Error, Result};
 use crate::options::CgroupChoice;
@@ -93,7 +93,8 @@ pub(crate) fn own_v1_cgroup(controller: &str) -> PathBuf {
 }
 
 /// Devices every container may use whatever the Spec's rules say, as runc allows them
-/// (libcontainer/specconv AllowedDevices): mknod of anything, the /dev basics, ptys.
+/// (libcontainer/specconv AllowedDevices): mknod of anything, the /dev basics, ptys. In
+/// [`device_rule`]'s syntax.
 pub(crate) const DEFAULT_ALLOWED_DEVICES: [&str; 11] = [
     "c *:* m",
     "b *:* m",
@@ -107,6 +108,25 @@ pub(crate) const DEFAULT_ALLOWED_DEVICES: [&str; 11] = [
     "c 5:2 rwm",
     "c 136:* rwm",
 ];
+
+/// The devices.allow/deny syntax: `TYPE MAJOR:MINOR ACCESS`, `a` alone for every device.
+pub(crate) fn device_rule(rule: &LinuxDeviceCgroup) -> String {
+    let typ = match rule.typ() {
+        None | Some(LinuxDeviceType::A) => return "a".to_string(),
+        Some(LinuxDeviceType::B) => "b",
+        _ => "c",
+    };
+    let number = |n: Option<i64>| {
+        n.filter(|n| *n >= 0)
+            .map_or("*".to_string(), |n| n.to_string())
+    };
+    format!(
+        "{typ} {}:{} {}",
+        number(rule.major()),
+        number(rule.minor()),
+        rule.access().clone().unwrap_or_else(|| "rwm".to_string())
+    )
+}
 
 pub(crate) fn write_file(dir: &Path, name: &str, value: &str) -> Result<()> {
     let path = dir.join(name);

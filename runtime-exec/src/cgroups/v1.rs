@@ -4,11 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
+use oci_spec::runtime::LinuxResources;
 
 use super::{
-    cgroup_error, create_leaf, kill_procs, read_key, refuse_unsupported, remove_dir, write_file,
-    CgroupManager, DEFAULT_ALLOWED_DEVICES,
+    cgroup_error, create_leaf, device_rule, kill_procs, read_key, refuse_unsupported, remove_dir,
+    write_file, CgroupManager, DEFAULT_ALLOWED_DEVICES,
 };
 use crate::error::{Error, Result};
 
@@ -140,25 +140,6 @@ impl V1Manager {
         }
         Ok(())
     }
-}
-
-/// The devices.allow/deny syntax: `TYPE MAJOR:MINOR ACCESS`, `a` alone for every device.
-fn device_rule(rule: &LinuxDeviceCgroup) -> String {
-    let typ = match rule.typ() {
-        None | Some(LinuxDeviceType::A) => return "a".to_string(),
-        Some(LinuxDeviceType::B) => "b",
-        _ => "c",
-    };
-    let number = |n: Option<i64>| {
-        n.filter(|n| *n >= 0)
-            .map_or("*".to_string(), |n| n.to_string())
-    };
-    format!(
-        "{typ} {}:{} {}",
-        number(rule.major()),
-        number(rule.minor()),
-        rule.access().clone().unwrap_or_else(|| "rwm".to_string())
-    )
 }
 
 impl CgroupManager for V1Manager {
