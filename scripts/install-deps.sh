@@ -11,7 +11,8 @@ packages=(
   debootstrap          # the Debian fixture base image
   pigz zstd hyperfine wrk bc   # benchmark peers and drivers
   uidmap iproute2 curl ca-certificates git
-  openssh-client       # ssh-agent and ssh-add for the RUN --mount=type=ssh test
+  openssh-client       # ssh, ssh-agent and ssh-add for the RUN --mount=type=ssh and ADD-over-ssh tests
+  dropbear-bin         # the ssh server of the ADD-over-ssh test (binaries only: no service starts)
   apache2-utils openssl # htpasswd (bcrypt) and test keys for the registry auth tests
   python3 python3-pip  # moto, the S3 server of the registry's S3 tests and benchmark (below)
   qemu-system-x86 gcc libc6-dev # the pure cgroup-v2 VM test; a static probe for the seccomp test

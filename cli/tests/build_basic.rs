@@ -405,6 +405,38 @@ fn git_daemon(base: &Path) -> (PeerProcess, u16) {
     })
 }
 
+/// Dropbear, a real ssh server, on a loopback port, letting in `authorized_key` as root. It
+/// reads root's `~/.ssh/authorized_keys`, so it runs in a mount namespace of its own where a
+/// directory under `base` is mounted over /root: the machine's own root login is not touched.
+fn ssh_server(base: &Path, authorized_key: &str) -> (PeerProcess, u16) {
+    let home = base.join("sshd-home");
+    fs::create_dir_all(home.join(".ssh")).unwrap();
+    fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::set_permissions(home.join(".ssh"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::write(home.join(".ssh/authorized_keys"), authorized_key).unwrap();
+    let host_key = base.join("sshd-host-key");
+    ok(Command::new(require("dropbearkey"))
+        .args(["-t", "ed25519", "-f"])
+        .arg(&host_key));
+    let dropbear = require("dropbear");
+    listening("dropbear", |port| {
+        PeerProcess::spawn(
+            "dropbear",
+            Command::new(require("unshare"))
+                .args(["--mount", "--propagation", "private", "sh", "-c"])
+                .arg("mount --bind \"$1\" /root && exec \"$2\" -F -E -s -r \"$3\" -p \"127.0.0.1:$4\" -P \"$5\"")
+                .arg("sh")
+                .arg(&home)
+                .arg(&dropbear)
+                .arg(&host_key)
+                .arg(port.to_string())
+                .arg(base.join("sshd.pid")),
+            &base.join("sshd.log"),
+        )
+        .expect("start dropbear")
+    })
+}
+
 /// `git -C dir ARGS` with a fixed identity and commit time.
 fn git_at(dir: &Path, time: u64, args: &[&str]) -> String {
     let date = format!("@{time} +0000");
@@ -506,49 +538,79 @@ fn add_from_a_git_repository() {
         "three\n"
     );
 
-    // Over the ssh transport with the build's `default` agent: git runs GIT_SSH_COMMAND, here
-    // a stand-in for ssh that requires the agent and runs git-upload-pack on this machine.
-    let fake_ssh = tmp.path().join("fake-ssh");
-    fs::write(
-        &fake_ssh,
-        "#!/bin/sh\n[ -S \"$SSH_AUTH_SOCK\" ] || { echo 'no ssh agent' >&2; exit 1; }\n\
-         for last; do :; done\nexec sh -c \"$last\"\n",
-    )
-    .unwrap();
-    fs::set_permissions(&fake_ssh, fs::Permissions::from_mode(0o755)).unwrap();
+    // Over ssh, from a real ssh server, with the build's `default` agent holding the key.
+    let keys = tmp.path().join("keys");
+    fs::create_dir_all(&keys).unwrap();
+    let client_key = keys.join("client");
+    ok(Command::new(require("ssh-keygen"))
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&client_key));
     let agent_socket = tmp.path().join("agent.sock");
     let _agent = ssh_agent(&agent_socket);
+    ok(Command::new(require("ssh-add"))
+        .arg(&client_key)
+        .env("SSH_AUTH_SOCK", &agent_socket));
+    let authorized = fs::read_to_string(client_key.with_extension("pub")).unwrap();
+    let (_sshd, ssh_port) = ssh_server(tmp.path(), &authorized);
     fs::write(
         ctx.join("Dockerfile"),
         format!(
-            "FROM bb:1\nADD ssh://git@git.invalid{}#v1 /over-ssh\n",
+            "FROM bb:1\nADD ssh://root@127.0.0.1:{ssh_port}{}#v1 /over-ssh\n",
             bare.display()
         ),
     )
     .unwrap();
     let out3 = tmp.path().join("out3");
+    let home = tmp.path().join("home");
+    fs::create_dir_all(home.join(".ssh")).unwrap();
     let over_ssh = |with_agent: bool| {
         let mut cmd = rbuild(&root);
         cmd.args(["build", "-q", "-o"])
-            .arg(format!("type=local,dest={}", out3.display()))
-            .env("GIT_SSH_COMMAND", &fake_ssh);
+            .arg(format!("type=local,dest={}", out3.display()));
         if with_agent {
             cmd.arg("--ssh")
                 .arg(format!("default={}", agent_socket.display()));
         }
-        cmd.arg(&ctx).env_remove("SSH_AUTH_SOCK").output().unwrap()
+        // The caller's own agent does not count: only `--ssh` gives a build one.
+        cmd.arg(&ctx)
+            .env("SSH_AUTH_SOCK", &agent_socket)
+            .env("HOME", &home)
+            .env_remove("GIT_SSH_COMMAND")
+            .output()
+            .unwrap()
     };
     let refused = over_ssh(false);
-    assert!(
-        !refused.status.success(),
-        "fetched over ssh without an agent"
-    );
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("no ssh agent"));
+    let refused_err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "fetched over ssh without --ssh");
+    assert!(refused_err.contains("Permission denied"), "{refused_err}");
+    // The server was never met: accepted, as BuildKit does, and not written down.
     let fetched = over_ssh(true);
     assert!(fetched.status.success(), "{fetched:?}");
     assert_eq!(
         fs::read_to_string(out3.join("over-ssh/README")).unwrap(),
         "one\n"
+    );
+    assert!(!home.join(".ssh/known_hosts").exists());
+    // A server whose key differs from the one known_hosts records is refused.
+    let other_key = keys.join("other-host");
+    ok(Command::new(require("ssh-keygen"))
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other_key));
+    let other = fs::read_to_string(other_key.with_extension("pub")).unwrap();
+    fs::write(
+        home.join(".ssh/known_hosts"),
+        format!("[127.0.0.1]:{ssh_port} {other}"),
+    )
+    .unwrap();
+    let impostor = over_ssh(true);
+    let impostor_err = String::from_utf8_lossy(&impostor.stderr);
+    assert!(
+        !impostor.status.success(),
+        "fetched from a host with another key"
+    );
+    assert!(
+        impostor_err.contains("Host key verification failed"),
+        "{impostor_err}"
     );
 
     // A repository with a submodule: the submodule's files come too.

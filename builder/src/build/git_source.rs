@@ -188,17 +188,42 @@ impl GitSource {
 }
 
 /// `git` with no prompt for credentials (a build has no one to answer) and, for ssh remotes,
-/// the build's `default` ssh agent.
+/// the build's `default` ssh agent and nothing else: the caller's own `SSH_AUTH_SOCK` reaches
+/// a build only through `--ssh`, as with docker build.
 fn git(dir: Option<&Path>, ssh_agent: Option<&Path>) -> Command {
     let mut cmd = Command::new("git");
     if let Some(dir) = dir {
         cmd.arg("-C").arg(dir);
     }
     cmd.env("GIT_TERMINAL_PROMPT", "0").stdin(Stdio::null());
-    if let Some(agent) = ssh_agent {
-        cmd.env("SSH_AUTH_SOCK", agent);
+    match ssh_agent {
+        Some(agent) => cmd.env("SSH_AUTH_SOCK", agent),
+        None => cmd.env_remove("SSH_AUTH_SOCK"),
+    };
+    if std::env::var_os("GIT_SSH_COMMAND").is_none() {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        cmd.env("GIT_SSH_COMMAND", ssh_command(home.as_deref()));
     }
     cmd
+}
+
+/// The ssh that git runs unless the caller sets `GIT_SSH_COMMAND`. As BuildKit's git source
+/// does (`ssh -F /dev/null -o StrictHostKeyChecking=no`): no ssh_config, so a build does not
+/// depend on the machine's, and a host met for the first time is accepted, since a CI runner
+/// has no known_hosts. Unlike BuildKit, a host the caller's known_hosts (or the system's)
+/// records must still show the recorded key, and nothing is written there. Never a prompt.
+fn ssh_command(home: Option<&Path>) -> String {
+    let mut known = Vec::new();
+    if let Some(home) = home {
+        known.push(home.join(".ssh/known_hosts").display().to_string());
+    }
+    known.push("/etc/ssh/ssh_known_hosts".to_string());
+    // git runs this through the shell: the list of files is one single-quoted word.
+    let known = format!("GlobalKnownHostsFile={}", known.join(" ")).replace('\'', "'\\''");
+    format!(
+        "ssh -F /dev/null -o BatchMode=yes -o LogLevel=ERROR -o StrictHostKeyChecking=accept-new \
+         -o UserKnownHostsFile=/dev/null -o '{known}'"
+    )
 }
 
 fn is_commit_id(reference: &str) -> bool {
