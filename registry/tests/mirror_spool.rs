@@ -375,6 +375,8 @@ fn range_gets_during_a_download_read_its_spool() {
         early.headers()["Content-Range"],
         format!("bytes 1000-1999/{}", blob.len()).as_str()
     );
+    assert_eq!(early.headers()["Accept-Ranges"], "bytes");
+    assert_eq!(early.headers()["Content-Length"], "1000");
     assert!(early.bytes().unwrap()[..] == blob[1000..2000]);
 
     let len = blob.len();

@@ -228,6 +228,43 @@ pub(crate) fn byte_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, 
     Ok(Some((start, end)))
 }
 
+/// The answer to a blob GET or HEAD (end-2, end-3), whatever carries its bytes: the stored
+/// file, or a mirror's download on its way. `size` is the blob's, when known; with `range`,
+/// the answer is that part of it (206).
+pub(crate) fn blob_answer(
+    digest: &Digest,
+    size: Option<u64>,
+    range: Option<(u64, u64)>,
+    body: Body,
+) -> Response {
+    let status = match range {
+        Some(_) => StatusCode::PARTIAL_CONTENT,
+        None => StatusCode::OK,
+    };
+    let mut resp = ResponseBuilder::new(status, body)
+        .header("Content-Type", "application/octet-stream")
+        .header("Docker-Content-Digest", digest.as_str())
+        .header("Accept-Ranges", "bytes")
+        .header("ETag", format!("\"{digest}\""));
+    match (range, size) {
+        (Some((start, end)), Some(size)) => {
+            resp = resp
+                .header("Content-Length", (end - start + 1).to_string())
+                .header("Content-Range", format!("bytes {start}-{end}/{size}"));
+        }
+        (None, Some(size)) => resp = resp.header("Content-Length", size.to_string()),
+        _ => {}
+    }
+    resp.build()
+}
+
+/// 416 for a Range outside a blob of `size` bytes.
+pub(crate) fn range_not_satisfiable(size: u64) -> Response {
+    ResponseBuilder::empty(StatusCode::RANGE_NOT_SATISFIABLE)
+        .header("Content-Range", format!("bytes */{size}"))
+        .build()
+}
+
 fn page_link(path: &str, n: Option<usize>, page: &Page) -> Option<String> {
     let last = page.next_last.as_ref()?;
     let n = n.map(|n| format!("n={n}&")).unwrap_or_default();
@@ -384,31 +421,19 @@ impl<S: StorageDriver> Handler<'_, S> {
             let size = registry.blob_size(name, &digest).await?;
             match byte_range(headers, size) {
                 Ok(r) => r,
-                Err(()) => {
-                    return Ok(ResponseBuilder::empty(StatusCode::RANGE_NOT_SATISFIABLE)
-                        .header("Content-Range", format!("bytes */{size}"))
-                        .build())
-                }
+                Err(()) => return Ok(range_not_satisfiable(size)),
             }
         } else {
             None
         };
         let (offset, len) = range.map_or((0, None), |(s, e)| (s, Some(e - s + 1)));
         let (size, stream) = registry.open_blob(name, &digest, offset, len).await?;
-        let (status, sent) = match range {
-            Some((s, e)) => (StatusCode::PARTIAL_CONTENT, e - s + 1),
-            None => (StatusCode::OK, size),
-        };
-        let mut resp = ResponseBuilder::new(status, Body::from_stream(stream))
-            .header("Content-Type", "application/octet-stream")
-            .header("Content-Length", sent.to_string())
-            .header("Docker-Content-Digest", digest.as_str())
-            .header("Accept-Ranges", "bytes")
-            .header("ETag", format!("\"{digest}\""));
-        if let Some((s, e)) = range {
-            resp = resp.header("Content-Range", format!("bytes {s}-{e}/{size}"));
-        }
-        Ok(resp.build())
+        Ok(blob_answer(
+            &digest,
+            Some(size),
+            range,
+            Body::from_stream(stream),
+        ))
     }
 
     async fn head_blob(&self, name: &str, digest: &str) -> RegistryResult<Response> {
@@ -417,13 +442,7 @@ impl<S: StorageDriver> Handler<'_, S> {
             return Ok(resp);
         }
         let size = self.app.registry.blob_size(name, &digest).await?;
-        Ok(ResponseBuilder::new(StatusCode::OK, Body::empty())
-            .header("Content-Type", "application/octet-stream")
-            .header("Content-Length", size.to_string())
-            .header("Docker-Content-Digest", digest.as_str())
-            .header("Accept-Ranges", "bytes")
-            .header("ETag", format!("\"{digest}\""))
-            .build())
+        Ok(blob_answer(&digest, Some(size), None, Body::empty()))
     }
 
     async fn delete_blob(&self, name: &str, digest: &str) -> RegistryResult<Response> {

@@ -6,7 +6,7 @@ pub mod connections;
 mod handlers;
 pub mod route;
 
-pub(crate) use handlers::byte_range;
+pub(crate) use handlers::{blob_answer, byte_range, range_not_satisfiable};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

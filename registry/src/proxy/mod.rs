@@ -432,49 +432,20 @@ fn range_of_flight(
     size: u64,
     flight: Arc<fill::Inflight>,
 ) -> Response {
-    match crate::http::byte_range(headers, size) {
-        Err(()) => {
-            let mut response = blob_response(digest, Some(0), Body::empty());
-            *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                response.headers_mut().insert(header::CONTENT_RANGE, v);
-            }
-            response
-        }
-        Ok(None) => blob_response(
-            digest,
-            Some(size),
-            Body::from_stream(fill::read_flight(flight, 0..size)),
-        ),
-        Ok(Some((start, end))) => {
-            let body = Body::from_stream(fill::read_flight(flight, start..end + 1));
-            let mut response = blob_response(digest, Some(end - start + 1), body);
-            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{size}")) {
-                response.headers_mut().insert(header::CONTENT_RANGE, v);
-            }
-            response
-        }
-    }
+    let (range, bytes) = match crate::http::byte_range(headers, size) {
+        Err(()) => return crate::http::range_not_satisfiable(size),
+        Ok(None) => (None, 0..size),
+        Ok(Some((start, end))) => (Some((start, end)), start..end + 1),
+    };
+    let body = Body::from_stream(fill::read_flight(flight, bytes));
+    let mut response = crate::http::blob_answer(digest, Some(size), range, body);
+    mark(&mut response, CacheStatus::Miss);
+    response
 }
 
-/// The response for a blob on its way from the upstream.
+/// The response for a whole blob on its way from the upstream.
 fn blob_response(digest: &Digest, size: Option<u64>, body: Body) -> Response {
-    let mut response = Response::new(body);
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    if let Some(size) = size {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
-    }
-    if let Ok(v) = HeaderValue::from_str(digest.as_str()) {
-        headers.insert("Docker-Content-Digest", v.clone());
-        if let Ok(etag) = HeaderValue::from_str(&format!("\"{digest}\"")) {
-            headers.insert(header::ETAG, etag);
-        }
-    }
+    let mut response = crate::http::blob_answer(digest, size, None, body);
     mark(&mut response, CacheStatus::Miss);
     response
 }
