@@ -510,8 +510,17 @@ fn security_options_and_tty(f: &Fixture) {
             "bb:1",
             "sh",
             "-c",
-            "grep CapEff /proc/self/status; grep ' /sys ' /proc/mounts",
+            "grep CapEff /proc/self/status; grep ' /sys ' /proc/mounts; : </dev/kmsg && echo kmsg opened",
         ],
+    );
+    // The host's devices are in its /dev, as docker gives them; not without --privileged.
+    assert!(privileged.contains("kmsg opened"), "{privileged}");
+    assert_eq!(
+        run_ok(
+            f,
+            &["bb:1", "sh", "-c", "test -e /dev/kmsg || echo no kmsg"]
+        ),
+        "no kmsg\n"
     );
     let caps = privileged
         .lines()

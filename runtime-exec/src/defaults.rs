@@ -80,7 +80,8 @@ pub fn docker_spec(rootfs: &Path, args: &[String]) -> Result<Spec> {
 
 /// What `docker run --privileged` (and BuildKit's `RUN --security=insecure`) changes: every
 /// capability this process can grant, no seccomp filter, nothing masked or read-only, sysfs
-/// and the cgroup filesystem writable, every device allowed by the device cgroup.
+/// and the cgroup filesystem writable, every device allowed by the device cgroup, and the
+/// host's devices made in the container's /dev.
 pub fn make_privileged(spec: &mut Spec) -> Result<()> {
     let all = capabilities::docker_set(&["ALL".to_string()], &[])?;
     let invalid = |e: serde_json::Error| Error::InvalidSpec(format!("privileged spec: {e}"));
@@ -94,6 +95,13 @@ pub fn make_privileged(spec: &mut Spec) -> Result<()> {
     linux["maskedPaths"] = serde_json::json!([]);
     linux["readonlyPaths"] = serde_json::json!([]);
     linux["resources"]["devices"] = serde_json::json!([{ "allow": true, "access": "rwm" }]);
+    let mut devices = linux["devices"].as_array().cloned().unwrap_or_default();
+    for device in host_devices(Path::new("/dev")) {
+        if !devices.iter().any(|d| d["path"] == device["path"]) {
+            devices.push(device);
+        }
+    }
+    linux["devices"] = serde_json::Value::Array(devices);
     for mount in value["mounts"].as_array_mut().into_iter().flatten() {
         if mount["destination"] == "/sys" || mount["destination"] == "/sys/fs/cgroup" {
             if let Some(options) = mount["options"].as_array_mut() {
@@ -106,6 +114,52 @@ pub fn make_privileged(spec: &mut Spec) -> Result<()> {
     Ok(())
 }
 
+/// The character and block devices under `dir`, as Spec devices with the host's modes and
+/// owners. The same walk as runc's and containerd's HostDevices: not the pseudo-filesystems
+/// (pts, shm, mqueue), nor lxc's and udev's bookkeeping, nor the console, nor symlinks;
+/// and not /dev/ptmx.
+fn host_devices(dir: &Path) -> Vec<serde_json::Value> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let kind = meta.file_type();
+        let typ = if kind.is_dir() {
+            let skipped = ["pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"];
+            if !skipped.iter().any(|s| name == *s) {
+                found.extend(host_devices(&path));
+            }
+            continue;
+        } else if name == "console" || (name == "ptmx" && dir == Path::new("/dev")) {
+            // /dev/ptmx stays the link to the container's own devpts (runc's setupPtmx).
+            continue;
+        } else if kind.is_char_device() {
+            "c"
+        } else if kind.is_block_device() {
+            "b"
+        } else {
+            continue;
+        };
+        found.push(serde_json::json!({
+            "path": path,
+            "type": typ,
+            "major": nix::sys::stat::major(meta.rdev()),
+            "minor": nix::sys::stat::minor(meta.rdev()),
+            "fileMode": meta.mode() & 0o7777,
+            "uid": meta.uid(),
+            "gid": meta.gid(),
+        }));
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -114,5 +168,21 @@ mod tests {
             super::docker_spec(std::path::Path::new("/tmp/rootfs"), &["sh".to_string()]).unwrap();
         crate::validate::check(&spec).unwrap();
         assert_eq!(spec.mounts().as_ref().map(Vec::len), Some(7));
+    }
+
+    #[test]
+    fn privileged_specs_list_the_hosts_devices() {
+        let mut spec =
+            super::docker_spec(std::path::Path::new("/tmp/rootfs"), &["sh".to_string()]).unwrap();
+        super::make_privileged(&mut spec).unwrap();
+        crate::validate::check(&spec).unwrap();
+        let devices = spec.linux().as_ref().unwrap().devices().clone().unwrap();
+        let null = devices
+            .iter()
+            .find(|d| d.path() == std::path::Path::new("/dev/null"))
+            .expect("/dev/null");
+        assert_eq!((null.major(), null.minor()), (1, 3));
+        assert!(devices.iter().all(|d| !d.path().starts_with("/dev/pts")
+            && d.path() != std::path::Path::new("/dev/console")));
     }
 }
