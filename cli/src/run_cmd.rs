@@ -64,6 +64,10 @@ pub struct RunArgs {
     /// Mount a tmpfs: DST[:OPTIONS]
     #[arg(long, value_name = "DST[:OPTIONS]")]
     tmpfs: Vec<String>,
+    /// Give the container a host device (or every device under a directory), allowed for
+    /// PERMS (some of rwm; default rwm)
+    #[arg(long, value_name = "HOST[:CONTAINER][:PERMS]")]
+    device: Vec<String>,
     /// Working directory inside the container (created if missing)
     #[arg(short = 'w', long = "workdir")]
     workdir: Option<String>,
@@ -207,6 +211,11 @@ fn prepare(store: &Store, args: RunArgs) -> anyhow::Result<Prepared> {
         .iter()
         .map(|t| parse_tmpfs(t))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let devices = args
+        .device
+        .iter()
+        .map(|d| parse_device(d))
+        .collect::<Vec<_>>();
     if let Some(name) = &args.name {
         check_name(name)?;
     }
@@ -303,6 +312,9 @@ fn prepare(store: &Store, args: RunArgs) -> anyhow::Result<Prepared> {
     }
     if args.privileged {
         runtime_exec::defaults::make_privileged(&mut spec)?;
+    }
+    for (host, container, access) in &devices {
+        runtime_exec::defaults::add_device(&mut spec, host, container, access)?;
     }
 
     let mut options = RunOptions::new(match &args.name {
@@ -587,6 +599,24 @@ fn parse_tmpfs(spec: &str) -> anyhow::Result<Tmpfs> {
     })
 }
 
+/// `--device HOST[:CONTAINER][:PERMS]`, as docker reads it: with two parts, the second is
+/// PERMS when it looks like permissions, else the container path.
+fn parse_device(spec: &str) -> (PathBuf, PathBuf, String) {
+    let is_access = |p: &str| !p.is_empty() && p.chars().all(|c| "rwm".contains(c));
+    let parts: Vec<&str> = spec.splitn(3, ':').collect();
+    let (host, container, access) = match parts[..] {
+        [host, container, access] => (host, container, access),
+        [host, access] if is_access(access) => (host, host, access),
+        [host, container] => (host, container, "rwm"),
+        _ => (spec, spec, "rwm"),
+    };
+    (
+        PathBuf::from(host),
+        PathBuf::from(container),
+        access.to_string(),
+    )
+}
+
 /// Docker's container-name rule: `[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
 fn check_name(name: &str) -> anyhow::Result<()> {
     let mut chars = name.chars();
@@ -761,6 +791,25 @@ fn write_etc_files(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn devices_parse_as_docker_reads_them() {
+        let parsed = |s: &str| {
+            let (h, c, a) = parse_device(s);
+            (h.display().to_string(), c.display().to_string(), a)
+        };
+        let d = |h: &str, c: &str, a: &str| (h.to_string(), c.to_string(), a.to_string());
+        assert_eq!(parsed("/dev/fuse"), d("/dev/fuse", "/dev/fuse", "rwm"));
+        assert_eq!(parsed("/dev/fuse:r"), d("/dev/fuse", "/dev/fuse", "r"));
+        assert_eq!(
+            parsed("/dev/sda:/dev/xvda"),
+            d("/dev/sda", "/dev/xvda", "rwm")
+        );
+        assert_eq!(
+            parsed("/dev/sda:/dev/xvda:rw"),
+            d("/dev/sda", "/dev/xvda", "rw")
+        );
+    }
 
     #[test]
     fn volumes_and_tmpfs_parse() {

@@ -522,6 +522,46 @@ fn security_options_and_tty(f: &Fixture) {
         ),
         "no kmsg\n"
     );
+    // --device: one host device, under another name, opened for writing (nothing written).
+    assert_eq!(
+        run_ok(
+            f,
+            &[
+                "--device",
+                "/dev/kmsg:/dev/k",
+                "bb:1",
+                "sh",
+                "-c",
+                ": > /dev/k && echo opened"
+            ]
+        ),
+        "opened\n"
+    );
+    // Allowed for reading only: the device cgroup refuses the open for writing.
+    let read_only = run(
+        f,
+        &[
+            "--device",
+            "/dev/kmsg:/dev/k:r",
+            "bb:1",
+            "sh",
+            "-c",
+            ": > /dev/k",
+        ],
+    );
+    assert_ne!(code(&read_only), 0);
+    assert!(
+        stderr(&read_only).contains("Operation not permitted"),
+        "{}",
+        stderr(&read_only)
+    );
+    let not_a_device = run(f, &["--device", "/etc/hostname", "bb:1", "true"]);
+    assert_eq!(code(&not_a_device), 125);
+    assert!(
+        stderr(&not_a_device).contains("not a device"),
+        "{}",
+        stderr(&not_a_device)
+    );
     let caps = privileged
         .lines()
         .next()

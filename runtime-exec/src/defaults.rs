@@ -114,50 +114,137 @@ pub fn make_privileged(spec: &mut Spec) -> Result<()> {
     Ok(())
 }
 
-/// The character and block devices under `dir`, as Spec devices with the host's modes and
-/// owners. The same walk as runc's and containerd's HostDevices: not the pseudo-filesystems
-/// (pts, shm, mqueue), nor lxc's and udev's bookkeeping, nor the console, nor symlinks;
-/// and not /dev/ptmx.
-fn host_devices(dir: &Path) -> Vec<serde_json::Value> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+/// `docker run --device HOST[:CONTAINER[:PERMS]]`: the device node at `host` (a symlink is
+/// followed, as docker does), or every device under it when it is a directory, made at
+/// `container` with the host's mode and owner and allowed by the device cgroup for `access`
+/// (some of `rwm`).
+pub fn add_device(spec: &mut Spec, host: &Path, container: &Path, access: &str) -> Result<()> {
+    let invalid = |m: String| Error::InvalidSpec(m);
+    if access.is_empty() || !access.chars().all(|c| "rwm".contains(c)) {
+        return Err(invalid(format!(
+            "device permissions {access:?}: only r, w and m"
+        )));
+    }
+    if !container.is_absolute() {
+        return Err(invalid(format!(
+            "device path {} in the container is not absolute",
+            container.display()
+        )));
+    }
+    let resolved = std::fs::canonicalize(host)
+        .map_err(|e| invalid(format!("device {}: {e}", host.display())))?;
     let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let path = entry.path();
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
+    if resolved.is_dir() {
+        walk_devices(&resolved, container, &mut found);
+    } else if let Some(device) = std::fs::metadata(&resolved)
+        .ok()
+        .and_then(|m| HostDevice::of(container, &m))
+    {
+        found.push(device);
+    }
+    if found.is_empty() {
+        return Err(invalid(format!(
+            "{} is not a device, nor a directory holding any",
+            host.display()
+        )));
+    }
+    let encode = |e: serde_json::Error| invalid(format!("device spec: {e}"));
+    let mut value = serde_json::to_value(&*spec).map_err(encode)?;
+    let linux = &mut value["linux"];
+    for device in &found {
+        push_json(&mut linux["devices"], device.spec_entry());
+        push_json(
+            &mut linux["resources"]["devices"],
+            serde_json::json!({
+                "allow": true, "type": device.typ, "major": device.major,
+                "minor": device.minor, "access": access,
+            }),
+        );
+    }
+    *spec = serde_json::from_value(value).map_err(encode)?;
+    Ok(())
+}
+
+fn push_json(list: &mut serde_json::Value, item: serde_json::Value) {
+    match list.as_array_mut() {
+        Some(items) => items.push(item),
+        None => *list = serde_json::Value::Array(vec![item]),
+    }
+}
+
+/// A device node of the host, and where it goes in the container.
+struct HostDevice {
+    path: std::path::PathBuf,
+    typ: &'static str,
+    major: u64,
+    minor: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+impl HostDevice {
+    /// The node `meta` describes, at `path` in the container; None for anything but a
+    /// character or block device.
+    fn of(path: &Path, meta: &std::fs::Metadata) -> Option<HostDevice> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
         let kind = meta.file_type();
-        let typ = if kind.is_dir() {
-            let skipped = ["pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"];
-            if !skipped.iter().any(|s| name == *s) {
-                found.extend(host_devices(&path));
-            }
-            continue;
-        } else if name == "console" || (name == "ptmx" && dir == Path::new("/dev")) {
-            // /dev/ptmx stays the link to the container's own devpts (runc's setupPtmx).
-            continue;
-        } else if kind.is_char_device() {
+        let typ = if kind.is_char_device() {
             "c"
         } else if kind.is_block_device() {
             "b"
         } else {
+            return None;
+        };
+        Some(HostDevice {
+            path: path.to_path_buf(),
+            typ,
+            major: nix::sys::stat::major(meta.rdev()),
+            minor: nix::sys::stat::minor(meta.rdev()),
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+        })
+    }
+
+    fn spec_entry(&self) -> serde_json::Value {
+        serde_json::json!({
+            "path": self.path, "type": self.typ, "major": self.major, "minor": self.minor,
+            "fileMode": self.mode, "uid": self.uid, "gid": self.gid,
+        })
+    }
+}
+
+/// The host's devices, at their own paths: what `--privileged` gives a container.
+fn host_devices(dir: &Path) -> Vec<serde_json::Value> {
+    let mut found = Vec::new();
+    walk_devices(dir, dir, &mut found);
+    found.iter().map(HostDevice::spec_entry).collect()
+}
+
+/// The character and block devices under `dir`, placed under `into`. The same walk as runc's
+/// and containerd's HostDevices: not the pseudo-filesystems (pts, shm, mqueue), nor lxc's and
+/// udev's bookkeeping, nor the console, nor symlinks; and not /dev/ptmx.
+fn walk_devices(dir: &Path, into: &Path, found: &mut Vec<HostDevice>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
             continue;
         };
-        found.push(serde_json::json!({
-            "path": path,
-            "type": typ,
-            "major": nix::sys::stat::major(meta.rdev()),
-            "minor": nix::sys::stat::minor(meta.rdev()),
-            "fileMode": meta.mode() & 0o7777,
-            "uid": meta.uid(),
-            "gid": meta.gid(),
-        }));
+        if meta.is_dir() {
+            let skipped = ["pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"];
+            if !skipped.iter().any(|s| name == *s) {
+                walk_devices(&entry.path(), &into.join(&name), found);
+            }
+        } else if name == "console" || (name == "ptmx" && dir == Path::new("/dev")) {
+            // /dev/ptmx stays the link to the container's own devpts (runc's setupPtmx).
+        } else if let Some(device) = HostDevice::of(&into.join(&name), &meta) {
+            found.push(device);
+        }
     }
-    found
 }
 
 #[cfg(test)]
