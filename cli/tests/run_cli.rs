@@ -513,6 +513,14 @@ fn security_options_and_tty(f: &Fixture) {
             "grep CapEff /proc/self/status; grep ' /sys ' /proc/mounts; : </dev/kmsg && echo kmsg opened",
         ],
     );
+    let caps = privileged
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .replace("CapEff:", "");
+    let caps = u64::from_str_radix(caps.trim(), 16).unwrap();
+    assert!(caps & (1 << 21) != 0, "{privileged}");
+    assert!(privileged.contains(" rw,"), "{privileged}");
     // The host's devices are in its /dev, as docker gives them; not without --privileged.
     assert!(privileged.contains("kmsg opened"), "{privileged}");
     assert_eq!(
@@ -562,14 +570,6 @@ fn security_options_and_tty(f: &Fixture) {
         "{}",
         stderr(&not_a_device)
     );
-    let caps = privileged
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .replace("CapEff:", "");
-    let caps = u64::from_str_radix(caps.trim(), 16).unwrap();
-    assert!(caps & (1 << 21) != 0, "{privileged}");
-    assert!(privileged.contains(" rw,"), "{privileged}");
 
     let profile = f.dir.join("no-mkdir.json");
     fs::write(

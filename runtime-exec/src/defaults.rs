@@ -231,17 +231,18 @@ fn walk_devices(dir: &Path, into: &Path, found: &mut Vec<HostDevice>) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
+        let target = into.join(&name);
         let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
             continue;
         };
         if meta.is_dir() {
             let skipped = ["pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"];
             if !skipped.iter().any(|s| name == *s) {
-                walk_devices(&entry.path(), &into.join(&name), found);
+                walk_devices(&entry.path(), &target, found);
             }
-        } else if name == "console" || (name == "ptmx" && dir == Path::new("/dev")) {
-            // /dev/ptmx stays the link to the container's own devpts (runc's setupPtmx).
-        } else if let Some(device) = HostDevice::of(&into.join(&name), &meta) {
+        } else if name == "console" || target == Path::new("/dev/ptmx") {
+            // The container's /dev/ptmx stays the link to its own devpts (runc's setupPtmx).
+        } else if let Some(device) = HostDevice::of(&target, &meta) {
             found.push(device);
         }
     }
