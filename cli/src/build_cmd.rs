@@ -69,9 +69,14 @@ pub struct BuildArgs {
     #[arg(long)]
     squash: bool,
     /// Entitlements, as buildx: security.insecure (lets RUN --security=insecure run
-    /// privileged), network.host (always granted: RUN uses the host's network by default)
+    /// privileged), device (lets RUN --device use any CDI device), network.host (always
+    /// granted: RUN uses the host's network by default)
     #[arg(long = "allow")]
     allow: Vec<String>,
+    /// A directory of CDI specs for RUN --device, instead of /etc/cdi and /var/run/cdi;
+    /// repeatable
+    #[arg(long = "cdi-spec-dir")]
+    cdi_spec_dirs: Vec<PathBuf>,
     /// Do not use the cache for these stages; repeatable
     #[arg(long = "no-cache-filter")]
     no_cache_filter: Vec<String>,
@@ -242,6 +247,7 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
         .iter()
         .map(|spec| parse_cache_to(spec, cache_client.as_ref()))
         .collect::<Result<Vec<_>>>()?;
+    let entitlements = parse_entitlements(&args.allow)?;
     let options = BuildOptions {
         context: context
             .canonicalize()
@@ -277,7 +283,9 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
         named_contexts,
         sandbox: parse_sandbox(&args)?,
         squash: args.squash,
-        allow_insecure: parse_entitlements(&args.allow)?,
+        allow_insecure: entitlements.insecure,
+        allow_devices: entitlements.device,
+        cdi_spec_dirs: cdi_spec_dirs(&args.cdi_spec_dirs),
     };
     let quiet = args.quiet || matches!(args.progress, ProgressFlag::Quiet);
     // BuildKit's rule: a live view on a terminal, plain lines otherwise (CI logs).
@@ -371,17 +379,39 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `--allow`: whether `security.insecure` is granted; unknown entitlements are refused.
-fn parse_entitlements(items: &[String]) -> Result<bool> {
-    let mut insecure = false;
+/// The entitlements `--allow` grants.
+#[derive(Debug, Default, PartialEq)]
+struct Entitlements {
+    insecure: bool,
+    device: bool,
+}
+
+/// `--allow`, as buildx reads it; unknown entitlements are refused.
+fn parse_entitlements(items: &[String]) -> Result<Entitlements> {
+    let mut granted = Entitlements::default();
     for item in items.iter().flat_map(|i| i.split(',')) {
         match item.trim() {
-            "security.insecure" => insecure = true,
+            "security.insecure" => granted.insecure = true,
+            "device" => granted.device = true,
             "network.host" => {}
-            other => bail!("--allow {other:?}: rbuild knows security.insecure and network.host"),
+            other => {
+                bail!("--allow {other:?}: rbuild knows security.insecure, device and network.host")
+            }
         }
     }
-    Ok(insecure)
+    Ok(granted)
+}
+
+/// `--cdi-spec-dir`, or CDI's default directories when none is given.
+pub(crate) fn cdi_spec_dirs(given: &[PathBuf]) -> Vec<PathBuf> {
+    if given.is_empty() {
+        runtime_exec::cdi::DEFAULT_SPEC_DIRS
+            .iter()
+            .map(PathBuf::from)
+            .collect()
+    } else {
+        given.to_vec()
+    }
 }
 
 /// The build checks' findings, configured by the `# check=` directive or, over it, the

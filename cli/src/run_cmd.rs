@@ -65,9 +65,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "DST[:OPTIONS]")]
     tmpfs: Vec<String>,
     /// Give the container a host device (or every device under a directory), allowed for
-    /// PERMS (some of rwm; default rwm)
+    /// PERMS (some of rwm; default rwm), or a CDI device by its name (vendor.com/class=name)
     #[arg(long, value_name = "HOST[:CONTAINER][:PERMS]")]
     device: Vec<String>,
+    /// A directory of CDI specs for --device, instead of /etc/cdi and /var/run/cdi;
+    /// repeatable
+    #[arg(long = "cdi-spec-dir")]
+    cdi_spec_dirs: Vec<PathBuf>,
     /// Working directory inside the container (created if missing)
     #[arg(short = 'w', long = "workdir")]
     workdir: Option<String>,
@@ -211,9 +215,13 @@ fn prepare(store: &Store, args: RunArgs) -> anyhow::Result<Prepared> {
         .iter()
         .map(|t| parse_tmpfs(t))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let devices = args
+    // As docker run: a qualified CDI name is a CDI device, anything else a host path.
+    let (cdi_requests, host_devices): (Vec<&String>, Vec<&String>) = args
         .device
         .iter()
+        .partition(|d| runtime_exec::cdi::is_qualified_name(d));
+    let devices = host_devices
+        .into_iter()
         .map(|d| parse_device(d))
         .collect::<Vec<_>>();
     if let Some(name) = &args.name {
@@ -315,6 +323,19 @@ fn prepare(store: &Store, args: RunArgs) -> anyhow::Result<Prepared> {
     }
     for (host, container, access) in &devices {
         runtime_exec::defaults::add_device(&mut spec, host, container, access)?;
+    }
+    if !cdi_requests.is_empty() {
+        let dirs = crate::build_cmd::cdi_spec_dirs(&args.cdi_spec_dirs);
+        let registry = runtime_exec::cdi::Registry::load(&dirs);
+        let mut names = Vec::new();
+        for request in cdi_requests {
+            let found = registry.find(request)?;
+            if found.is_empty() {
+                bail!("{}", registry.not_found_message(request));
+            }
+            names.extend(found);
+        }
+        registry.inject(&mut spec, &names)?;
     }
 
     let mut options = RunOptions::new(match &args.name {

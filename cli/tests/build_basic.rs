@@ -1255,7 +1255,7 @@ fn cache_mount_sharing() {
 
 /// RUN's confinement, as BuildKit's: docker's default capabilities and seccomp profile;
 /// `--security=insecure` runs with every capability and no filter, only with
-/// `--allow security.insecure`, and under its own cache key. `--device` is refused by name.
+/// `--allow security.insecure`, and under its own cache key.
 #[test]
 fn run_security_modes() {
     let probe = "grep -E '^(CapEff|Seccomp):' /proc/self/status";
@@ -1277,22 +1277,91 @@ fn run_security_modes() {
     let caps = u64::from_str_radix(insecure[8..].lines().next().unwrap(), 16).unwrap();
     assert!(caps & (1 << 21) != 0, "no CAP_SYS_ADMIN: {insecure}");
 
-    fs::write(
-        ctx.join("Dockerfile"),
-        "FROM bb:1\nRUN --device=vendor.com/gpu=0 true\n",
-    )
-    .unwrap();
-    let refused = fails(rbuild(&root).args(["build", "-q"]).arg(&ctx));
-    assert!(
-        refused.contains("RUN --device is not supported"),
-        "{refused}"
-    );
     let refused = fails(
         rbuild(&root)
             .args(["build", "-q", "--allow", "bogus"])
             .arg(&ctx),
     );
     assert!(refused.contains("--allow \"bogus\""), "{refused}");
+}
+
+/// `RUN --device` with CDI specs, as BuildKit: the device's environment and nodes reach the
+/// step and nothing of them the image; the `device` entitlement is needed unless the spec
+/// auto-allows the device; a missing device fails the step only when `required`.
+#[test]
+fn run_devices_from_cdi_specs() {
+    let (tmp, root, ctx) = store_and_context(
+        "FROM bb:1\nRUN --device=vendor1.com/device=foo \\\n  \
+         sh -c 'echo \"$FOO $COMMON\" > /seen && echo hi > /dev/foo && test -c /dev/foo'\n\
+         RUN --device=vendor1.com/device=auto sh -c 'echo $AUTO > /auto'\n\
+         RUN --device=vendor1.com/device=absent true\n",
+    );
+    let cdi = tmp.path().join("cdi");
+    fs::create_dir_all(&cdi).unwrap();
+    fs::write(
+        cdi.join("vendor1.yaml"),
+        r#"cdiVersion: "0.6.0"
+kind: vendor1.com/device
+containerEdits:
+  env: [COMMON=1]
+devices:
+  - name: foo
+    containerEdits:
+      env: [FOO=injected]
+      deviceNodes: [{path: /dev/foo, hostPath: /dev/null, permissions: rw}]
+  - name: auto
+    annotations: {org.mobyproject.buildkit.device.autoallow: "true"}
+    containerEdits:
+      env: [AUTO=1]
+"#,
+    )
+    .unwrap();
+    let cdi_dir = ["--cdi-spec-dir", cdi.to_str().unwrap()];
+    let refused = fails(rbuild(&root).args(["build", "-q"]).args(cdi_dir).arg(&ctx));
+    assert!(
+        refused.contains("Dockerfile:2")
+            && refused.contains("vendor1.com/device=foo needs the device entitlement")
+            && refused.contains("--allow device"),
+        "{refused}"
+    );
+    let out = tmp.path().join("out");
+    let dest = format!("type=local,dest={}", out.display());
+    let allowed = [
+        &cdi_dir[..],
+        &["--allow", "device", "-o", &dest, "-t", "cdi:1"],
+    ]
+    .concat();
+    let (_, log) = build(&root, &ctx, &allowed);
+    assert!(
+        log.contains("WARNING: CDI device \"vendor1.com/device=absent\" is not registered"),
+        "{log}"
+    );
+    let read = |f: &str| fs::read_to_string(out.join(f)).unwrap();
+    assert_eq!(
+        (read("seen"), read("auto")),
+        ("injected 1\n".into(), "1\n".into())
+    );
+    assert!(!out.join("dev/foo").exists());
+    let env = inspect(&root, "cdi:1")["Config"]["Env"].to_string();
+    assert!(!env.contains("FOO") && !env.contains("COMMON"), "{env}");
+
+    // Only the auto-allowed device: no entitlement needed.
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM bb:1\nRUN --device=vendor1.com/device=auto sh -c 'echo $AUTO > /auto'\n",
+    )
+    .unwrap();
+    build(&root, &ctx, &[&cdi_dir[..], &["--no-cache"]].concat());
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM bb:1\nRUN --device=vendor1.com/device=absent,required true\n",
+    )
+    .unwrap();
+    let missing = fails(rbuild(&root).args(["build", "-q"]).args(cdi_dir).arg(&ctx));
+    assert!(
+        missing.contains("Dockerfile:2") && missing.contains("is not registered"),
+        "{missing}"
+    );
 }
 
 /// docker build's `--add-host`, `--ulimit`, `--shm-size` and `--network` reach every RUN and

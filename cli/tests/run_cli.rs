@@ -570,6 +570,42 @@ fn security_options_and_tty(f: &Fixture) {
         "{}",
         stderr(&not_a_device)
     );
+    // A CDI device, as docker run --device vendor.com/class=name: its spec's environment and
+    // device node.
+    let cdi = f.dir.join("cdi");
+    fs::create_dir_all(&cdi).unwrap();
+    fs::write(
+        cdi.join("kmsg.yaml"),
+        "cdiVersion: 0.6.0\nkind: test.rbuild.dev/kmsg\ndevices:\n- name: k\n  containerEdits:\n    \
+         env: [CDI=yes]\n    deviceNodes: [{path: /dev/k, hostPath: /dev/kmsg, permissions: rw}]\n",
+    )
+    .unwrap();
+    let cdi_dir = cdi.to_str().unwrap();
+    let with_cdi = |name: &str| {
+        let args = [
+            "--cdi-spec-dir",
+            cdi_dir,
+            "--device",
+            name,
+            "bb:1",
+            "sh",
+            "-c",
+        ];
+        run(
+            f,
+            &[&args[..], &["echo $CDI; : > /dev/k && echo opened"]].concat(),
+        )
+    };
+    let cdi_device = with_cdi("test.rbuild.dev/kmsg=k");
+    assert_eq!(
+        stdout(&cdi_device),
+        "yes\nopened\n",
+        "{}",
+        stderr(&cdi_device)
+    );
+    let unregistered = with_cdi("test.rbuild.dev/kmsg=nope");
+    assert_eq!(code(&unregistered), 125);
+    assert!(stderr(&unregistered).contains("\"test.rbuild.dev/kmsg=nope\" is not registered"));
 
     let profile = f.dir.join("no-mkdir.json");
     fs::write(

@@ -15,6 +15,9 @@ pub enum Error {
     /// The Spec is malformed or inconsistent (missing process, empty args, ...).
     #[error("invalid OCI runtime spec: {0}")]
     InvalidSpec(String),
+    /// A CDI device that is not registered, or whose spec cannot be applied.
+    #[error("{0}")]
+    Cdi(String),
     #[error("rootfs {0} does not exist or is not a directory")]
     MissingRootfs(PathBuf),
     /// `USER name[:group]` could not be resolved from the image's /etc/passwd and /etc/group.

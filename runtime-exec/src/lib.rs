@@ -14,6 +14,7 @@
 //! [`Spec`]: oci_spec::runtime::Spec
 
 pub mod capabilities;
+pub mod cdi;
 pub mod cgroups;
 mod container;
 pub mod defaults;

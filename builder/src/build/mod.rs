@@ -81,6 +81,10 @@ pub struct BuildOptions {
     pub squash: bool,
     /// `--allow security.insecure`: `RUN --security=insecure` may run privileged.
     pub allow_insecure: bool,
+    /// `--allow device`: `RUN --device` may use any CDI device, not only auto-allowed ones.
+    pub allow_devices: bool,
+    /// Where `RUN --device` finds CDI specs (runtime_exec::cdi::DEFAULT_SPEC_DIRS unless set).
+    pub cdi_spec_dirs: Vec<PathBuf>,
 }
 
 /// What docker build's `--add-host`, `--ulimit`, `--shm-size` and `--network` change in every RUN. Part of

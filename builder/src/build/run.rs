@@ -40,6 +40,8 @@ pub(crate) struct Plan {
     mounts: Vec<Mount>,
     /// A heredoc script run as a file: (name, content).
     script_file: Option<(String, String)>,
+    /// `--device`: the CDI devices it gets, by qualified name (`vendor.com/class=name`).
+    devices: Vec<String>,
 }
 
 impl Plan {
@@ -166,12 +168,7 @@ pub(crate) fn plan(
         let target = first.target.clone().unwrap_or_default();
         env.entry("SSH_AUTH_SOCK".to_string()).or_insert(target);
     }
-    if !run.devices.is_empty() {
-        return Err(step_error(
-            at,
-            "RUN --device is not supported: rbuild has no CDI device support",
-        ));
-    }
+    let devices = cdi_devices(solver, run, at)?;
     let insecure = run.security == Some(SecurityMode::Insecure);
     if insecure && !solver.options.allow_insecure {
         return Err(step_error(
@@ -196,7 +193,46 @@ pub(crate) fn plan(
         insecure,
         mounts,
         script_file,
+        devices,
     })
+}
+
+/// `RUN --device`: the CDI devices the step gets, by qualified name. As in BuildKit, a device
+/// needs the `device` entitlement (`--allow device`) unless its spec auto-allows it, and a
+/// request that finds nothing fails the step only when it is `required`.
+fn cdi_devices(
+    solver: &Solver,
+    run: &Run,
+    at: &Located<Instruction>,
+) -> Result<Vec<String>, BuildError> {
+    let mut devices: Vec<String> = Vec::new();
+    for request in &run.devices {
+        let registry = solver.cdi();
+        let found = registry
+            .find(&request.name)
+            .map_err(|e| step_error(at, e))?;
+        if found.is_empty() {
+            let missing = registry.not_found_message(&request.name);
+            if request.required {
+                return Err(step_error(at, missing));
+            }
+            solver
+                .progress
+                .message(&format!("WARNING: {missing}; the step runs without it"));
+        }
+        for name in found {
+            if !solver.options.allow_devices && !registry.auto_allowed(&name) {
+                return Err(step_error(
+                    at,
+                    format!("device {name} needs the device entitlement: pass --allow device"),
+                ));
+            }
+            if !devices.contains(&name) {
+                devices.push(name);
+            }
+        }
+    }
+    Ok(devices)
 }
 
 pub(crate) fn cache_key(
@@ -255,6 +291,10 @@ pub(crate) fn cache_key(
     ];
     if plan.insecure {
         parts.push(b"insecure");
+    }
+    let devices = plan.devices.join("\0");
+    if !devices.is_empty() {
+        parts.push(devices.as_bytes());
     }
     // Only a sandbox that differs from the default is keyed, so default keys stay as they were.
     let sandbox = &solver.options.sandbox;
@@ -350,6 +390,12 @@ pub(crate) fn execute(
         mounts.extend(extra_mounts.iter().cloned());
     }
     spec = serde_json::from_value(value).map_err(BuildError::other)?;
+    if !plan.devices.is_empty() {
+        solver
+            .cdi()
+            .inject(&mut spec, &plan.devices)
+            .map_err(|e| step_error(at, e))?;
+    }
     if plan.insecure {
         // BuildKit's insecure mode is docker's --privileged.
         runtime_exec::defaults::make_privileged(&mut spec).map_err(|e| step_error(at, e))?;

@@ -88,6 +88,8 @@ pub(crate) struct Solver<'a> {
     lint: Mutex<Vec<CheckWarning>>,
     /// Only evaluating the stages for the build checks: no RUN runs, nothing is copied.
     checking: bool,
+    /// The CDI specs, read when a `RUN --device` first needs them.
+    cdi: OnceLock<runtime_exec::cdi::Registry>,
 }
 
 impl<'a> Solver<'a> {
@@ -145,7 +147,14 @@ impl<'a> Solver<'a> {
             named_contexts,
             lint: Mutex::new(Vec::new()),
             checking: false,
+            cdi: OnceLock::new(),
         })
+    }
+
+    /// The CDI specs of `--cdi-spec-dir` (or the default directories), read once.
+    pub fn cdi(&self) -> &runtime_exec::cdi::Registry {
+        self.cdi
+            .get_or_init(|| runtime_exec::cdi::Registry::load(&self.options.cdi_spec_dirs))
     }
 
     /// This solver only evaluates stages, for the build checks: FROM resolves base images
