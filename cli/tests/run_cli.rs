@@ -70,6 +70,21 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Runs and requires a failure: exit code `exit` (any but 0 when `None`), and `message` in
+/// what it wrote to stderr.
+fn run_failing(f: &Fixture, args: &[&str], exit: Option<i32>, message: &str) {
+    let o = run(f, args);
+    match exit {
+        Some(exit) => assert_eq!(code(&o), exit, "rbuild run {args:?}: {}", stderr(&o)),
+        None => assert_ne!(code(&o), 0, "rbuild run {args:?} succeeded"),
+    }
+    assert!(
+        stderr(&o).contains(message),
+        "rbuild run {args:?}: {message:?} not in {}",
+        stderr(&o)
+    );
+}
+
 /// Runs and requires exit 0; returns stdout.
 fn run_ok(f: &Fixture, args: &[&str]) -> String {
     let o = run(f, args);
@@ -137,30 +152,27 @@ fn exit_codes(f: &Fixture) {
     );
     let not_executable = run(f, &["bb:1", "/etc/passwd"]);
     assert_eq!(code(&not_executable), 126, "{}", stderr(&not_executable));
-    let not_found = run(f, &["bb:1", "no-such-command"]);
-    assert_eq!(code(&not_found), 127, "{}", stderr(&not_found));
-    assert!(
-        stderr(&not_found).contains("no-such-command"),
-        "{}",
-        stderr(&not_found)
+    run_failing(
+        f,
+        &["bb:1", "no-such-command"],
+        Some(127),
+        "no-such-command",
     );
 }
 
 fn rbuild_errors_exit_125(f: &Fixture) {
-    let missing = run(f, &["nope:1", "true"]);
-    assert_eq!(code(&missing), 125);
-    assert!(
-        stderr(&missing).contains("Unable to find image 'nope:1' locally"),
-        "{}",
-        stderr(&missing)
+    run_failing(
+        f,
+        &["nope:1", "true"],
+        Some(125),
+        "Unable to find image 'nope:1' locally",
     );
     // --entrypoint "" clears the ENTRYPOINT and the CMD: nothing is left to run.
-    let nothing = run(f, &["--entrypoint", "", "bb:1"]);
-    assert_eq!(code(&nothing), 125);
-    assert!(
-        stderr(&nothing).contains("No command specified"),
-        "{}",
-        stderr(&nothing)
+    run_failing(
+        f,
+        &["--entrypoint", "", "bb:1"],
+        Some(125),
+        "No command specified",
     );
     for bad in [
         &["--memory", "lots", "bb:1", "true"][..],
@@ -180,12 +192,11 @@ fn rbuild_errors_exit_125(f: &Fixture) {
             stderr(&o)
         );
     }
-    let missing_source = run(f, &["-v", "/no/such/dir:/data", "bb:1", "true"]);
-    assert_eq!(code(&missing_source), 125);
-    assert!(
-        stderr(&missing_source).contains("/no/such/dir"),
-        "{}",
-        stderr(&missing_source)
+    run_failing(
+        f,
+        &["-v", "/no/such/dir:/data", "bb:1", "true"],
+        Some(125),
+        "/no/such/dir",
     );
 }
 
@@ -449,12 +460,11 @@ fn capabilities_and_read_only(f: &Fixture) {
     assert_eq!(cap_eff(&[]) & NET_ADMIN, 0);
     assert_ne!(cap_eff(&["--cap-add", "net_admin"]) & NET_ADMIN, 0);
 
-    let o = run(f, &["--read-only", "bb:1", "touch", "/x"]);
-    assert_ne!(code(&o), 0);
-    assert!(
-        stderr(&o).contains("Read-only file system"),
-        "{}",
-        stderr(&o)
+    run_failing(
+        f,
+        &["--read-only", "bb:1", "touch", "/x"],
+        None,
+        "Read-only file system",
     );
     // The generated /etc files and tmpfs mounts stay writable, as in docker.
     run_ok(
@@ -546,7 +556,7 @@ fn security_options_and_tty(f: &Fixture) {
         "opened\n"
     );
     // Allowed for reading only: the device cgroup refuses the open for writing.
-    let read_only = run(
+    run_failing(
         f,
         &[
             "--device",
@@ -556,19 +566,14 @@ fn security_options_and_tty(f: &Fixture) {
             "-c",
             ": > /dev/k",
         ],
+        None,
+        "Operation not permitted",
     );
-    assert_ne!(code(&read_only), 0);
-    assert!(
-        stderr(&read_only).contains("Operation not permitted"),
-        "{}",
-        stderr(&read_only)
-    );
-    let not_a_device = run(f, &["--device", "/etc/hostname", "bb:1", "true"]);
-    assert_eq!(code(&not_a_device), 125);
-    assert!(
-        stderr(&not_a_device).contains("not a device"),
-        "{}",
-        stderr(&not_a_device)
+    run_failing(
+        f,
+        &["--device", "/etc/hostname", "bb:1", "true"],
+        Some(125),
+        "not a device",
     );
     // A CDI device, as docker run --device vendor.com/class=name: its spec's environment and
     // device node.
@@ -605,7 +610,11 @@ fn security_options_and_tty(f: &Fixture) {
     );
     let unregistered = with_cdi("test.rbuild.dev/kmsg=nope");
     assert_eq!(code(&unregistered), 125);
-    assert!(stderr(&unregistered).contains("\"test.rbuild.dev/kmsg=nope\" is not registered"));
+    assert!(
+        stderr(&unregistered).contains("\"test.rbuild.dev/kmsg=nope\" is not registered"),
+        "{}",
+        stderr(&unregistered)
+    );
 
     let profile = f.dir.join("no-mkdir.json");
     fs::write(
@@ -615,21 +624,20 @@ fn security_options_and_tty(f: &Fixture) {
     )
     .unwrap();
     let opt = format!("seccomp={}", profile.display());
-    let o = run(f, &["--security-opt", &opt, "bb:1", "mkdir", "/tmp/d"]);
-    assert_eq!(code(&o), 1, "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("Operation not permitted"),
-        "{}",
-        stderr(&o)
+    run_failing(
+        f,
+        &["--security-opt", &opt, "bb:1", "mkdir", "/tmp/d"],
+        Some(1),
+        "Operation not permitted",
     );
 
-    let bad = run(
+    run_failing(
         f,
         &["--security-opt", "apparmor=unconfined", "bb:1", "true"],
+        Some(125),
+        "--security-opt",
     );
-    assert_eq!(code(&bad), 125);
-    assert!(stderr(&bad).contains("--security-opt"), "{}", stderr(&bad));
-    let missing = run(
+    run_failing(
         f,
         &[
             "--security-opt",
@@ -637,12 +645,8 @@ fn security_options_and_tty(f: &Fixture) {
             "bb:1",
             "true",
         ],
-    );
-    assert_eq!(code(&missing), 125);
-    assert!(
-        stderr(&missing).contains("/nonexistent.json"),
-        "{}",
-        stderr(&missing)
+        Some(125),
+        "/nonexistent.json",
     );
 
     let tty = run_ok(f, &["-t", "bb:1", "tty"]);
