@@ -201,13 +201,13 @@ impl Registry {
     pub fn inject(&self, spec: &mut Spec, qualified: &[String]) -> Result<()> {
         let devices = self.devices();
         let mut edits: Vec<(&str, &ContainerEdits)> = Vec::new();
-        let mut kinds_done: Vec<&str> = Vec::new();
+        let mut files_done: Vec<&SpecFile> = Vec::new();
         for name in qualified {
             let Some((file, device)) = devices.get(name) else {
                 return Err(Error::Cdi(self.not_found_message(name)));
             };
-            if !kinds_done.contains(&file.kind.as_str()) {
-                kinds_done.push(&file.kind);
+            if !files_done.iter().any(|done| std::ptr::eq(*done, *file)) {
+                files_done.push(file);
                 edits.push((name, &file.container_edits));
             }
             edits.push((name, &device.container_edits));
@@ -320,9 +320,10 @@ fn apply(spec: &mut Value, device: &str, edits: &ContainerEdits) -> Result<()> {
 fn device_node(device: &str, node: &DeviceNode) -> Result<(Value, Value)> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let host = node.host_path.as_deref().unwrap_or(&node.path);
+    // A node the spec describes whole need not exist on the host (CDI stats only to fill in).
     let complete = node.typ.is_some() && node.major.is_some() && node.minor.is_some();
     let host_meta =
-        if complete && node.file_mode.is_some() {
+        if complete {
             None
         } else {
             Some(std::fs::metadata(host).map_err(|e| {
@@ -342,7 +343,7 @@ fn device_node(device: &str, node: &DeviceNode) -> Result<(Value, Value)> {
         }
     });
     let typ = match (&node.typ, host_type) {
-        (Some(t), Some(h)) if !complete && t != h => {
+        (Some(t), Some(h)) if t != h => {
             return Err(Error::Cdi(format!(
                 "CDI device {device:?}: {host} is not of type {t}"
             )))
@@ -431,6 +432,15 @@ devices:
         )
         .unwrap();
         std::fs::write(run.join("broken.json"), "{not a spec").unwrap();
+        // A second file of the same kind, with common edits of its own and a node described
+        // whole, which need not exist on the host.
+        std::fs::write(
+            run.join("vendor1-more.yaml"),
+            "cdiVersion: 0.6.0\nkind: vendor1.com/device\ncontainerEdits: {env: [MORE=1]}\n\
+             devices:\n- name: whole\n  containerEdits:\n    deviceNodes:\n    \
+             - {path: /dev/made-up, type: c, major: 1, minor: 3}\n",
+        )
+        .unwrap();
         let registry = Registry::load(&[etc, run]);
         (dir, registry)
     }
@@ -440,7 +450,7 @@ devices:
         let (_dir, r) = registry();
         let names = |req: &str| r.find(req).unwrap();
         assert_eq!(names("vendor1.com/device"), ["vendor1.com/device=bar"]);
-        assert_eq!(names("vendor1.com/device=*").len(), 3);
+        assert_eq!(names("vendor1.com/device=*").len(), 4);
         assert_eq!(names("vendor1.com/device=foo"), ["vendor1.com/device=foo"]);
         assert_eq!(
             names("vendor1.com/device=class1"),
@@ -461,7 +471,7 @@ devices:
         let (_dir, r) = registry();
         let mut spec =
             crate::defaults::docker_spec(Path::new("/tmp/rootfs"), &["sh".to_string()]).unwrap();
-        let names = ["vendor1.com/device=foo", "vendor1.com/device=bar"].map(String::from);
+        let names = ["foo", "bar", "whole"].map(|d| format!("vendor1.com/device={d}"));
         r.inject(&mut spec, &names).unwrap();
         let value = serde_json::to_value(&spec).unwrap();
         let env: Vec<&str> = value["process"]["env"]
@@ -470,7 +480,7 @@ devices:
             .iter()
             .filter_map(Value::as_str)
             .collect();
-        for expected in ["FOO=injected", "BAR=1", "COMMON=1", "PATH=/cdi"] {
+        for expected in ["FOO=injected", "BAR=1", "COMMON=1", "PATH=/cdi", "MORE=1"] {
             assert_eq!(env.iter().filter(|e| **e == expected).count(), 1, "{env:?}");
         }
         assert_eq!(env.iter().filter(|e| e.starts_with("PATH=")).count(), 1);
@@ -484,6 +494,11 @@ devices:
             (&node["type"], &node["major"], &node["minor"]),
             (&json!("c"), &json!(1), &json!(3))
         );
+        assert!(value["linux"]["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["path"] == "/dev/made-up" && d.get("fileMode").is_none()));
         let rules = value["linux"]["resources"]["devices"].as_array().unwrap();
         assert!(rules
             .iter()
