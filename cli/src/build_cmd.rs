@@ -285,7 +285,7 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
         squash: args.squash,
         allow_insecure: entitlements.insecure,
         allow_devices: entitlements.device,
-        cdi_spec_dirs: cdi_spec_dirs(&args.cdi_spec_dirs),
+        cdi_spec_dirs: runtime_exec::cdi::spec_dirs(&args.cdi_spec_dirs),
     };
     let quiet = args.quiet || matches!(args.progress, ProgressFlag::Quiet);
     // BuildKit's rule: a live view on a terminal, plain lines otherwise (CI logs).
@@ -400,18 +400,6 @@ fn parse_entitlements(items: &[String]) -> Result<Entitlements> {
         }
     }
     Ok(granted)
-}
-
-/// `--cdi-spec-dir`, or CDI's default directories when none is given.
-pub(crate) fn cdi_spec_dirs(given: &[PathBuf]) -> Vec<PathBuf> {
-    if given.is_empty() {
-        runtime_exec::cdi::DEFAULT_SPEC_DIRS
-            .iter()
-            .map(PathBuf::from)
-            .collect()
-    } else {
-        given.to_vec()
-    }
 }
 
 /// The build checks' findings, configured by the `# check=` directive or, over it, the

@@ -325,8 +325,8 @@ fn prepare(store: &Store, args: RunArgs) -> anyhow::Result<Prepared> {
         runtime_exec::defaults::add_device(&mut spec, host, container, access)?;
     }
     if !cdi_requests.is_empty() {
-        let dirs = crate::build_cmd::cdi_spec_dirs(&args.cdi_spec_dirs);
-        let registry = runtime_exec::cdi::Registry::load(&dirs);
+        let registry =
+            runtime_exec::cdi::Registry::load(&runtime_exec::cdi::spec_dirs(&args.cdi_spec_dirs));
         let mut names = Vec::new();
         for request in cdi_requests {
             let found = registry.find(request)?;

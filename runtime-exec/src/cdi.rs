@@ -11,12 +11,22 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::defaults::json_array;
 use crate::spec::Spec;
 use crate::{Error, Result};
 
 /// Where CDI specs live unless told otherwise; a later directory overrides an earlier one for
 /// the same device, as the CDI library's default cache does.
-pub const DEFAULT_SPEC_DIRS: [&str; 2] = ["/etc/cdi", "/var/run/cdi"];
+const DEFAULT_SPEC_DIRS: [&str; 2] = ["/etc/cdi", "/var/run/cdi"];
+
+/// The directories a `--cdi-spec-dir` list names, or CDI's default ones when it is empty.
+pub fn spec_dirs(given: &[PathBuf]) -> Vec<PathBuf> {
+    if given.is_empty() {
+        DEFAULT_SPEC_DIRS.iter().map(PathBuf::from).collect()
+    } else {
+        given.to_vec()
+    }
+}
 
 /// BuildKit's annotations (solver/llbsolver/cdidevices): a device's class, which a request
 /// may name instead of the device, and whether a build may use it without `--allow device`.
@@ -282,19 +292,19 @@ fn apply(spec: &mut Value, device: &str, edits: &ContainerEdits) -> Result<()> {
     }
     for entry in &edits.env {
         let key = entry.split_once('=').map_or(entry.as_str(), |(k, _)| k);
-        let env = list(&mut spec["process"]["env"]);
+        let env = json_array(&mut spec["process"]["env"]);
         env.retain(|e| e.as_str().and_then(|e| e.split_once('=')).map(|(k, _)| k) != Some(key));
         env.push(json!(entry));
     }
     for node in &edits.device_nodes {
         let (entry, rule) = device_node(device, node)?;
-        let devices = list(&mut spec["linux"]["devices"]);
+        let devices = json_array(&mut spec["linux"]["devices"]);
         devices.retain(|d| d["path"] != entry["path"]);
         devices.push(entry);
-        list(&mut spec["linux"]["resources"]["devices"]).push(rule);
+        json_array(&mut spec["linux"]["resources"]["devices"]).push(rule);
     }
     for mount in &edits.mounts {
-        let mounts = list(&mut spec["mounts"]);
+        let mounts = json_array(&mut spec["mounts"]);
         mounts.retain(|m| m["destination"] != mount.container_path.as_str());
         let mut entry = json!({
             "destination": mount.container_path,
@@ -306,7 +316,7 @@ fn apply(spec: &mut Value, device: &str, edits: &ContainerEdits) -> Result<()> {
         }
         mounts.push(entry);
     }
-    let gids = list(&mut spec["process"]["user"]["additionalGids"]);
+    let gids = json_array(&mut spec["process"]["user"]["additionalGids"]);
     for gid in &edits.additional_gids {
         if !gids.contains(&json!(gid)) {
             gids.push(json!(gid));
@@ -377,14 +387,6 @@ fn device_node(device: &str, node: &DeviceNode) -> Result<(Value, Value)> {
     let rule =
         json!({ "allow": true, "type": typ, "major": major, "minor": minor, "access": access });
     Ok((entry, rule))
-}
-
-/// The array at `value`, made one if it is absent.
-fn list(value: &mut Value) -> &mut Vec<Value> {
-    if !value.is_array() {
-        *value = Value::Array(Vec::new());
-    }
-    value.as_array_mut().expect("just made an array")
 }
 
 #[cfg(test)]

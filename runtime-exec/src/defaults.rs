@@ -152,24 +152,22 @@ pub fn add_device(spec: &mut Spec, host: &Path, container: &Path, access: &str) 
     let mut value = serde_json::to_value(&*spec).map_err(encode)?;
     let linux = &mut value["linux"];
     for device in &found {
-        push_json(&mut linux["devices"], device.spec_entry());
-        push_json(
-            &mut linux["resources"]["devices"],
-            serde_json::json!({
-                "allow": true, "type": device.typ, "major": device.major,
-                "minor": device.minor, "access": access,
-            }),
-        );
+        json_array(&mut linux["devices"]).push(device.spec_entry());
+        json_array(&mut linux["resources"]["devices"]).push(serde_json::json!({
+            "allow": true, "type": device.typ, "major": device.major,
+            "minor": device.minor, "access": access,
+        }));
     }
     *spec = serde_json::from_value(value).map_err(encode)?;
     Ok(())
 }
 
-fn push_json(list: &mut serde_json::Value, item: serde_json::Value) {
-    match list.as_array_mut() {
-        Some(items) => items.push(item),
-        None => *list = serde_json::Value::Array(vec![item]),
+/// The array at `value` of a spec's JSON, made one if it is absent.
+pub(crate) fn json_array(value: &mut serde_json::Value) -> &mut Vec<serde_json::Value> {
+    if !value.is_array() {
+        *value = serde_json::Value::Array(Vec::new());
     }
+    value.as_array_mut().expect("just made an array")
 }
 
 /// A device node of the host, and where it goes in the container.

@@ -83,7 +83,7 @@ pub struct BuildOptions {
     pub allow_insecure: bool,
     /// `--allow device`: `RUN --device` may use any CDI device, not only auto-allowed ones.
     pub allow_devices: bool,
-    /// Where `RUN --device` finds CDI specs (runtime_exec::cdi::DEFAULT_SPEC_DIRS unless set).
+    /// Where `RUN --device` finds CDI specs (`runtime_exec::cdi::spec_dirs`).
     pub cdi_spec_dirs: Vec<PathBuf>,
 }
 

@@ -206,8 +206,11 @@ fn cdi_devices(
     at: &Located<Instruction>,
 ) -> Result<Vec<String>, BuildError> {
     let mut devices: Vec<String> = Vec::new();
+    if run.devices.is_empty() {
+        return Ok(devices); // a build without --device never reads the CDI specs
+    }
+    let registry = solver.cdi();
     for request in &run.devices {
-        let registry = solver.cdi();
         let found = registry
             .find(&request.name)
             .map_err(|e| step_error(at, e))?;
