@@ -41,6 +41,12 @@ pub fn oci_runtime(args: Args) -> anyhow::Result<ExitCode> {
     }
     let mut options = RunOptions::new(id);
     options.forward_signals = true;
+    // runtime.md "State": hooks are told the bundle's absolute path.
+    options.bundle = Some(
+        bundle
+            .canonicalize()
+            .with_context(|| format!("bundle {}", bundle.display()))?,
+    );
     match run(&spec, &options) {
         Ok(status) => Ok(ExitCode::from(status.code().clamp(0, 255) as u8)),
         Err(err) => {

@@ -1294,7 +1294,8 @@ fn run_devices_from_cdi_specs() {
         "FROM bb:1\nRUN --device=vendor1.com/device=foo \\\n  \
          sh -c 'echo \"$FOO $COMMON\" > /seen && echo hi > /dev/foo && test -c /dev/foo'\n\
          RUN --device=vendor1.com/device=auto sh -c 'echo $AUTO > /auto'\n\
-         RUN --device=vendor1.com/device=absent true\n",
+         RUN --device=vendor1.com/device=absent true\n\
+         RUN --device=vendor1.com/device=hooked sh -c 'cat /hooked > /hook-status'\n",
     );
     let cdi = tmp.path().join("cdi");
     fs::create_dir_all(&cdi).unwrap();
@@ -1313,6 +1314,16 @@ devices:
     annotations: {org.mobyproject.buildkit.device.autoallow: "true"}
     containerEdits:
       env: [AUTO=1]
+  # As nvidia-ctk's hooks do: find the rootfs through the bundle's config.json and change it.
+  - name: hooked
+    containerEdits:
+      hooks:
+        - hookName: createContainer
+          path: /usr/bin/python3
+          args: [python3, -c, "import json, os, sys; s = json.load(sys.stdin);
+            c = json.load(open(os.path.join(s['bundle'], 'config.json')));
+            open(os.path.join(c['root']['path'], 'hooked'), 'w').write(s['status']);
+            open(os.path.join(c['root']['path'], 'bundle'), 'w').write(s['bundle'])"]
 "#,
     )
     .unwrap();
@@ -1338,9 +1349,11 @@ devices:
     );
     let read = |f: &str| fs::read_to_string(out.join(f)).unwrap();
     assert_eq!(
-        (read("seen"), read("auto")),
-        ("injected 1\n".into(), "1\n".into())
+        (read("seen"), read("auto"), read("hook-status")),
+        ("injected 1\n".into(), "1\n".into(), "creating".into())
     );
+    // The bundle written for the hooks is gone with the step.
+    assert!(!Path::new(&read("bundle")).exists(), "{}", read("bundle"));
     assert!(!out.join("dev/foo").exists());
     let env = inspect(&root, "cdi:1")["Config"]["Env"].to_string();
     assert!(!env.contains("FOO") && !env.contains("COMMON"), "{env}");

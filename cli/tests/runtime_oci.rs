@@ -144,6 +144,210 @@ fn user_namespace_with_id_maps_matches_runc() {
     assert!(String::from_utf8_lossy(&got.stdout).contains("0     100000      65536"));
 }
 
+/// Each hook records its state, its argv[0] (busybox picks the applet by it), its env and
+/// whether it runs in the host's mount namespace; the process and startContainer run as uid
+/// 1000. `failing` makes that phase's hook exit 3 after printing "boom".
+fn set_hooks(bundle: &Path, log: &Path, failing: Option<&str>) {
+    let busybox = require("busybox");
+    let host_mnt = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    std::fs::create_dir_all(log).unwrap();
+    std::fs::set_permissions(log, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::write(log.join("order"), "").unwrap();
+    std::fs::set_permissions(
+        log.join("order"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    let script = r#"cat > "$1/$0.json"; m=other; [ "$(readlink /proc/self/ns/mnt)" = "$2" ] && m=host
+        echo "$0 X=${X:-unset} leak=${LEAK:-unset} uid=$(id -u) mnt=$m" >> "$1/order"
+        if [ "$0" = "$3" ]; then echo boom; exit 3; fi"#;
+    let hook = |phase: &str, path: &Path, log: &Path, env: bool| {
+        let mut hook = serde_json::json!({
+            "path": path,
+            "args": ["sh", "-c", script, phase, log, host_mnt, failing.unwrap_or("")],
+        });
+        if env {
+            hook["env"] = serde_json::json!(["X=1", "PATH=/usr/bin:/bin"]);
+        }
+        serde_json::json!([hook])
+    };
+    let path = bundle.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    config["hooks"] = serde_json::json!({
+        "prestart": hook("prestart", &busybox, log, true),
+        "createRuntime": hook("createRuntime", &busybox, log, true),
+        "createContainer": hook("createContainer", &busybox, log, true),
+        // Resolved in the container: its own busybox, its own view of the log directory.
+        "startContainer": hook("startContainer", Path::new("/bin/busybox"), Path::new("/log"), true),
+        // No env of its own: it inherits the runtime's, as runc's hooks do.
+        "poststart": hook("poststart", &busybox, log, false),
+        "poststop": hook("poststop", &busybox, log, true),
+    });
+    config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!(
+            {"destination": "/log", "type": "bind", "source": log, "options": ["rbind", "rw"]}
+        ));
+    config["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
+    config["process"]["args"] =
+        serde_json::json!(["sh", "-c", "echo \"process uid=$(id -u)\" >> /log/order"]);
+    std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+}
+
+/// The log `set_hooks` asked for, with what differs between two runs (ids, host pids) named.
+fn hook_log(log: &Path, bundle: &Path) -> Vec<String> {
+    let order = std::fs::read_to_string(log.join("order")).unwrap();
+    let mut lines: Vec<String> = order.lines().map(str::to_string).collect();
+    for phase in order.lines().filter_map(|l| l.split(' ').next()) {
+        let Ok(state) = std::fs::read(log.join(format!("{phase}.json"))) else {
+            continue;
+        };
+        let state: serde_json::Value = serde_json::from_slice(&state).unwrap();
+        assert_eq!(
+            state["bundle"],
+            bundle.to_str().unwrap(),
+            "{phase}: {state}"
+        );
+        assert!(
+            state["id"].as_str().unwrap().starts_with("rt-hooks"),
+            "{state}"
+        );
+        let pid = match state["pid"].as_i64() {
+            Some(1) => "1",
+            Some(_) => "host pid",
+            None => "none",
+        };
+        lines.push(format!("{phase}: status={} pid={pid}", state["status"]));
+    }
+    lines
+}
+
+#[test]
+fn hooks_run_where_and_when_runc_runs_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bundle(dir.path(), &["true"], false);
+    let canonical = b.canonicalize().unwrap();
+    let run = |runtime: &str, log: &Path, failing: Option<&str>| {
+        set_hooks(&b, log, failing);
+        let program = if runtime == "runc" {
+            require("runc")
+        } else {
+            PathBuf::from(RBUILD)
+        };
+        let mut command = Command::new(program);
+        if runtime != "runc" {
+            command.arg("oci-runtime");
+        }
+        let out = command
+            .args(["run", "--bundle"])
+            .arg(&b)
+            .arg(id(&format!("hooks-{runtime}")))
+            .env("LEAK", "1")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (out, hook_log(log, &canonical))
+    };
+
+    let (reference, expected) = run("runc", &dir.path().join("runc"), None);
+    assert!(reference.status.success(), "runc: {reference:?}");
+    let (got, log) = run("ours", &dir.path().join("ours"), None);
+    assert!(got.status.success(), "ours: {got:?}");
+    // runc runs poststart as soon as it has released the init, racing its startContainer
+    // hooks and execve, and tells it "created". Here it runs once the process has been
+    // exec'd, "running", as runtime.md "Lifecycle" step 9 says. All else is runc's.
+    let without_poststart = |log: &[String]| -> Vec<String> {
+        log.iter()
+            .filter(|l| !l.starts_with("poststart"))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(without_poststart(&log), without_poststart(&expected));
+    assert!(expected.contains(&"poststart X=unset leak=1 uid=0 mnt=host".to_string()));
+    let mnt = |phase: &str| {
+        log.iter()
+            .find(|l| l.starts_with(&format!("{phase} ")))
+            .unwrap_or_else(|| panic!("{phase} did not run: {log:?}"))
+            .clone()
+    };
+    // The spec's order, namespaces and states, spelled out (and runc agrees, above).
+    let order: Vec<&str> = log
+        .iter()
+        .take(7)
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "prestart",
+            "createRuntime",
+            "createContainer",
+            "startContainer",
+            "process",
+            "poststart",
+            "poststop"
+        ]
+    );
+    assert!(mnt("createRuntime").ends_with("uid=0 mnt=host"), "{log:?}");
+    assert!(
+        mnt("createContainer").ends_with("uid=0 mnt=other"),
+        "{log:?}"
+    );
+    assert_eq!(
+        mnt("startContainer"),
+        "startContainer X=1 leak=unset uid=1000 mnt=other"
+    );
+    assert!(mnt("poststart").contains("X=unset leak=1"), "{log:?}");
+    assert!(log.contains(&"createContainer: status=\"creating\" pid=1".to_string()));
+    assert!(log.contains(&"poststart: status=\"running\" pid=host pid".to_string()));
+
+    // A failing hook stops the container before its process runs, its output quoted; the
+    // poststop hooks still run (runtime.md "Lifecycle" steps 5, 12, 13).
+    let (failed, log) = run("ours", &dir.path().join("fail"), Some("createContainer"));
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(125), "{failed:?}");
+    assert!(
+        stderr.contains("createContainer hook") && stderr.contains("boom"),
+        "{stderr}"
+    );
+    assert!(!log.iter().any(|l| l.starts_with("process")), "{log:?}");
+    assert!(log.iter().any(|l| l.starts_with("poststop ")), "{log:?}");
+
+    // A failing poststop hook is only a warning.
+    let (warned, _) = run("ours", &dir.path().join("warn"), Some("poststop"));
+    assert!(warned.status.success(), "{warned:?}");
+    assert!(String::from_utf8_lossy(&warned.stderr).contains("warning: poststop hook"));
+
+    // A hook past its timeout is killed and fails the start; a relative path is refused.
+    let set_create_runtime = |hook: serde_json::Value| {
+        let path = b.join("config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        config["hooks"] = serde_json::json!({ "createRuntime": [hook] });
+        std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    };
+    set_create_runtime(
+        serde_json::json!({"path": require("busybox"), "args": ["sleep", "30"], "timeout": 1}),
+    );
+    let started = std::time::Instant::now();
+    let slow = ours(&b, &id("hooks-slow"));
+    assert_eq!(slow.status.code(), Some(125), "{slow:?}");
+    assert!(
+        String::from_utf8_lossy(&slow.stderr).contains("ran past its timeout of 1 s"),
+        "{slow:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    set_create_runtime(serde_json::json!({"path": "busybox"}));
+    let relative = ours(&b, &id("hooks-relative"));
+    assert!(!relative.status.success());
+    assert!(
+        String::from_utf8_lossy(&relative.stderr).contains("is not absolute"),
+        "{relative:?}"
+    );
+}
+
 #[test]
 fn exit_codes_follow_docker() {
     let dir = tempfile::tempdir().unwrap();

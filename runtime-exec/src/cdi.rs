@@ -68,9 +68,9 @@ struct ContainerEdits {
     mounts: Vec<CdiMount>,
     #[serde(default)]
     additional_gids: Vec<u32>,
-    /// Edits this executor cannot make; a device that needs them is refused, not half-made.
     #[serde(default)]
-    hooks: Vec<Value>,
+    hooks: Vec<CdiHook>,
+    /// Edits this executor cannot make; a device that needs them is refused, not half-made.
     #[serde(default)]
     intel_rdt: Option<Value>,
     #[serde(default)]
@@ -93,6 +93,19 @@ struct DeviceNode {
     permissions: Option<String>,
     uid: Option<u32>,
     gid: Option<u32>,
+}
+
+/// An OCI hook (runtime-spec config.md "POSIX-platform Hooks") and the phase it runs in.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CdiHook {
+    hook_name: String,
+    path: String,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: Vec<String>,
+    timeout: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -281,9 +294,6 @@ fn apply(spec: &mut Value, device: &str, edits: &ContainerEdits) -> Result<()> {
             "CDI device {device:?} needs {what}, which rbuild's executor does not support"
         )))
     };
-    if !edits.hooks.is_empty() {
-        return refuse("hooks");
-    }
     if edits.intel_rdt.is_some() {
         return refuse("Intel RDT settings");
     }
@@ -315,6 +325,34 @@ fn apply(spec: &mut Value, device: &str, edits: &ContainerEdits) -> Result<()> {
             entry["type"] = json!(typ);
         }
         mounts.push(entry);
+    }
+    for hook in &edits.hooks {
+        // CDI's hook names are the keys of the Spec's `hooks`.
+        const PHASES: [&str; 6] = [
+            "prestart",
+            "createRuntime",
+            "createContainer",
+            "startContainer",
+            "poststart",
+            "poststop",
+        ];
+        if !PHASES.contains(&hook.hook_name.as_str()) {
+            return Err(Error::Cdi(format!(
+                "CDI device {device:?}: unknown hookName {:?}",
+                hook.hook_name
+            )));
+        }
+        let mut entry = json!({ "path": hook.path });
+        if !hook.args.is_empty() {
+            entry["args"] = json!(hook.args);
+        }
+        if !hook.env.is_empty() {
+            entry["env"] = json!(hook.env);
+        }
+        if let Some(timeout) = hook.timeout {
+            entry["timeout"] = json!(timeout);
+        }
+        json_array(&mut spec["hooks"][hook.hook_name.as_str()]).push(entry);
     }
     let gids = json_array(&mut spec["process"]["user"]["additionalGids"]);
     for gid in &edits.additional_gids {
@@ -430,7 +468,9 @@ devices:
         std::fs::write(
             run.join("gpu.json"),
             r#"{"cdiVersion":"0.6.0","kind":"vendor2.com/gpu","devices":[{"name":"0",
-                "containerEdits":{"hooks":[{"hookName":"createContainer","path":"/bin/true"}]}}]}"#,
+                "containerEdits":{"hooks":[{"hookName":"createContainer","path":"/bin/true",
+                "args":["true","x"],"timeout":5}]}},
+                {"name":"1","containerEdits":{"hooks":[{"hookName":"later","path":"/bin/true"}]}}]}"#,
         )
         .unwrap();
         std::fs::write(run.join("broken.json"), "{not a spec").unwrap();
@@ -512,7 +552,15 @@ devices:
             .any(|m| m["destination"] == "/etc/bar" && m["source"] == "/etc/hostname"));
         crate::validate::check(&spec).unwrap();
 
-        let hooks = r.inject(&mut spec, &["vendor2.com/gpu=0".to_string()]);
-        assert!(hooks.unwrap_err().to_string().contains("hooks"));
+        r.inject(&mut spec, &["vendor2.com/gpu=0".to_string()])
+            .unwrap();
+        let value = serde_json::to_value(&spec).unwrap();
+        assert_eq!(
+            value["hooks"]["createContainer"],
+            json!([{"path": "/bin/true", "args": ["true", "x"], "timeout": 5}])
+        );
+        crate::validate::check(&spec).unwrap();
+        let unknown = r.inject(&mut spec, &["vendor2.com/gpu=1".to_string()]);
+        assert!(unknown.unwrap_err().to_string().contains("\"later\""));
     }
 }

@@ -13,6 +13,7 @@ use oci_spec::runtime::{PosixRlimitType, Spec};
 
 use crate::capabilities::Masks;
 use crate::error::{SetupError, SetupErrorKind};
+use crate::hooks::{self, Lifecycle, Phase};
 use crate::mounts::{self, HostView};
 use crate::protocol::{self, ChildMessage};
 
@@ -40,6 +41,8 @@ pub(crate) struct ChildContext<'a> {
     pub sync: &'a OwnedFd,
     /// With `process.terminal`: where the pty master goes (to the caller).
     pub console: Option<&'a OwnedFd>,
+    /// When the Spec has hooks: what they are told.
+    pub lifecycle: Option<&'a Lifecycle<'a>>,
 }
 
 /// Never returns: execs the user's process or exits after reporting the failure.
@@ -122,6 +125,23 @@ fn run(ctx: &ChildContext<'_>) -> Result<Never> {
         Ok(())
     };
     mounts::prepare_rootfs(ctx.spec, ctx.rootfs, ctx.overlay, &host, &mut in_cgroup_ns)?;
+    if let Some(lifecycle) = ctx.lifecycle {
+        if hooks::any(ctx.spec, &[Phase::Prestart, Phase::CreateRuntime]) {
+            protocol::send_child(ctx.sync, &ChildMessage::RunRuntimeHooks)
+                .map_err(|e| fail("ask for the createRuntime hooks", e))?;
+            if !matches!(protocol::recv_go(ctx.sync), Ok(true)) {
+                // The helper reports the hook's failure itself.
+                // SAFETY: see main().
+                unsafe { libc::_exit(1) }
+            }
+        }
+        lifecycle.run(
+            Phase::CreateContainer,
+            Some(std::process::id() as i32),
+            None,
+        )?;
+    }
+    mounts::pivot_root(ctx.rootfs)?;
     if terminal {
         // After pivot_root, so the pty comes from the container's own devpts (runc's order).
         let console = ctx
@@ -212,6 +232,14 @@ fn run(ctx: &ChildContext<'_>) -> Result<Never> {
         filter
             .install()
             .map_err(|e| fail("install the seccomp filter", e))?;
+    }
+    if let Some(lifecycle) = ctx.lifecycle {
+        // Where runc runs them: as the container's user, under its seccomp filter, in its cwd.
+        lifecycle.run(
+            Phase::StartContainer,
+            Some(std::process::id() as i32),
+            Some(&env),
+        )?;
     }
     if ctx.init {
         crate::reaper::become_reaper(ctx.sync);

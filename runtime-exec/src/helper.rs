@@ -18,6 +18,7 @@ use oci_spec::runtime::{LinuxIdMapping, LinuxNamespaceType, Spec};
 use crate::cgroups::{self, CgroupManager};
 use crate::container::{self, ChildContext};
 use crate::error::SetupError;
+use crate::hooks::{self, Bundle, Lifecycle, Phase};
 use crate::protocol::{self, ChildMessage, Report, Request};
 use crate::status::ExitStatus;
 
@@ -104,10 +105,47 @@ fn helper_main(socket: OwnedFd, console: Option<OwnedFd>, parent: i32) -> i32 {
             return 1;
         }
     };
-    let report = match supervise(&request, &mask, &socket, console, parent) {
+    let bundle = if hooks::any(&request.spec, &hooks::ALL) {
+        match Bundle::prepare(
+            &request.spec,
+            &request.options.id,
+            request.options.bundle.as_deref(),
+        ) {
+            Ok(bundle) => Some(bundle),
+            Err(e) => {
+                let error = SetupError::other(format!("write the bundle for the hooks: {e}"));
+                let _ = protocol::send_report(&socket, &Report::Failed { error });
+                return 1;
+            }
+        }
+    } else {
+        None
+    };
+    let lifecycle = bundle.as_ref().map(|bundle| Lifecycle {
+        spec: &request.spec,
+        id: &request.options.id,
+        bundle: bundle.path(),
+    });
+    let mut created = false;
+    let report = match supervise(
+        &request,
+        &mask,
+        &socket,
+        console,
+        parent,
+        lifecycle.as_ref(),
+        &mut created,
+    ) {
         Ok(status) => Report::Exited { status },
         Err(error) => Report::Failed { error },
     };
+    if let (Some(lifecycle), true) = (&lifecycle, created) {
+        // runtime.md "Lifecycle" step 13: after the container is destroyed, also after a
+        // failed start; a failure is a warning only.
+        if let Err(e) = lifecycle.run(Phase::Poststop, None, None) {
+            eprintln!("rbuild executor: warning: {e}");
+        }
+    }
     let _ = protocol::send_report(&socket, &report);
     0
 }
@@ -129,12 +167,15 @@ fn fail(what: impl std::fmt::Display, e: impl std::fmt::Display) -> SetupError {
     SetupError::other(format!("{what}: {e}"))
 }
 
+/// Runs the container to its end; `created` is set once it exists (poststop hooks are due).
 fn supervise(
     request: &Request,
     mask: &SigSet,
     socket: &OwnedFd,
     console: Option<OwnedFd>,
     parent: i32,
+    lifecycle: Option<&Lifecycle<'_>>,
+    created: &mut bool,
 ) -> Result<ExitStatus, SetupError> {
     let spec = &request.spec;
     let options = &request.options;
@@ -194,8 +235,10 @@ fn supervise(
             join: &plan.join,
             sync: &theirs,
             console: console.as_ref(),
+            lifecycle,
         });
     }
+    *created = true;
     drop(theirs);
     // The init has its copy; the caller must see EOF if the init dies before sending.
     drop(console);
@@ -206,7 +249,13 @@ fn supervise(
         &*cgroup.0,
         spec,
         plan.clone_flags.contains(CloneFlags::CLONE_NEWUSER),
-    );
+        lifecycle,
+    )
+    .and_then(|()| match lifecycle {
+        // runtime.md "Lifecycle" step 9: a failing poststart hook stops the container.
+        Some(lifecycle) => lifecycle.run(Phase::Poststart, Some(child.as_raw()), None),
+        None => Ok(()),
+    });
     if let Err(e) = started {
         let _ = kill(child, Signal::SIGKILL);
         let _ = waitpid(child, None);
@@ -228,13 +277,15 @@ fn supervise(
     })
 }
 
-/// Between clone and the user's process: id maps, go, cgroup, go, then the init's verdict.
+/// Between clone and the user's process: id maps, go, cgroup, go, the createRuntime hooks
+/// when the init asks for them, then the init's verdict.
 fn start_child(
     child: Pid,
     sync: &OwnedFd,
     cgroup: &dyn CgroupManager,
     spec: &Spec,
     user_ns: bool,
+    lifecycle: Option<&Lifecycle<'_>>,
 ) -> Result<(), SetupError> {
     if user_ns {
         let linux = spec.linux().as_ref();
@@ -256,9 +307,20 @@ fn start_child(
         .add_process(child.as_raw())
         .map_err(|e| SetupError::other(e.to_string()))?;
     protocol::send_go(sync).map_err(|e| fail("start the container init", e))?;
-    match protocol::recv_child(sync).map_err(|e| fail("container init", e))? {
-        None => Ok(()),
-        Some(ChildMessage::Failed(e)) => Err(e),
+    loop {
+        match protocol::recv_child(sync).map_err(|e| fail("container init", e))? {
+            None => return Ok(()),
+            Some(ChildMessage::Failed(e)) => return Err(e),
+            Some(ChildMessage::RunRuntimeHooks) => {
+                let lifecycle = lifecycle.ok_or_else(|| {
+                    SetupError::other("the container init asked for hooks the Spec lacks")
+                })?;
+                for phase in [Phase::Prestart, Phase::CreateRuntime] {
+                    lifecycle.run(phase, Some(child.as_raw()), None)?;
+                }
+                protocol::send_go(sync).map_err(|e| fail("start the container init", e))?;
+            }
+        }
     }
 }
 

@@ -11,6 +11,8 @@
 //!   (`terminal.rs`), /dev, masked paths, hostname, rlimits, user, capabilities, the seccomp
 //!   filter ([`seccomp`], compiled by the helper), then execve of the user's process.
 //!
+//! OCI hooks (`hooks.rs`) run in the helper or the init, at the points the runtime spec names.
+//!
 //! [`Spec`]: oci_spec::runtime::Spec
 
 pub mod capabilities;
@@ -20,6 +22,7 @@ mod container;
 pub mod defaults;
 mod error;
 mod helper;
+mod hooks;
 mod launcher;
 mod mounts;
 mod options;

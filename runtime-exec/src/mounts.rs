@@ -149,8 +149,8 @@ fn own_cgroup_in(superopts: &str) -> Option<PathBuf> {
         })
 }
 
-/// Everything up to and including pivot_root: propagation, the rootfs mount, the Spec's mounts,
-/// /dev, then pivot_root into `rootfs`.
+/// Everything up to pivot_root: propagation, the rootfs mount, the Spec's mounts, /dev. The
+/// caller runs the create hooks, then [`pivot_root`] into `rootfs`.
 ///
 /// `in_cgroup_ns` waits until the helper has moved us into the container's cgroup and enters
 /// the cgroup namespace; it is called once, as late as possible (before the first `cgroup`
@@ -214,7 +214,7 @@ pub(crate) fn prepare_rootfs(
     if !in_cgroup {
         in_cgroup_ns()?;
     }
-    pivot_root(rootfs)
+    Ok(())
 }
 
 fn is_bind(m: &Mount) -> bool {
@@ -575,7 +575,7 @@ fn make_node(
 
 /// pivot_root(".", ".") then a lazy unmount of the old root stacked under the new one: no
 /// temporary directory in the image is needed (runc's trick, pivot_root(2) NOTES).
-fn pivot_root(rootfs: &Path) -> Result<()> {
+pub(crate) fn pivot_root(rootfs: &Path) -> Result<()> {
     use nix::fcntl::{open, OFlag};
     let old_root = open(
         "/",

@@ -21,6 +21,9 @@ pub struct RunOptions {
     /// Mount the rootfs (the Spec's `root.path`) as an overlay of these layer directories
     /// inside the container's own mount namespace, so it disappears with the container.
     pub overlay: Option<OverlayRootfs>,
+    /// The bundle directory the Spec's hooks are told about (runtime-spec bundle.md). None:
+    /// when the Spec has hooks, a temporary one holding its config.json is written.
+    pub bundle: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -31,6 +34,7 @@ impl RunOptions {
             init: false,
             forward_signals: false,
             overlay: None,
+            bundle: None,
         }
     }
 }

@@ -2,7 +2,8 @@
 //! caller (`run`) ⇄ helper: a stream socket; the caller writes one JSON [`Request`] and shuts
 //! its side, the helper answers with newline-delimited JSON [`Report`]s.
 //! helper ⇄ container init: a seqpacket socket; the helper sends "go" once the init is in its
-//! cgroup, the init answers only on failure ([`ChildMessage`]); EOF means execve succeeded.
+//! cgroup; the init answers on failure, or asks for the helper's createRuntime hooks, which a
+//! "go" ends ([`ChildMessage`]); EOF means execve succeeded.
 
 use std::io::{BufRead, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -37,6 +38,8 @@ pub(crate) enum Report {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ChildMessage {
     Failed(SetupError),
+    /// The mounts are made: run the prestart and createRuntime hooks, then say go.
+    RunRuntimeHooks,
 }
 
 const GO: &[u8] = b"go";
@@ -107,7 +110,7 @@ pub(crate) fn send_child(fd: &OwnedFd, message: &ChildMessage) -> std::io::Resul
         .map_err(std::io::Error::from)
 }
 
-/// The init's failure report, or None when the socket closed: its execve succeeded.
+/// The init's next message, or None when the socket closed: its execve succeeded.
 pub(crate) fn recv_child(fd: &OwnedFd) -> std::io::Result<Option<ChildMessage>> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {

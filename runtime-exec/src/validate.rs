@@ -38,20 +38,23 @@ pub(crate) fn check(spec: &Spec) -> Result<()> {
     {
         return unsupported("process.ioPriority / scheduler / execCPUAffinity");
     }
-    if let Some(hooks) = spec.hooks() {
-        let any = [
-            hooks.prestart().as_ref().map(Vec::len),
-            hooks.create_runtime().as_ref().map(Vec::len),
-            hooks.create_container().as_ref().map(Vec::len),
-            hooks.start_container().as_ref().map(Vec::len),
-            hooks.poststart().as_ref().map(Vec::len),
-            hooks.poststop().as_ref().map(Vec::len),
-        ]
-        .into_iter()
-        .flatten()
-        .any(|n| n > 0);
-        if any {
-            return unsupported("hooks");
+    for phase in crate::hooks::ALL {
+        for hook in phase.hooks(spec) {
+            // config.md "POSIX-platform Hooks": path MUST be absolute, timeout greater than 0.
+            if !hook.path().is_absolute() {
+                return Err(Error::InvalidSpec(format!(
+                    "hooks.{}: path {} is not absolute",
+                    phase.name(),
+                    hook.path().display()
+                )));
+            }
+            if hook.timeout().is_some_and(|t| t <= 0) {
+                return Err(Error::InvalidSpec(format!(
+                    "hooks.{}: timeout of {} must be greater than zero",
+                    phase.name(),
+                    hook.path().display()
+                )));
+            }
         }
     }
     let Some(linux) = spec.linux() else {
