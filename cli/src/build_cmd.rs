@@ -169,6 +169,8 @@ pub struct BuildArgs {
 }
 
 pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
+    let started = std::time::SystemTime::now();
+    let keep_storage = gc_keep_storage(store)?;
     let ssh_agents = parse_ssh_agents(&args.ssh)?;
     let build_args = parse_build_args(&args.build_args)?;
     let BuildInputs {
@@ -335,6 +337,9 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
     let progress = Progress::new(mode, stage_names, Box::new(std::io::stderr()));
     let result = build(store, &dockerfile, &options, &progress);
     progress.finish();
+    if let Some(keep) = &keep_storage {
+        prune_cache_after_build(store, keep, started, quiet);
+    }
     if let Ok(built) = &result {
         add_findings(&mut findings, &built.lint, &check_config);
     }
@@ -962,6 +967,49 @@ fn parse_sandbox(args: &BuildArgs) -> Result<RunSandbox> {
 }
 
 /// A new directory in the store's scratch space, removed on drop.
+/// `RBUILD_GC_KEEP_STORAGE`: how much the build cache may take after a build (`off`: no
+/// limit), in bytes and as shown. By default 10% of the store's filesystem, BuildKit's
+/// default GC limit.
+fn gc_keep_storage(store: &Store) -> Result<Option<(u64, String)>> {
+    const VAR: &str = "RBUILD_GC_KEEP_STORAGE";
+    match std::env::var(VAR) {
+        Ok(v) if v == "off" => Ok(None),
+        Ok(v) => crate::output::parse_bytes(&v)
+            .map(|bytes| Some((bytes, v.clone())))
+            .with_context(|| format!("{VAR}={v:?}: expected a size such as 10GB, or off")),
+        Err(_) => {
+            let root = std::ffi::CString::new(store.root().as_os_str().as_encoded_bytes())?;
+            // SAFETY: statvfs fills the zeroed struct we own from a NUL-terminated path.
+            let mut fs: libc::statvfs = unsafe { std::mem::zeroed() };
+            if unsafe { libc::statvfs(root.as_ptr(), &mut fs) } != 0 {
+                let e = std::io::Error::last_os_error();
+                bail!("statvfs {}: {e}", store.root().display());
+            }
+            let bytes = fs.f_blocks as u64 * fs.f_frsize as u64 / 10;
+            Ok(Some((bytes, crate::output::human_size(bytes))))
+        }
+    }
+}
+
+/// The cache over its limit loses its least recently used records, never this build's. A
+/// failure here is reported and does not fail the build, which is done.
+fn prune_cache_after_build(
+    store: &Store,
+    (keep, shown): &(u64, String),
+    started: std::time::SystemTime,
+    quiet: bool,
+) {
+    match store.cache_prune_after_build(*keep, started) {
+        Ok(Some(report)) if report.records > 0 && !quiet => eprintln!(
+            "build cache over {shown}: removed {} least recently used records, freed {}",
+            report.records,
+            crate::output::human_size(report.collected.bytes)
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("WARNING: pruning the build cache: {e}"),
+    }
+}
+
 fn scratch_dir(store: &Store, prefix: &str) -> Result<tempfile::TempDir> {
     let scratch = store.scratch_dir()?;
     tempfile::Builder::new()

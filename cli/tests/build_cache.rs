@@ -459,69 +459,92 @@ fn bad_cache_flags_are_refused() {
     );
 }
 
+/// A store with busybox as bb:1 and two contexts, A (a 3 MB layer, about 6 MB stored:
+/// unpacked and as a blob) and B (1 MB), whose RUN also touches a cache mount. Each build's
+/// image is removed, so that only the build cache holds the layers.
+struct SizedBuilds {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    a: PathBuf,
+    b: PathBuf,
+}
+
+impl SizedBuilds {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("store");
+        let base = busybox_archive(tmp.path(), "bb:1", ArchiveFormat::Oci);
+        ok(rbuild(&root).args(["load", "-q", "-i"]).arg(&base));
+        let context = |name: &str, megabytes: u32| {
+            let dir = tmp.path().join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            let dockerfile = format!(
+                "FROM bb:1\nRUN --mount=type=cache,target=/cache \
+                 head -c {megabytes}000000 /dev/urandom > /{name} && touch /cache/{name}\n"
+            );
+            std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
+            dir
+        };
+        let (a, b) = (context("a", 3), context("b", 1));
+        SizedBuilds {
+            _tmp: tmp,
+            root,
+            a,
+            b,
+        }
+    }
+
+    /// Builds `dir` with `env`, removes the image; the progress log.
+    fn build(&self, dir: &Path, env: &[(&str, &str)]) -> String {
+        let out = rbuild(&self.root)
+            .args(["build", "--progress", "plain", "-t", "x:1"])
+            .arg(dir)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{log}");
+        ok(rbuild(&self.root).args(["rmi", "x:1"]));
+        log
+    }
+
+    fn records(&self) -> BTreeSet<PathBuf> {
+        std::fs::read_dir(self.root.join("build-cache"))
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Sets the records' last use (their mtime) to `hours` ago.
+fn set_last_use(records: &BTreeSet<PathBuf>, hours: u64) {
+    let then = std::time::SystemTime::now() - std::time::Duration::from_secs(hours * 3600);
+    for path in records {
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(then).unwrap();
+    }
+}
+
 /// `rbuild builder prune`: every record; records unused for longer than `--filter until=`;
 /// the least recently used records beyond `--keep-storage`; with `--all` the cache mounts.
 /// What only the removed records held is freed; a pruned step runs again, a kept one hits.
 #[test]
 fn builder_prune_removes_records_by_age_and_size() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("store");
-    let base = busybox_archive(tmp.path(), "bb:1", ArchiveFormat::Oci);
-    ok(rbuild(&root).args(["load", "-q", "-i"]).arg(&base));
-    // Two builds, A (a 3 MB layer) then B (1 MB), their images removed: only the build cache
-    // holds their layers.
-    let context = |name: &str, megabytes: u32| {
-        let dir = tmp.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let dockerfile = format!(
-            "FROM bb:1\nRUN --mount=type=cache,target=/cache \
-             head -c {megabytes}000000 /dev/urandom > /{name} && touch /cache/{name}\n"
-        );
-        std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
-        dir
-    };
-    let (a, b) = (context("a", 3), context("b", 1));
-    let records = || -> BTreeSet<PathBuf> {
-        std::fs::read_dir(root.join("build-cache"))
-            .map(|d| d.map(|e| e.unwrap().path()).collect())
-            .unwrap_or_default()
-    };
+    let builds = SizedBuilds::new();
+    let (root, a, b) = (&builds.root, &builds.a, &builds.b);
+    let records = || builds.records();
     // Whether the build ran its RUN (no CACHED step).
-    let ran = |dir: &Path| {
-        let out = rbuild(&root)
-            .args(["build", "--progress", "plain", "-t", "x:1"])
-            .arg(dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        ok(rbuild(&root).args(["rmi", "x:1"]));
-        !String::from_utf8_lossy(&out.stderr).contains("CACHED")
-    };
-    let prune = |args: &[&str]| ok(rbuild(&root).args(["builder", "prune", "-f"]).args(args));
-    let age_records = |paths: &BTreeSet<PathBuf>, hours: u64| {
-        let then = std::time::SystemTime::now() - std::time::Duration::from_secs(hours * 3600);
-        for path in paths {
-            std::fs::File::options()
-                .write(true)
-                .open(path)
-                .unwrap()
-                .set_modified(then)
-                .unwrap();
-        }
-    };
+    let ran = |dir: &Path| !builds.build(dir, &[]).contains("CACHED");
+    let prune = |args: &[&str]| ok(rbuild(root).args(["builder", "prune", "-f"]).args(args));
 
-    assert!(ran(&a));
+    assert!(ran(a));
     let a_records = records();
-    assert!(ran(&b));
+    assert!(ran(b));
     let b_records: BTreeSet<PathBuf> = records().difference(&a_records).cloned().collect();
-    assert!(
-        !ran(&a) && !ran(&b),
-        "the second builds should hit the cache"
-    );
+    assert!(!ran(a) && !ran(b), "the second builds should hit the cache");
 
     // A unused for two days, B for one hour: until=24h takes A only.
-    age_records(&a_records, 48);
-    age_records(&b_records, 1);
+    set_last_use(&a_records, 48);
+    set_last_use(&b_records, 1);
     let out = prune(&["--filter", "until=24h"]);
     assert!(
         out.starts_with(&format!("Deleted {} build cache records", a_records.len())),
@@ -532,13 +555,13 @@ fn builder_prune_removes_records_by_age_and_size() {
         "A's layer was not freed: {out}"
     );
     assert_eq!(records(), b_records);
-    assert!(ran(&a), "a pruned step hit the cache");
-    assert!(!ran(&b), "a kept step ran again");
+    assert!(ran(a), "a pruned step hit the cache");
+    assert!(!ran(b), "a kept step ran again");
 
     // B least recently used now. A takes about 6 MB (its 3 MB layer, unpacked and as a blob),
     // B about 2 MB: 7 MB keeps A and not B.
-    age_records(&records().difference(&b_records).cloned().collect(), 0);
-    age_records(&b_records, 5);
+    set_last_use(&records().difference(&b_records).cloned().collect(), 0);
+    set_last_use(&b_records, 5);
     prune(&["--keep-storage", "7MB"]);
     let kept = records();
     assert!(
@@ -553,7 +576,55 @@ fn builder_prune_removes_records_by_age_and_size() {
     assert!(out.contains("and the cache mounts"), "{out}");
     assert!(records().is_empty());
     assert!(!root.join("cache-mounts").exists());
-    assert!(ran(&b));
-    let err = fails(rbuild(&root).args(["builder", "prune", "--filter", "label=x"]));
+    assert!(ran(b));
+    let err = fails(rbuild(root).args(["builder", "prune", "--filter", "label=x"]));
     assert!(err.contains("until="), "{err}");
+}
+
+/// After each build the cache is cut back to `RBUILD_GC_KEEP_STORAGE`, least recently used
+/// records first, never the build's own; `off` turns that off; a bad value is refused.
+#[test]
+fn build_cache_is_cut_back_to_its_limit_after_each_build() {
+    let builds = SizedBuilds::new();
+    let (root, a, b) = (&builds.root, &builds.a, &builds.b);
+    let build = |dir: &Path, limit: &str| builds.build(dir, &[("RBUILD_GC_KEEP_STORAGE", limit)]);
+    let records = || builds.records();
+
+    // Over the limit with its own records only: they stay.
+    let log = build(a, "4MB");
+    assert!(!log.contains("removed"), "{log}");
+    let a_records = records();
+    assert!(!a_records.is_empty());
+    set_last_use(&a_records, 1);
+    // B's build pushes the cache over: A's records go, B's stay.
+    let log = build(b, "4MB");
+    assert!(log.contains("build cache over 4MB: removed"), "{log}");
+    let kept = records();
+    assert!(kept.is_disjoint(&a_records), "{kept:?}");
+    assert!(build(b, "4MB").contains("CACHED"), "B's step was not kept");
+    // Off: nothing is removed however large the cache grows.
+    assert!(
+        !build(a, "off").contains("CACHED"),
+        "A's step was not removed"
+    );
+    assert!(records().is_superset(&kept));
+
+    // A's layer held by an image: its records cost the cache nothing and stay.
+    ok(rbuild(root).args(["build", "-q", "-t", "keep:1"]).arg(a));
+    let held = records();
+    set_last_use(&held, 1);
+    build(b, "1MB");
+    assert!(records().is_superset(&held));
+
+    let out = rbuild(root)
+        .arg("build")
+        .arg(a)
+        .env("RBUILD_GC_KEEP_STORAGE", "lots")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("RBUILD_GC_KEEP_STORAGE=\"lots\""),
+        "{out:?}"
+    );
 }

@@ -18,6 +18,7 @@ use oci::{Descriptor, Digest};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{files_in, io_err, write_atomic, PruneReport, Store, StoreError};
+use crate::unpacked::UnpackedSizes;
 
 /// What a cached step produced: a layer, or nothing (an empty diff).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,6 +131,35 @@ impl Store {
     /// any more. Waits for running builds, as `prune` does.
     pub fn cache_prune(&self, policy: &CachePrune) -> Result<CachePruneReport, StoreError> {
         let _gc = self.gc_lock()?;
+        self.cache_prune_locked(policy)
+    }
+
+    /// After a build, as BuildKit's GC after a solve: when the cache takes more than
+    /// `keep_bytes`, its least recently used records go, never one used since `build_started`
+    /// (the build's own), and then what only they held. None when another process is writing
+    /// to the store: the next build catches up rather than this one waiting.
+    pub fn cache_prune_after_build(
+        &self,
+        keep_bytes: u64,
+        build_started: SystemTime,
+    ) -> Result<Option<CachePruneReport>, StoreError> {
+        let Some(_gc) = self.try_gc_lock()? else {
+            return Ok(None);
+        };
+        // Record times are whole seconds (`cache_get`).
+        let since = build_started
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| SystemTime::UNIX_EPOCH + Duration::from_secs(d.as_secs()))
+            .unwrap_or(build_started);
+        let policy = CachePrune {
+            keep_bytes: Some(keep_bytes),
+            keep_used_since: Some(since),
+            ..CachePrune::default()
+        };
+        self.cache_prune_locked(&policy).map(Some)
+    }
+
+    fn cache_prune_locked(&self, policy: &CachePrune) -> Result<CachePruneReport, StoreError> {
         let mut records = self.cache_records_by_age()?;
         let now = SystemTime::now();
         let too_old = |used: SystemTime| {
@@ -142,20 +172,38 @@ impl Store {
             doomed.append(&mut records);
         } else {
             // Oldest first: those unused for too long, then as many more as the size needs.
+            // A layer an image holds costs the cache nothing: removing its records for size
+            // would lose cache hits and free no byte.
+            let (_, image_layers) = self.image_roots()?;
+            let held_by_image = |record: &UsedRecord| {
+                record
+                    .layer
+                    .as_ref()
+                    .is_some_and(|l| image_layers.contains(l.diff_id.encoded()))
+            };
+            let mut unpacked = UnpackedSizes::load(self);
             let mut sizes = LayerSizes::default();
-            for record in &records {
-                sizes.add(self, record);
+            for record in records.iter().filter(|r| !held_by_image(r)) {
+                sizes.add(self, &mut unpacked, record);
             }
+            unpacked.save()?;
             records.reverse();
             while let Some(record) = records.pop() {
                 let over = policy.keep_bytes.is_some_and(|keep| sizes.total > keep);
-                if !(too_old(record.used) || over) {
-                    records.push(record);
+                let kept = policy.keep_used_since.is_some_and(|t| record.used >= t);
+                if kept || !(too_old(record.used) || over) {
                     break;
+                }
+                if !too_old(record.used) && held_by_image(&record) {
+                    continue;
                 }
                 sizes.remove(&record);
                 doomed.push(record);
             }
+        }
+        if doomed.is_empty() && policy.keep_used_since.is_some() {
+            // After a build with nothing to remove: no GC walk of the store.
+            return Ok(CachePruneReport::default());
         }
         let mut report = CachePruneReport::default();
         for record in &doomed {
@@ -198,6 +246,8 @@ pub struct CachePrune {
     pub unused_for: Option<Duration>,
     /// Least recently used records until their layers take at most this (`--keep-storage`).
     pub keep_bytes: Option<u64>,
+    /// Records used at or after this stay whatever the limits say (a build's own).
+    pub keep_used_since: Option<SystemTime>,
     /// The RUN cache mounts too (`--all`).
     pub cache_mounts: bool,
 }
@@ -225,10 +275,10 @@ struct LayerSizes {
 }
 
 impl LayerSizes {
-    fn add(&mut self, store: &Store, record: &UsedRecord) {
+    fn add(&mut self, store: &Store, unpacked: &mut UnpackedSizes, record: &UsedRecord) {
         let Some(layer) = &record.layer else { return };
         let entry = self.layers.entry(layer.diff_id.clone()).or_insert_with(|| {
-            let size = store.stored_layer_size(layer);
+            let size = store.stored_layer_size(layer, unpacked);
             self.total += size;
             (size, 0)
         });

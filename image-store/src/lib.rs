@@ -15,6 +15,7 @@
 //!   layer-blobs/<diff-id hex>.<compression>.json  the blob made late for such a layer
 //!   index.lock            held exclusively while index.json is read-modified-written
 //!   build-cache/<key>.json  the builder's step cache: key → layer (GC roots)
+//!   layer-sizes.json      disk usage of each unpacked layer, measured once, for cache limits
 //!   cache-mounts/<sha256 of id>[-N]/  RUN --mount=type=cache directories (N: a `sharing=private`
 //!                         instance), each with its `.lock` file beside it
 //!   tmp/                  scratch space of running builds (overlay upper/work dirs); it and

@@ -313,8 +313,7 @@ impl Store {
             self.write_index(&index_of(&records))?;
         }
         // Free the content now unless a writer is busy; `prune` catches up later.
-        if let Some(_gc) = StoreLock::try_acquire(&self.root.join("gc.lock"), LockKind::Exclusive)?
-        {
+        if let Some(_gc) = self.try_gc_lock()? {
             self.collect_garbage()?;
         }
         Ok(outcomes)
@@ -355,8 +354,39 @@ impl Store {
         )?)
     }
 
+    /// [`Store::gc_lock`] when no writer holds the store, else None at once.
+    pub(crate) fn try_gc_lock(&self) -> Result<Option<StoreLock>, StoreError> {
+        Ok(StoreLock::try_acquire(
+            &self.root.join("gc.lock"),
+            LockKind::Exclusive,
+        )?)
+    }
+
     /// Deletes what no image or build cache record reaches. The caller holds [`Store::gc_lock`].
     pub(crate) fn collect_garbage(&self) -> Result<PruneReport, StoreError> {
+        let (mut live, mut live_layers) = self.image_roots()?;
+        for layer in self.cache_layers()? {
+            live.insert(layer.descriptor.digest);
+            live_layers.insert(layer.diff_id.encoded().to_string());
+        }
+        // Blobs made late for kept layers stay with them (layer_blobs.rs).
+        live.extend(self.layer_blobs_to_keep(&live_layers)?);
+        let mut report = PruneReport::default();
+        for digest in self.content.list()? {
+            if !live.contains(&digest) {
+                report.bytes += self.content.size(&digest).unwrap_or(0);
+                self.content.delete(&digest)?;
+                report.blobs += 1;
+            }
+        }
+        let (layers, bytes) = self.remove_unpacked_except(&live_layers)?;
+        report.layers = layers;
+        report.bytes += bytes;
+        Ok(report)
+    }
+
+    /// What the images reach: their blobs, and their layers' diff IDs (hex).
+    pub(crate) fn image_roots(&self) -> Result<(BTreeSet<Digest>, BTreeSet<String>), StoreError> {
         let mut live = BTreeSet::new();
         let mut live_layers = BTreeSet::new();
         for image in self.images()? {
@@ -380,24 +410,7 @@ impl Store {
                 live.insert(desc.digest);
             }
         }
-        for layer in self.cache_layers()? {
-            live.insert(layer.descriptor.digest);
-            live_layers.insert(layer.diff_id.encoded().to_string());
-        }
-        // Blobs made late for kept layers stay with them (layer_blobs.rs).
-        live.extend(self.layer_blobs_to_keep(&live_layers)?);
-        let mut report = PruneReport::default();
-        for digest in self.content.list()? {
-            if !live.contains(&digest) {
-                report.bytes += self.content.size(&digest).unwrap_or(0);
-                self.content.delete(&digest)?;
-                report.blobs += 1;
-            }
-        }
-        let (layers, bytes) = self.remove_unpacked_except(&live_layers)?;
-        report.layers = layers;
-        report.bytes += bytes;
-        Ok(report)
+        Ok((live, live_layers))
     }
 
     /// The manifest of `descriptor` for this host (an index is resolved to its child).

@@ -2,7 +2,7 @@
 //! overlayfs form, so that a container or a RUN step mounts an image as an overlay of these
 //! directories instead of copying files.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -109,9 +109,64 @@ impl Store {
 
     /// What a cached layer takes in the store: its unpacked directory and its blobs (its
     /// own, or those made for it later: layer_blobs.rs).
-    pub(crate) fn stored_layer_size(&self, layer: &crate::CachedLayer) -> u64 {
+    pub(crate) fn stored_layer_size(
+        &self,
+        layer: &crate::CachedLayer,
+        unpacked: &mut UnpackedSizes,
+    ) -> u64 {
         let blob = self.content().size(&layer.descriptor.digest).unwrap_or(0);
-        blob + self.made_blobs_size(&layer.diff_id) + disk_usage(&self.unpacked_dir(&layer.diff_id))
+        blob + self.made_blobs_size(&layer.diff_id) + unpacked.of(self, &layer.diff_id)
+    }
+}
+
+/// The disk usage of unpacked layers, measured once each (an unpacked layer never changes)
+/// and remembered in `ROOT/layer-sizes.json`, so that sizing the build cache after every
+/// build does not walk every layer's files again. Read and written under gc.lock held
+/// exclusively.
+pub(crate) struct UnpackedSizes {
+    path: PathBuf,
+    known: BTreeMap<String, u64>,
+    changed: bool,
+}
+
+impl UnpackedSizes {
+    /// A missing or damaged file only means measuring again.
+    pub(crate) fn load(store: &Store) -> Self {
+        let path = store.root().join("layer-sizes.json");
+        let known = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        UnpackedSizes {
+            path,
+            known,
+            changed: false,
+        }
+    }
+
+    fn of(&mut self, store: &Store, diff_id: &Digest) -> u64 {
+        if let Some(size) = self.known.get(diff_id.encoded()) {
+            return *size;
+        }
+        let dir = store.unpacked_dir(diff_id);
+        if !dir.is_dir() {
+            return 0;
+        }
+        let size = disk_usage(&dir);
+        self.known.insert(diff_id.encoded().to_string(), size);
+        self.changed = true;
+        size
+    }
+
+    /// Writes what was measured, forgetting layers that are gone.
+    pub(crate) fn save(mut self) -> Result<(), StoreError> {
+        if !self.changed {
+            return Ok(());
+        }
+        let layers = self.path.with_file_name("layers");
+        self.known.retain(|hex, _| layers.join(hex).is_dir());
+        let bytes = serde_json::to_vec(&self.known).map_err(|e| io_err(&self.path)(e.into()))?;
+        crate::store::write_atomic(&self.path, &bytes)
     }
 }
 
