@@ -966,7 +966,6 @@ fn parse_sandbox(args: &BuildArgs) -> Result<RunSandbox> {
     Ok(sandbox)
 }
 
-/// A new directory in the store's scratch space, removed on drop.
 /// `RBUILD_GC_KEEP_STORAGE`: how much the build cache may take after a build (`off`: no
 /// limit), in bytes and as shown. By default 10% of the store's filesystem, BuildKit's
 /// default GC limit.
@@ -1010,6 +1009,7 @@ fn prune_cache_after_build(
     }
 }
 
+/// A new directory in the store's scratch space, removed on drop.
 fn scratch_dir(store: &Store, prefix: &str) -> Result<tempfile::TempDir> {
     let scratch = store.scratch_dir()?;
     tempfile::Builder::new()

@@ -131,7 +131,8 @@ impl Store {
     /// any more. Waits for running builds, as `prune` does.
     pub fn cache_prune(&self, policy: &CachePrune) -> Result<CachePruneReport, StoreError> {
         let _gc = self.gc_lock()?;
-        self.cache_prune_locked(policy)
+        let doomed = self.records_to_prune(policy)?;
+        self.remove_records(&doomed, policy.cache_mounts)
     }
 
     /// After a build, as BuildKit's GC after a solve: when the cache takes more than
@@ -156,10 +157,16 @@ impl Store {
             keep_used_since: Some(since),
             ..CachePrune::default()
         };
-        self.cache_prune_locked(&policy).map(Some)
+        let doomed = self.records_to_prune(&policy)?;
+        if doomed.is_empty() {
+            // The common case: no GC walk of the store.
+            return Ok(Some(CachePruneReport::default()));
+        }
+        self.remove_records(&doomed, false).map(Some)
     }
 
-    fn cache_prune_locked(&self, policy: &CachePrune) -> Result<CachePruneReport, StoreError> {
+    /// The records `policy` selects, least recently used first. The caller holds gc.lock.
+    fn records_to_prune(&self, policy: &CachePrune) -> Result<Vec<UsedRecord>, StoreError> {
         let mut records = self.cache_records_by_age()?;
         let now = SystemTime::now();
         let too_old = |used: SystemTime| {
@@ -201,16 +208,22 @@ impl Store {
                 doomed.push(record);
             }
         }
-        if doomed.is_empty() && policy.keep_used_since.is_some() {
-            // After a build with nothing to remove: no GC walk of the store.
-            return Ok(CachePruneReport::default());
-        }
+        Ok(doomed)
+    }
+
+    /// Removes `doomed`, with `cache_mounts` the RUN cache mounts too, then what nothing needs
+    /// any more. The caller holds gc.lock.
+    fn remove_records(
+        &self,
+        doomed: &[UsedRecord],
+        cache_mounts: bool,
+    ) -> Result<CachePruneReport, StoreError> {
         let mut report = CachePruneReport::default();
-        for record in &doomed {
+        for record in doomed {
             fs::remove_file(&record.path).map_err(io_err(&record.path))?;
             report.records += 1;
         }
-        if policy.cache_mounts {
+        if cache_mounts {
             let mounts = self.root().join("cache-mounts");
             if mounts.exists() {
                 fs::remove_dir_all(&mounts).map_err(io_err(&mounts))?;

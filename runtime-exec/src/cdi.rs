@@ -328,15 +328,7 @@ fn apply(spec: &mut Value, device: &str, edits: &ContainerEdits) -> Result<()> {
     }
     for hook in &edits.hooks {
         // CDI's hook names are the keys of the Spec's `hooks`.
-        const PHASES: [&str; 6] = [
-            "prestart",
-            "createRuntime",
-            "createContainer",
-            "startContainer",
-            "poststart",
-            "poststop",
-        ];
-        if !PHASES.contains(&hook.hook_name.as_str()) {
+        if !crate::hooks::ALL.iter().any(|p| p.name() == hook.hook_name) {
             return Err(Error::Cdi(format!(
                 "CDI device {device:?}: unknown hookName {:?}",
                 hook.hook_name

@@ -162,7 +162,13 @@ fn run_one(hook: &Hook, state: &[u8], env: Option<&[String]>) -> Result<(), Stri
         .and_then(|()| stdin.rewind())
         .map_err(|e| format!("write the state: {e}"))?;
     let mut output = memfd(c"oci-hook-output").map_err(|e| format!("memfd: {e}"))?;
-    let output_for_stderr = output.try_clone().map_err(|e| e.to_string())?;
+    let output_for = || {
+        output
+            .try_clone()
+            .map(Stdio::from)
+            .map_err(|e| e.to_string())
+    };
+    let (stdout, stderr) = (output_for()?, output_for()?);
 
     let mut command = Command::new(hook.path());
     // config.md: args has execv's argv semantics, so its first entry is argv[0].
@@ -176,8 +182,8 @@ fn run_one(hook: &Hook, state: &[u8], env: Option<&[String]>) -> Result<(), Stri
     }
     command
         .stdin(Stdio::from(stdin))
-        .stdout(Stdio::from(output.try_clone().map_err(|e| e.to_string())?))
-        .stderr(Stdio::from(output_for_stderr));
+        .stdout(stdout)
+        .stderr(stderr);
     let mut child = command.spawn().map_err(|e| format!("start: {e}"))?;
     drop(command);
 
