@@ -999,11 +999,23 @@ fn prune_cache_after_build(
     quiet: bool,
 ) {
     match store.cache_prune_after_build(*keep, started) {
-        Ok(Some(report)) if report.records > 0 && !quiet => eprintln!(
-            "build cache over {shown}: removed {} least recently used records, freed {}",
-            report.records,
-            crate::output::human_size(report.collected.bytes)
-        ),
+        Ok(Some(report)) if !quiet => {
+            if report.records > 0 {
+                eprintln!(
+                    "build cache over {shown}: removed {} least recently used records, freed {}",
+                    report.records,
+                    crate::output::human_size(report.collected.bytes)
+                );
+            }
+            let mounts = report.cache_mounts;
+            if mounts.mounts > 0 {
+                eprintln!(
+                    "cache mounts over 512MB: removed {} unused for 48 hours, freed {}",
+                    mounts.mounts,
+                    crate::output::human_size(mounts.bytes)
+                );
+            }
+        }
         Ok(_) => {}
         Err(e) => eprintln!("WARNING: pruning the build cache: {e}"),
     }

@@ -325,7 +325,7 @@ pub enum BuilderCommand {
 
 #[derive(Args)]
 pub struct BuilderPruneArgs {
-    /// Also remove the RUN --mount=type=cache directories
+    /// Also remove the RUN --mount=type=cache directories (with `until`, those unused that long)
     #[arg(short, long)]
     all: bool,
     /// `until=DURATION`: only records not used for that long (e.g. `until=24h`)
@@ -363,17 +363,17 @@ pub fn builder(store: &Store, command: BuilderCommand) -> Result<ExitCode> {
     let report = store
         .cache_prune(&policy)
         .context("pruning the build cache")?;
-    let mounts = if report.cache_mounts {
-        " and the cache mounts"
-    } else {
-        ""
+    let mounts = match report.cache_mounts.mounts {
+        0 => String::new(),
+        1 => ", 1 cache mount".to_string(),
+        n => format!(", {n} cache mounts"),
     };
     println!(
         "Deleted {} build cache records{mounts}, {} blobs, {} unpacked layers\nTotal reclaimed space: {}",
         report.records,
         report.collected.blobs,
         report.collected.layers,
-        human_size(report.collected.bytes)
+        human_size(report.collected.bytes + report.cache_mounts.bytes)
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -509,10 +509,22 @@ impl SizedBuilds {
     }
 
     fn records(&self) -> BTreeSet<PathBuf> {
-        std::fs::read_dir(self.root.join("build-cache"))
-            .map(|d| d.map(|e| e.unwrap().path()).collect())
-            .unwrap_or_default()
+        files_in(&self.root.join("build-cache"))
     }
+
+    /// The entries of ROOT/cache-mounts whose name ends with `suffix`.
+    fn cache_mounts(&self, suffix: &str) -> BTreeSet<PathBuf> {
+        files_in(&self.root.join("cache-mounts"))
+            .into_iter()
+            .filter(|p| p.to_string_lossy().ends_with(suffix))
+            .collect()
+    }
+}
+
+fn files_in(dir: &Path) -> BTreeSet<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default()
 }
 
 /// Sets the records' last use (their mtime) to `hours` ago.
@@ -570,19 +582,39 @@ fn builder_prune_removes_records_by_age_and_size() {
     );
     assert!(!kept.is_empty(), "more than needed was removed");
 
+    // --all with until=: the cache mounts unused that long too.
+    let mount_locks = builds.cache_mounts(".lock");
+    assert_eq!(mount_locks.len(), 1, "{mount_locks:?}");
+    let out = prune(&["--all", "--filter", "until=24h"]);
+    assert!(!out.contains("cache mount"), "{out}");
+    assert_eq!(
+        builds.cache_mounts("").len(),
+        2,
+        "the mount and its lock should stay"
+    );
+    set_last_use(&mount_locks, 48);
+    let out = prune(&["--all", "--filter", "until=24h"]);
+    assert!(out.contains(", 1 cache mount,"), "{out}");
+    assert!(builds.cache_mounts("").is_empty());
+    assert!(
+        !kept.is_empty() && records() == kept,
+        "records used since were removed"
+    );
+
     // No filter: everything; --all: the cache mounts too.
-    assert!(root.join("cache-mounts").is_dir());
+    assert!(ran(b));
     let out = prune(&["--all"]);
-    assert!(out.contains("and the cache mounts"), "{out}");
+    assert!(out.contains(", 1 cache mount,"), "{out}");
     assert!(records().is_empty());
-    assert!(!root.join("cache-mounts").exists());
+    assert!(builds.cache_mounts("").is_empty());
     assert!(ran(b));
     let err = fails(rbuild(root).args(["builder", "prune", "--filter", "label=x"]));
     assert!(err.contains("until="), "{err}");
 }
 
 /// After each build the cache is cut back to `RBUILD_GC_KEEP_STORAGE`, least recently used
-/// records first, never the build's own; `off` turns that off; a bad value is refused.
+/// records first, never the build's own, and RUN cache mounts unused for 48 hours go once they
+/// take more than 512 MB; `off` turns that off; a bad value is refused.
 #[test]
 fn build_cache_is_cut_back_to_its_limit_after_each_build() {
     let builds = SizedBuilds::new();
@@ -615,6 +647,37 @@ fn build_cache_is_cut_back_to_its_limit_after_each_build() {
     set_last_use(&held, 1);
     build(b, "1MB");
     assert!(records().is_superset(&held));
+
+    // RUN cache mounts: once they take more than 512 MB, those unused for 48 hours go, as
+    // BuildKit's first default GC rule. A's and B's mount, made large; C uses another one.
+    let c = root.with_file_name("c");
+    std::fs::create_dir_all(&c).unwrap();
+    std::fs::write(
+        c.join("Dockerfile"),
+        "FROM bb:1\nRUN --mount=type=cache,target=/other touch /other/c /c\n",
+    )
+    .unwrap();
+    let lock = builds.cache_mounts(".lock");
+    assert_eq!(lock.len(), 1, "{lock:?}");
+    let dir = lock.first().unwrap().with_extension("");
+    let big = dir.join("big");
+    ok(Command::new("fallocate").args(["-l", "600M"]).arg(&big));
+    let removed = |log: &str| log.contains("cache mounts over 512MB: removed 1");
+    set_last_use(&lock, 47);
+    assert!(
+        !removed(&build(&c, "1GB")) && big.exists(),
+        "used 47 hours ago"
+    );
+    set_last_use(&lock, 49);
+    assert!(!removed(&build(&c, "off")) && big.exists(), "off");
+    let log = build(&c, "1GB");
+    assert!(removed(&log), "{log}");
+    assert!(!dir.exists() && !lock.first().unwrap().exists());
+    // C's mount, small and old, stays while the mounts take less.
+    let other = builds.cache_mounts(".lock");
+    set_last_use(&other, 49);
+    assert!(!removed(&build(a, "1GB")));
+    assert!(builds.cache_mounts(".lock").is_superset(&other));
 
     let out = rbuild(root)
         .arg("build")

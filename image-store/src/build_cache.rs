@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 use oci::{Descriptor, Digest};
 use serde::{Deserialize, Serialize};
 
+use crate::cache_mounts::{CacheMountPrune, CacheMountsPruned, CACHE_MOUNT_GC};
 use crate::store::{files_in, io_err, write_atomic, PruneReport, Store, StoreError};
 use crate::unpacked::UnpackedSizes;
 
@@ -132,13 +133,21 @@ impl Store {
     pub fn cache_prune(&self, policy: &CachePrune) -> Result<CachePruneReport, StoreError> {
         let _gc = self.gc_lock()?;
         let doomed = self.records_to_prune(policy)?;
-        self.remove_records(&doomed, policy.cache_mounts)
+        let mut report = self.remove_records(&doomed)?;
+        if policy.cache_mounts {
+            report.cache_mounts = self.prune_cache_mounts(&CacheMountPrune {
+                unused_for: policy.unused_for,
+                keep_bytes: None,
+            })?;
+        }
+        Ok(report)
     }
 
     /// After a build, as BuildKit's GC after a solve: when the cache takes more than
     /// `keep_bytes`, its least recently used records go, never one used since `build_started`
-    /// (the build's own), and then what only they held. None when another process is writing
-    /// to the store: the next build catches up rather than this one waiting.
+    /// (the build's own), and then what only they held; RUN cache mounts go by
+    /// [`CACHE_MOUNT_GC`]. None when another process is writing to the store: the next build
+    /// catches up rather than this one waiting.
     pub fn cache_prune_after_build(
         &self,
         keep_bytes: u64,
@@ -157,12 +166,16 @@ impl Store {
             keep_used_since: Some(since),
             ..CachePrune::default()
         };
+        let cache_mounts = self.prune_cache_mounts(&CACHE_MOUNT_GC)?;
         let doomed = self.records_to_prune(&policy)?;
-        if doomed.is_empty() {
+        let mut report = if doomed.is_empty() {
             // The common case: no GC walk of the store.
-            return Ok(Some(CachePruneReport::default()));
-        }
-        self.remove_records(&doomed, false).map(Some)
+            CachePruneReport::default()
+        } else {
+            self.remove_records(&doomed)?
+        };
+        report.cache_mounts = cache_mounts;
+        Ok(Some(report))
     }
 
     /// The records `policy` selects, least recently used first. The caller holds gc.lock.
@@ -211,24 +224,12 @@ impl Store {
         Ok(doomed)
     }
 
-    /// Removes `doomed`, with `cache_mounts` the RUN cache mounts too, then what nothing needs
-    /// any more. The caller holds gc.lock.
-    fn remove_records(
-        &self,
-        doomed: &[UsedRecord],
-        cache_mounts: bool,
-    ) -> Result<CachePruneReport, StoreError> {
+    /// Removes `doomed`, then what nothing needs any more. The caller holds gc.lock.
+    fn remove_records(&self, doomed: &[UsedRecord]) -> Result<CachePruneReport, StoreError> {
         let mut report = CachePruneReport::default();
         for record in doomed {
             fs::remove_file(&record.path).map_err(io_err(&record.path))?;
             report.records += 1;
-        }
-        if cache_mounts {
-            let mounts = self.root().join("cache-mounts");
-            if mounts.exists() {
-                fs::remove_dir_all(&mounts).map_err(io_err(&mounts))?;
-                report.cache_mounts = true;
-            }
         }
         report.collected = self.collect_garbage()?;
         Ok(report)
@@ -261,14 +262,14 @@ pub struct CachePrune {
     pub keep_bytes: Option<u64>,
     /// Records used at or after this stay whatever the limits say (a build's own).
     pub keep_used_since: Option<SystemTime>,
-    /// The RUN cache mounts too (`--all`).
+    /// The RUN cache mounts too (`--all`), those `unused_for` selects.
     pub cache_mounts: bool,
 }
 
 #[derive(Debug, Default)]
 pub struct CachePruneReport {
     pub records: usize,
-    pub cache_mounts: bool,
+    pub cache_mounts: CacheMountsPruned,
     /// What GC freed afterwards.
     pub collected: PruneReport,
 }

@@ -17,7 +17,8 @@
 //!   build-cache/<key>.json  the builder's step cache: key → layer (GC roots)
 //!   layer-sizes.json      disk usage of each unpacked layer, measured once, for cache limits
 //!   cache-mounts/<sha256 of id>[-N]/  RUN --mount=type=cache directories (N: a `sharing=private`
-//!                         instance), each with its `.lock` file beside it
+//!                         instance), each with its `.lock` file beside it, whose mtime is
+//!                         when a step last held the mount (for GC)
 //!   tmp/                  scratch space of running builds (overlay upper/work dirs); it and
 //!                         layers/ carry ext4's TOPDIR flag (`chattr +T`), see Store::scratch_dir
 //!   gc.lock               held shared by every operation that adds content, exclusively by GC
@@ -39,7 +40,7 @@ pub use build_cache::{
     CacheBackend, CacheBackendError, CacheConfig, CachePrune, CachePruneReport, CacheRecord,
     CachedLayer, ExportedCacheMount, ExportedRecord, CACHE_ARTIFACT_TYPE, CACHE_CONFIG_MEDIA_TYPE,
 };
-pub use cache_mounts::{HeldCacheMount, MountSharing};
+pub use cache_mounts::{CacheMountsPruned, HeldCacheMount, MountSharing};
 pub use layer_blobs::unpacked_only_descriptor;
 pub use lock::{LockError, StoreLock};
 pub use store::{ImageRecord, PruneReport, RemoveOutcome, Store, StoreError};

@@ -16,7 +16,7 @@ pub struct LockError {
 /// A held lock; released when dropped (closing the file releases a flock).
 #[derive(Debug)]
 pub struct StoreLock {
-    _file: File,
+    file: File,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +34,12 @@ impl StoreLock {
     /// Takes the lock only if nobody holds a conflicting one.
     pub fn try_acquire(path: &Path, kind: LockKind) -> Result<Option<StoreLock>, LockError> {
         Self::lock(path, kind, true)
+    }
+
+    /// Sets the lock file's mtime to now: for locks that stand for something in use, it
+    /// records when that was last used.
+    pub fn mark_used(&self) -> io::Result<()> {
+        self.file.set_modified(std::time::SystemTime::now())
     }
 
     fn lock(
@@ -62,7 +68,7 @@ impl StoreLock {
             // SAFETY: flock on a file descriptor we own.
             let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
             if rc == 0 {
-                return Ok(Some(StoreLock { _file: file }));
+                return Ok(Some(StoreLock { file }));
             }
             let e = io::Error::last_os_error();
             match e.raw_os_error() {

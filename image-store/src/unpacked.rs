@@ -171,7 +171,7 @@ impl UnpackedSizes {
 }
 
 /// The disk blocks under `path` (as `du` counts them), hard links counted once per visit.
-fn disk_usage(path: &Path) -> u64 {
+pub(crate) fn disk_usage(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let Ok(meta) = fs::symlink_metadata(path) else {
         return 0;
