@@ -5,6 +5,7 @@ set -euo pipefail
 
 packages=(
   docker.io            # dockerd + /usr/bin/docker 20.10 (BuildKit built in)
+  containerd           # containerd + ctr (pulls through the mirror with hosts.toml)
   skopeo umoci runc crun podman buildah
   docker-registry      # CNCF distribution 2.8
   busybox-static       # the busybox fixture base image

@@ -1,5 +1,5 @@
-//! Real peer processes: dockerd, CNCF distribution (`docker-registry`), and checks for the
-//! command-line peers (skopeo, umoci, podman, buildah, runc).
+//! Real peer processes: dockerd, containerd, CNCF distribution (`docker-registry`), and
+//! checks for the command-line peers (skopeo, umoci, podman, buildah, runc).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -185,15 +185,9 @@ impl Dockerd {
         }
         let process = PeerProcess::spawn("dockerd", &mut cmd, &dir.path().join("dockerd.log"))?;
         let d = Dockerd { process, dir, host };
-        let log = d.dir.path().join("dockerd.log");
-        wait_until("dockerd", Duration::from_secs(60), || {
+        wait_for_daemon("dockerd", 60, &d.dir.path().join("dockerd.log"), || {
             d.docker()
-                .arg("version")
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-        })
-        .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
+        })?;
         Ok(d)
     }
 
@@ -224,19 +218,111 @@ impl Drop for Dockerd {
     /// detached so that the state directory can be removed.
     fn drop(&mut self) {
         self.process.stop();
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut below: Vec<PathBuf> = mountinfo
-            .lines()
-            .filter_map(|line| line.split(' ').nth(4).map(PathBuf::from))
-            .filter(|mount_point| mount_point.starts_with(self.dir.path()))
-            .collect();
-        below.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        for mount_point in below {
-            if let Ok(c_path) = std::ffi::CString::new(mount_point.as_os_str().as_encoded_bytes()) {
-                // SAFETY: a valid path; MNT_DETACH never blocks.
-                unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) };
-            }
+        detach_mounts_below(self.dir.path());
+    }
+}
+
+/// Waits until `client() version` answers; fails with the daemon's log.
+fn wait_for_daemon(
+    name: &str,
+    seconds: u64,
+    log: &Path,
+    client: impl Fn() -> Command,
+) -> Result<()> {
+    wait_until(name, Duration::from_secs(seconds), || {
+        client()
+            .arg("version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    })
+    .with_context(|| std::fs::read_to_string(log).unwrap_or_default())
+}
+
+fn detach_mounts_below(dir: &Path) {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut below: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4).map(PathBuf::from))
+        .filter(|mount_point| mount_point.starts_with(dir))
+        .collect();
+    below.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for mount_point in below {
+        if let Ok(c_path) = std::ffi::CString::new(mount_point.as_os_str().as_encoded_bytes()) {
+            // SAFETY: a valid path; MNT_DETACH never blocks.
+            unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) };
         }
+    }
+}
+
+/// A private containerd (Debian's, which docker.io depends on) with its own root, state and
+/// sockets and without the CRI plugin, for pulls with `ctr`.
+pub struct Containerd {
+    process: PeerProcess,
+    pub dir: tempfile::TempDir,
+}
+
+impl Containerd {
+    pub fn start() -> Result<Self> {
+        let containerd = require("containerd");
+        let _ = require("ctr");
+        let dir = tempfile::Builder::new()
+            .prefix("rbuild-containerd-")
+            .tempdir_in("/var/tmp")?;
+        let at = |name: &str| dir.path().join(name).display().to_string();
+        let config = format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n\
+             [debug]\n  address = \"{debug}\"\n\
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{opt}\"\n",
+            root = at("root"),
+            state = at("state"),
+            sock = at("containerd.sock"),
+            debug = at("debug.sock"),
+            opt = at("opt"),
+        );
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(&config_path, config).with_context(|| format!("write {config_path:?}"))?;
+        let log = dir.path().join("containerd.log");
+        let process = PeerProcess::spawn(
+            "containerd",
+            Command::new(containerd).arg("--config").arg(&config_path),
+            &log,
+        )?;
+        let d = Containerd { process, dir };
+        wait_for_daemon("containerd", 30, &log, || d.ctr())?;
+        Ok(d)
+    }
+
+    /// A `ctr` command talking to this daemon.
+    pub fn ctr(&self) -> Command {
+        let mut cmd = Command::new(require("ctr"));
+        cmd.arg("--address")
+            .arg(self.dir.path().join("containerd.sock"));
+        cmd
+    }
+
+    /// A hosts directory for `ctr image pull --hosts-dir` (containerd's docs/hosts.md) in which
+    /// each of `registries` has the plain-HTTP `mirror` as its one host for pulls.
+    pub fn hosts_dir(&self, registries: &[&str], mirror: &str) -> Result<PathBuf> {
+        let hosts = self.dir.path().join("certs.d");
+        for registry in registries {
+            let dir = hosts.join(registry);
+            std::fs::create_dir_all(&dir)?;
+            let toml = format!(
+                "server = \"https://{registry}\"\n[host.\"{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+            );
+            std::fs::write(dir.join("hosts.toml"), toml)?;
+        }
+        Ok(hosts)
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.process.stop();
+        detach_mounts_below(self.dir.path());
     }
 }
 

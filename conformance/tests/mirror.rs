@@ -1,9 +1,9 @@
 //! rregistry as a pull-through mirror (issue #8), against real peers: two CNCF distributions
 //! play Docker Hub (token auth) and another registry (htpasswd), dockerd pulls through
-//! `registry-mirrors`, containerd-style `?ns=` and path-prefixed requests reach the second
-//! upstream, cached content keeps pulling with the upstreams down, concurrent cold pulls
-//! of one big blob cost the upstream one download, and `prefetchblobs` fetches an image's
-//! blobs ahead of the client.
+//! `registry-mirrors`, containerd through hosts.toml mirrors (`?ns=`) and podman through
+//! registries.conf mirrors (a path prefix) reach both upstreams, cached content keeps pulling
+//! with the upstreams down, concurrent cold pulls of one big blob cost the upstream one
+//! download, and `prefetchblobs` fetches an image's blobs ahead of the client.
 
 use std::path::Path;
 use std::process::Command;
@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use conformance::auth_files::htpasswd_file;
 use conformance::counting_proxy::CountingProxy;
-use conformance::peers::{require, run_ok, DockerRegistry, Dockerd};
+use conformance::peers::{require, run_ok, Containerd, DockerRegistry, Dockerd};
 use conformance::registry_suite::Rregistry;
 use conformance::token_server::TokenServer;
 use oci::archive::ArchiveFormat;
@@ -168,6 +168,66 @@ fn mirror_serves_dockerd_containerd_and_prefixes_and_survives_upstream_outage() 
         .send()
         .unwrap();
     assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    // containerd itself, with hosts.toml naming the mirror as the one host of both
+    // registries (its fallback, the registries' own servers, cannot be reached from here).
+    let containerd = Containerd::start().expect("containerd");
+    let hosts = containerd
+        .hosts_dir(&["docker.io", "ghcr.io"], &base)
+        .unwrap();
+    let ctr_pull = |image: &str| {
+        let mut ctr = containerd.ctr();
+        ctr.args(["image", "pull", "--hosts-dir"])
+            .arg(&hosts)
+            .arg(image);
+        run_ok(&mut ctr).unwrap_or_else(|e| panic!("containerd pull of {image}: {e:#}"));
+        let listed = run_ok(containerd.ctr().args(["image", "ls"])).unwrap();
+        let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.starts_with(image) && l.contains(busybox_digest.as_str())),
+            "{listed}"
+        );
+    };
+    let containerd_images = ["docker.io/library/busybox:latest", "ghcr.io/org/app:1"];
+    for image in containerd_images {
+        ctr_pull(image);
+    }
+    // podman with registries.conf mirrors: Docker Hub's at the mirror's root (paths as
+    // dockerd sends them), the other registry's under a configured prefix.
+    let registries_conf = tmp.path().join("registries.conf");
+    std::fs::write(
+        &registries_conf,
+        format!(
+            "[[registry]]\nlocation = \"docker.io\"\n[[registry.mirror]]\nlocation = \"{0}\"\ninsecure = true\n\n\
+             [[registry]]\nlocation = \"ghcr.io\"\n[[registry.mirror]]\nlocation = \"{0}/gh\"\ninsecure = true\n",
+            mirror.addr()
+        ),
+    )
+    .unwrap();
+    let podman = |args: &[&str]| {
+        let mut cmd = Command::new(require("podman"));
+        cmd.env("CONTAINERS_REGISTRIES_CONF", &registries_conf)
+            .arg("--root")
+            .arg(tmp.path().join("podman-root"))
+            .arg("--runroot")
+            .arg(tmp.path().join("podman-run"))
+            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs"])
+            .args(["--events-backend", "file"])
+            .args(args);
+        run_ok(&mut cmd).unwrap_or_else(|e| panic!("podman {args:?}: {e:#}"))
+    };
+    let podman_pull = |image: &str| {
+        podman(&["pull", "-q", image]);
+        let digest = podman(&["image", "inspect", "--format", "{{.Digest}}", image]);
+        assert_eq!(
+            String::from_utf8_lossy(&digest.stdout).trim(),
+            busybox_digest.as_str()
+        );
+    };
+    for image in containerd_images {
+        podman_pull(image);
+    }
     // Path prefixes: the registry host, or a configured prefix (podman's mirror location).
     let pulled = tmp.path().join("pulled");
     for prefix in ["ghcr.io", "gh"] {
@@ -217,6 +277,12 @@ fn mirror_serves_dockerd_containerd_and_prefixes_and_survives_upstream_outage() 
     drop(ghcr);
     run_ok(dockerd.docker().args(["rmi", "busybox"])).unwrap();
     run_ok(dockerd.docker().args(["pull", "busybox"])).expect("docker pull with the upstream down");
+    for image in containerd_images {
+        run_ok(containerd.ctr().args(["image", "rm", "--sync", image])).unwrap();
+        ctr_pull(image);
+        podman(&["rmi", image]);
+        podman_pull(image);
+    }
     let by_digest = format!("{base}/v2/org/app/manifests/{busybox_digest}?ns=ghcr.io");
     let (status, cache, _, _) = get_manifest(&http, &by_digest);
     assert_eq!((status, cache.as_str()), (StatusCode::OK, "HIT"));
