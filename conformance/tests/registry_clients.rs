@@ -1,11 +1,11 @@
 //! Real clients against rregistry: skopeo (single image and `--all` of a multi-arch index),
-//! the docker CLI with a private dockerd, and podman. Images are OCI layouts written here by
+//! the docker CLI with a private dockerd, podman, and containerd's `ctr`. Images are OCI layouts written here by
 //! hand around Debian's static busybox, so that the pulled image can run.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use conformance::peers::{require, run_ok, Dockerd};
+use conformance::peers::{require, run_ok, Containerd, Dockerd};
 use conformance::registry_suite::Rregistry;
 use oci::media_type as mt;
 use oci::Digest;
@@ -319,5 +319,53 @@ fn podman_pushes_and_pulls_through_rregistry() {
         String::from_utf8_lossy(&pulled.stdout).trim(),
         id,
         "image id changed through the registry"
+    );
+}
+
+#[test]
+fn containerd_pushes_and_pulls_through_rregistry() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let (layout, digest) = single_image_layout(work.path());
+    let registry = Rregistry::start(true, "").expect("rregistry");
+    let containerd = Containerd::start().expect("containerd");
+    let archive = work.path().join("single.tar");
+    run_ok(
+        Command::new("tar")
+            .arg("-cf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&layout)
+            .arg("."),
+    )
+    .expect("tar the layout");
+    let name = format!("{}/ctr/busybox", registry.addr());
+    let image = format!("{name}:v1");
+    run_ok(
+        containerd
+            .ctr()
+            .args(["image", "import", "--base-name", &name])
+            .arg(&archive),
+    )
+    .expect("ctr import");
+    run_ok(
+        containerd
+            .ctr()
+            .args(["image", "push", "--plain-http", &image]),
+    )
+    .expect("ctr push");
+    run_ok(containerd.ctr().args(["image", "rm", "--sync", &image])).expect("ctr rm");
+    run_ok(
+        containerd
+            .ctr()
+            .args(["image", "pull", "--plain-http", &image]),
+    )
+    .expect("ctr pull");
+    let listed = run_ok(containerd.ctr().args(["image", "ls"])).expect("ctr image ls");
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(&image) && l.contains(digest.as_str())),
+        "{listed}"
     );
 }
