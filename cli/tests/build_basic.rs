@@ -1342,7 +1342,16 @@ devices:
         &["--allow", "device", "-o", &dest, "-t", "cdi:1"],
     ]
     .concat();
+    // Bundles left by killed runs go when a later run writes one; a live process's stay.
+    let mut exited = std::process::Command::new("true").spawn().unwrap();
+    exited.wait().unwrap();
+    let bundle_of = |pid: u32| std::env::temp_dir().join(format!("rbuild-bundle-x-{pid}"));
+    let (orphan, live) = (bundle_of(exited.id()), bundle_of(std::process::id()));
+    fs::create_dir_all(&orphan).unwrap();
+    fs::create_dir_all(&live).unwrap();
     let (_, log) = build(&root, &ctx, &allowed);
+    assert!(!orphan.exists() && live.exists());
+    fs::remove_dir(&live).unwrap();
     assert!(
         log.contains("WARNING: CDI device \"vendor1.com/device=absent\" is not registered"),
         "{log}"

@@ -244,8 +244,10 @@ impl Bundle {
                 ours: false,
             });
         }
-        let path = std::env::temp_dir().join(format!(
-            "rbuild-bundle-{}-{}",
+        let temp = std::env::temp_dir();
+        remove_orphaned_bundles(&temp);
+        let path = temp.join(format!(
+            "{BUNDLE_PREFIX}{}-{}",
             id.replace('/', "_"),
             std::process::id()
         ));
@@ -258,6 +260,33 @@ impl Bundle {
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+const BUNDLE_PREFIX: &str = "rbuild-bundle-";
+
+/// Removes the temporary bundles of runs whose process is gone (killed before it could
+/// remove its own); each bundle's name ends with its process's PID.
+fn remove_orphaned_bundles(temp: &Path) {
+    let Ok(entries) = std::fs::read_dir(temp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.starts_with(BUNDLE_PREFIX))
+            .and_then(|n| n.rsplit('-').next())
+            .and_then(|pid| pid.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only asks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
