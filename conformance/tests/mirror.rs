@@ -126,7 +126,7 @@ fn mirror_serves_dockerd_containerd_and_prefixes_and_survives_upstream_outage() 
     let mirror = Rregistry::start(
         false,
         &format!(
-            "proxy:\n  upstreams:\n    - name: docker.io\n      remoteurl: {}\n      username: bob\n      password: hunter2\n      freshness: 0s\n    - name: ghcr.io\n      remoteurl: http://{}\n      username: carol\n      password: s3cret\n      prefixes: [gh]\n  local: [team]\n",
+            "proxy:\n  upstreams:\n    - name: docker.io\n      remoteurl: {0}\n      username: bob\n      password: hunter2\n      freshness: 0s\n    - name: hub.keep\n      remoteurl: {0}\n      username: bob\n      password: hunter2\n      freshness: 0s\n      servecachedonnotfound: true\n    - name: ghcr.io\n      remoteurl: http://{1}\n      username: carol\n      password: s3cret\n      prefixes: [gh]\n  local: [team]\n",
             hub_proxy.url(),
             ghcr.addr()
         ),
@@ -259,6 +259,9 @@ fn mirror_serves_dockerd_containerd_and_prefixes_and_survives_upstream_outage() 
         .unwrap();
     assert_eq!(local.status(), StatusCode::ACCEPTED);
 
+    let hub_keep = format!("{base}/v2/hub.keep/library/busybox/manifests/latest");
+    assert_eq!(get_manifest(&http, &hub_keep).0, StatusCode::OK);
+
     // Rate-limited upstream: the cached tag is served, marked stale.
     hub_proxy.fail_with(Some("429 Too Many Requests"));
     let resp = http
@@ -269,6 +272,17 @@ fn mirror_serves_dockerd_containerd_and_prefixes_and_survives_upstream_outage() 
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(header(&resp, "X-Rregistry-Cache"), "STALE");
     assert!(header(&resp, "Warning").starts_with("110"));
+    // The upstream no longer has the tag: its 404 is passed on, though a copy is cached,
+    // unless the upstream is configured with `servecachedonnotfound`.
+    hub_proxy.fail_with(Some("404 Not Found"));
+    let (status, ..) = get_manifest(
+        &http,
+        &format!("{base}/v2/library/busybox/manifests/latest"),
+    );
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, cache, _, digest) = get_manifest(&http, &hub_keep);
+    assert_eq!((status, cache.as_str()), (StatusCode::OK, "STALE"));
+    assert_eq!(digest, busybox_digest.as_str());
     hub_proxy.fail_with(None);
     let before = hub_proxy.requests().len();
 

@@ -27,6 +27,9 @@ pub struct ProxyConfig {
     /// Ours: the tag freshness window of the `remoteurl` upstream.
     #[serde(deserialize_with = "opt_go_duration")]
     pub freshness: Option<Duration>,
+    /// Ours: `servecachedonnotfound` of the `remoteurl` upstream.
+    #[serde(default)]
+    pub servecachedonnotfound: bool,
     /// Ours: several upstreams at once.
     pub upstreams: Vec<UpstreamConfig>,
     /// Ours: the upstream for names with neither a `?ns=` nor a known prefix (what dockerd's
@@ -65,6 +68,11 @@ pub struct UpstreamConfig {
     /// A cached tag younger than this is served without asking the upstream.
     #[serde(default, deserialize_with = "opt_go_duration")]
     pub freshness: Option<Duration>,
+    /// When the upstream answers 404 for a cached tag (deleted or moved there), serve the
+    /// cached copy, marked stale, instead of passing the 404 on (Harbor's
+    /// `proxy_cache_local_on_not_found`). Off by default: a mirror shows what its upstream has.
+    #[serde(default)]
+    pub servecachedonnotfound: bool,
     /// More first path components that mean this upstream (podman's `registries.conf` mirror
     /// `location = "mirror:5000/hub"` sends `/v2/hub/...`).
     #[serde(default)]
@@ -84,6 +92,7 @@ pub struct UpstreamSettings {
     pub credentials: Option<(String, String)>,
     pub ttl: Duration,
     pub freshness: Duration,
+    pub serve_cached_on_not_found: bool,
     pub prefixes: Vec<String>,
     pub library: bool,
 }
@@ -114,6 +123,7 @@ impl ProxyConfig {
                 password: self.password.clone(),
                 ttl: self.ttl,
                 freshness: self.freshness,
+                servecachedonnotfound: self.servecachedonnotfound,
                 prefixes: Vec::new(),
                 library: None,
             });
@@ -224,6 +234,7 @@ impl UpstreamConfig {
             credentials,
             ttl: self.ttl.unwrap_or(DEFAULT_TTL),
             freshness: self.freshness.unwrap_or(DEFAULT_FRESHNESS),
+            serve_cached_on_not_found: self.servecachedonnotfound,
             prefixes,
             library: self
                 .library

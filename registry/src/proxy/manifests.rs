@@ -113,6 +113,14 @@ impl<S: StorageDriver> Mirror<S> {
                     None => Err(upstream_failure(&e, ErrorCode::ManifestUnknown)),
                 };
             }
+            Err(e)
+                if e.is_not_found()
+                    && cached.is_some()
+                    && target.upstream.settings.serve_cached_on_not_found =>
+            {
+                tracing::warn!(upstream = target.upstream.name(), repository = %target.remote, tag, "mirror: the upstream no longer has the tag; serving the cached tag (stale)");
+                return Ok(CacheStatus::Stale);
+            }
             Err(e) => return Err(upstream_failure(&e, ErrorCode::ManifestUnknown)),
         };
         if let (Some((m, _)), Some(d)) = (&cached, &upstream_digest) {
