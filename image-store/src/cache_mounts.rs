@@ -94,6 +94,7 @@ impl Store {
             }
         }
     }
+
     /// Removes the cache mounts `policy` selects, least recently used first. The caller holds
     /// gc.lock exclusively, so no step holds any of them.
     pub(crate) fn prune_cache_mounts(
