@@ -3,6 +3,7 @@
 mod common;
 
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
@@ -1342,16 +1343,21 @@ devices:
         &["--allow", "device", "-o", &dest, "-t", "cdi:1"],
     ]
     .concat();
-    // Bundles left by killed runs go when a later run writes one; a live process's stay.
-    let mut exited = std::process::Command::new("true").spawn().unwrap();
-    exited.wait().unwrap();
-    let bundle_of = |pid: u32| std::env::temp_dir().join(format!("rbuild-bundle-x-{pid}"));
-    let (orphan, live) = (bundle_of(exited.id()), bundle_of(std::process::id()));
-    fs::create_dir_all(&orphan).unwrap();
-    fs::create_dir_all(&live).unwrap();
+    // Bundles left by killed runs go when a later run writes one; one a live run holds (its
+    // directory flocked) stays.
+    let bundle = |name: &str| {
+        let dir = std::env::temp_dir().join(format!("rbuild-bundle-{name}"));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("config.json"), "{}").unwrap();
+        dir
+    };
+    let (orphan, live) = (bundle("orphan"), bundle("live"));
+    let held = fs::File::open(&live).unwrap();
+    // SAFETY: flock on a descriptor `held` owns.
+    assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX) }, 0);
     let (_, log) = build(&root, &ctx, &allowed);
     assert!(!orphan.exists() && live.exists());
-    fs::remove_dir(&live).unwrap();
+    fs::remove_dir_all(&live).unwrap();
     assert!(
         log.contains("WARNING: CDI device \"vendor1.com/device=absent\" is not registered"),
         "{log}"

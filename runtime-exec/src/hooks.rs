@@ -231,69 +231,82 @@ fn memfd(name: &CStr) -> std::io::Result<File> {
 
 /// The bundle directory hooks are told about: the caller's, or one written for this run
 /// (config.json only; the rootfs stays where `root.path` says) and removed with it.
-pub(crate) struct Bundle {
-    path: PathBuf,
-    ours: bool,
+pub(crate) enum Bundle {
+    Given(PathBuf),
+    /// Removed on drop. The flock held on the directory tells later runs that it is in use,
+    /// whatever PID namespace they are in, so that they remove only orphans.
+    Written {
+        dir: tempfile::TempDir,
+        _in_use: File,
+    },
 }
 
 impl Bundle {
     pub(crate) fn prepare(spec: &Spec, id: &str, given: Option<&Path>) -> std::io::Result<Self> {
         if let Some(path) = given {
-            return Ok(Bundle {
-                path: path.to_path_buf(),
-                ours: false,
-            });
+            return Ok(Bundle::Given(path.to_path_buf()));
         }
         let temp = std::env::temp_dir();
         remove_orphaned_bundles(&temp);
-        let path = temp.join(format!(
-            "{BUNDLE_PREFIX}{}-{}",
-            id.replace('/', "_"),
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&path)?;
-        let bundle = Bundle { path, ours: true };
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{BUNDLE_PREFIX}{}-", id.replace('/', "_")))
+            .tempdir_in(&temp)?;
+        let in_use = File::open(dir.path())?;
+        flock(&in_use, libc::LOCK_EX)?;
+        // Written after the lock: a bundle with config.json and no lock is an orphan.
         let config = serde_json::to_vec_pretty(spec).map_err(std::io::Error::other)?;
-        std::fs::write(bundle.path.join("config.json"), config)?;
-        Ok(bundle)
+        std::fs::write(dir.path().join(BUNDLE_CONFIG), config)?;
+        Ok(Bundle::Written {
+            dir,
+            _in_use: in_use,
+        })
     }
 
     pub(crate) fn path(&self) -> &Path {
-        &self.path
+        match self {
+            Bundle::Given(path) => path,
+            Bundle::Written { dir, .. } => dir.path(),
+        }
     }
 }
 
 const BUNDLE_PREFIX: &str = "rbuild-bundle-";
+const BUNDLE_CONFIG: &str = "config.json";
 
-/// Removes the temporary bundles of runs whose process is gone (killed before it could
-/// remove its own); each bundle's name ends with its process's PID.
+/// Removes the temporary bundles of runs killed before they could remove their own: those
+/// with a config.json whose directory nobody holds a lock on.
 fn remove_orphaned_bundles(temp: &Path) {
     let Ok(entries) = std::fs::read_dir(temp) else {
         return;
     };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.starts_with(BUNDLE_PREFIX))
-            .and_then(|n| n.rsplit('-').next())
-            .and_then(|pid| pid.parse::<libc::pid_t>().ok())
-        else {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(BUNDLE_PREFIX)
+        {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(dir) = File::open(&path) else {
             continue;
         };
-        // SAFETY: signal 0 only asks whether the process exists.
-        let gone = unsafe { libc::kill(pid, 0) } != 0
-            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-        if gone {
-            let _ = std::fs::remove_dir_all(entry.path());
+        if flock(&dir, libc::LOCK_EX | libc::LOCK_NB).is_ok() && path.join(BUNDLE_CONFIG).exists() {
+            let _ = std::fs::remove_dir_all(&path);
         }
     }
 }
 
-impl Drop for Bundle {
-    fn drop(&mut self) {
-        if self.ours {
-            let _ = std::fs::remove_dir_all(&self.path);
+fn flock(file: &File, operation: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: flock on a descriptor `file` owns.
+        if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }
