@@ -147,6 +147,44 @@ fn cache_hits_and_misses() {
     assert_eq!(fifth.matches("CACHED").count(), 0, "{fifth}");
 }
 
+/// Without SOURCE_DATE_EPOCH, a rebuild that changes nothing gives the same image ID, as
+/// `docker build` does: the image is as old as its newest layer (the time its cache record
+/// was made), and an instruction that changes only the config takes the time of the layer
+/// before it (or of the first layer, before any), as in the config dockerd's BuildKit writes.
+#[test]
+fn a_rebuild_without_changes_keeps_the_image_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = store_with_busybox(tmp.path(), "store");
+    let ctx = context(tmp.path());
+    let build_now = |tag: &str| {
+        ok(rbuild(&root)
+            .args(["build", "-q", "-t", tag, "--target", "base"])
+            .arg(&ctx)
+            .env_remove("SOURCE_DATE_EPOCH"))
+    };
+    let first = build_now("app:1");
+    // Times have a resolution of one second.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let second = build_now("app:2");
+    assert_eq!(first, second);
+
+    let store = image_store::Store::open(&root).unwrap();
+    let (_, config, _) = store
+        .image_config(&store.resolve("app:1").unwrap())
+        .unwrap();
+    let base_entries = 1;
+    let history = &config.history[base_entries..];
+    let created: Vec<&str> = history
+        .iter()
+        .map(|h| h.created.as_deref().expect("every entry has a time"))
+        .collect();
+    let empty: Vec<bool> = history.iter().map(|h| h.empty_layer).collect();
+    // ARG, WORKDIR, COPY, RUN, COPY: the ARG takes the time of the first layer after it.
+    assert_eq!(empty, [true, false, false, false, false], "{history:?}");
+    assert_eq!(created[0], created[1], "{history:?}");
+    assert_eq!(config.created.as_deref(), created.last().copied());
+}
+
 #[test]
 fn reproducible_across_clean_stores_and_outputs() {
     let tmp = tempfile::tempdir().unwrap();

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use image_store::Store;
 use oci::archive::{write_archive_file, ArchiveFormat, ArchiveImage};
-use oci::image::{to_json_bytes, Manifest};
+use oci::image::{to_json_bytes, History, Manifest};
 use oci::layer::{apply, ApplyMode, ApplyStats};
 use oci::media_type::{self, Kind};
 use oci::{Descriptor, Digest};
@@ -44,12 +44,13 @@ pub(crate) fn export(
     progress: &Progress,
 ) -> Result<BuildResult, BuildError> {
     let mut config = state.config.clone();
-    let now = options
-        .source_date_epoch
-        .unwrap_or_else(oci::timestamp::now_unix);
-    let created = oci::timestamp::format_rfc3339(now);
-    config.created = Some(created.clone());
+    fill_history_times(&mut config.history);
+    // The image is as old as its newest layer, so that a rebuild that changes nothing gives
+    // the same image ID, as with BuildKit (its exporter's `patchImageConfig`).
+    config.created = config.history.iter().rev().find_map(|h| h.created.clone());
     if let Some(epoch) = options.source_date_epoch {
+        let created = oci::timestamp::format_rfc3339(epoch);
+        config.created = Some(created.clone());
         // Reproducible builds: no timestamp after SOURCE_DATE_EPOCH, as BuildKit rewrites them.
         for h in &mut config.history {
             let later = h
@@ -135,6 +136,39 @@ pub(crate) fn export(
     })
 }
 
+/// Gives history entries without a time (instructions that changed only the config) the time
+/// of a layer beside them, as BuildKit's exporter does (`normalizeLayersAndHistory`): those
+/// before the build's first layer take that layer's time, later ones the time of the layer
+/// before them; with no layer in the build, the base image's last time. The times of layers
+/// come from their cache records, so a rebuild from the cache writes the same history.
+pub(crate) fn fill_history_times(history: &mut [History]) {
+    // The time for entries before the first one that has a time again.
+    let mut fill = None;
+    let mut missing = false;
+    for entry in history.iter() {
+        match &entry.created {
+            Some(t) => {
+                fill = Some(t.clone());
+                if missing {
+                    break;
+                }
+            }
+            None => missing = true,
+        }
+    }
+    let mut missing = false;
+    for entry in history.iter_mut() {
+        match &entry.created {
+            Some(t) if missing => fill = Some(t.clone()),
+            Some(_) => {}
+            None => {
+                missing = true;
+                entry.created = fill.clone();
+            }
+        }
+    }
+}
+
 /// The root filesystem, unpacked in the store's scratch space, then written as one tar (the
 /// layer writer's: sorted, deterministic). The file appears whole or not at all.
 fn export_tar(
@@ -193,4 +227,55 @@ pub(crate) fn apply_blob(
         .map_err(image_store::StoreError::from)?;
     apply(file, compression, dir, ApplyMode::Merged)
         .map_err(|e| BuildError::other(format!("{}: {e}", dir.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(times: &[Option<&str>]) -> Vec<History> {
+        times
+            .iter()
+            .map(|t| History {
+                created: t.map(str::to_string),
+                ..History::default()
+            })
+            .collect()
+    }
+
+    fn times(history: &[History]) -> Vec<Option<&str>> {
+        history.iter().map(|h| h.created.as_deref()).collect()
+    }
+
+    /// The cases dockerd's BuildKit showed (docker build, then `docker save`): config-only
+    /// instructions before the first layer take its time, later ones the previous layer's,
+    /// and a build without layers takes the base image's time.
+    #[test]
+    fn history_times_are_filled_as_buildkit_fills_them() {
+        // base, ARG, ENV, RUN, WORKDIR, LABEL, COPY, USER, CMD
+        let mut h = entries(&[
+            Some("base"),
+            None,
+            None,
+            Some("run"),
+            Some("workdir"),
+            None,
+            Some("copy"),
+            None,
+            None,
+        ]);
+        fill_history_times(&mut h);
+        assert_eq!(
+            times(&h),
+            ["base", "run", "run", "run", "workdir", "workdir", "copy", "copy", "copy"].map(Some)
+        );
+        // base, ENV, CMD
+        let mut h = entries(&[Some("base"), None, None]);
+        fill_history_times(&mut h);
+        assert_eq!(times(&h), ["base"; 3].map(Some));
+        // FROM scratch and CMD only: nothing to take a time from.
+        let mut h = entries(&[None]);
+        fill_history_times(&mut h);
+        assert_eq!(times(&h), [None]);
+    }
 }

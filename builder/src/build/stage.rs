@@ -671,8 +671,10 @@ impl<'a> Solver<'a> {
         created: Option<String>,
         empty_layer: bool,
     ) {
+        // Entries without a time (instructions that only change the config) get one at export
+        // (`export::fill_history_times`), from the layers around them, as BuildKit's do.
         state.config.history.push(History {
-            created: Some(created.unwrap_or_else(|| self.now())),
+            created,
             created_by: Some(format!("{} # buildkit", at.original.trim())),
             comment: Some("buildkit.dockerfile.v0".to_string()),
             empty_layer,
