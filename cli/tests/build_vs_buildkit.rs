@@ -91,8 +91,8 @@ fn tree(root: &Path) -> BTreeMap<String, Entry> {
     out
 }
 
-/// Unpacks image `name` of the store at `root` into `dest`.
-fn unpack(root: &Path, name: &str, dest: &Path) -> serde_json::Value {
+/// Unpacks image `name` of the store at `root` into `dest`; returns its config.
+fn unpack(root: &Path, name: &str, dest: &Path) -> oci::image::ImageConfig {
     let store = image_store::Store::open(root).unwrap();
     let image = store.resolve(name).unwrap();
     let (manifest, config, _) = store.image_config(&image).unwrap();
@@ -104,7 +104,36 @@ fn unpack(root: &Path, name: &str, dest: &Path) -> serde_json::Value {
         let blob = store.content().open_blob(&layer.digest).unwrap();
         oci::layer::apply(blob, c, dest, oci::layer::ApplyMode::Merged).unwrap();
     }
-    serde_json::to_value(config.config.unwrap_or_default()).unwrap()
+    config
+}
+
+/// The number of history entries of the image a case builds on: `base:1`, or the one its
+/// `base-image` names.
+fn base_history_len(root: &Path, case: &Path) -> usize {
+    let base = read_lines(&case.join("base-image"))
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| "base:1".to_string());
+    let store = image_store::Store::open(root).unwrap();
+    let (_, config, _) = store.image_config(&store.resolve(&base).unwrap()).unwrap();
+    config.history.len()
+}
+
+/// The history an image's build added to its base's (`base` entries), as what can be compared
+/// between two builds made at different times: for each entry whether it made a layer, and
+/// whether it has the time of the entry before it; last, whether the image's `created` is the
+/// last entry's time.
+fn history_shape(config: &oci::image::ImageConfig, base: usize) -> Vec<(bool, bool)> {
+    let history = &config.history;
+    let mut shape: Vec<(bool, bool)> = (base..history.len())
+        .map(|i| {
+            let same_time = history[i].created == history[i - 1].created;
+            (history[i].empty_layer, same_time)
+        })
+        .collect();
+    let newest = history.last().and_then(|h| h.created.as_ref());
+    shape.push((false, config.created.as_ref() == newest));
+    shape
 }
 
 fn read_lines(path: &Path) -> Vec<String> {
@@ -184,8 +213,23 @@ fn dockerfile_cases_match_buildkit() {
 
         let ours_dir = tmp.path().join(format!("{name}-rbuild"));
         let theirs_dir = tmp.path().join(format!("{name}-buildkit"));
-        let ours_config = unpack(&root, &tag, &ours_dir);
-        let theirs_config = unpack(&theirs_root, &tag, &theirs_dir);
+        let ours_image = unpack(&root, &tag, &ours_dir);
+        let theirs_image = unpack(&theirs_root, &tag, &theirs_dir);
+        // The base image's single history entry, or a case's own base image's.
+        let base_entries = base_history_len(&root, case);
+        let (ours_shape, theirs_shape) = (
+            history_shape(&ours_image, base_entries),
+            history_shape(&theirs_image, base_entries),
+        );
+        if ours_shape != theirs_shape {
+            failures.push(format!(
+                "{name}: history (empty layer, same time as the entry before):\n  rbuild   {ours_shape:?}\n  buildkit {theirs_shape:?}"
+            ));
+        }
+        let to_json = |c: oci::image::ImageConfig| {
+            serde_json::to_value(c.config.unwrap_or_default()).unwrap()
+        };
+        let (ours_config, theirs_config) = (to_json(ours_image), to_json(theirs_image));
         let (ours, mut theirs) = (tree(&ours_dir), tree(&theirs_dir));
         for stub in read_lines(&case.join("old-buildkit-only"))
             .iter()

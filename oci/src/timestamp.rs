@@ -23,6 +23,23 @@ pub fn format_rfc3339(unix: i64) -> String {
     )
 }
 
+/// `2024-01-02T03:04:05.123456789Z`, trailing zeros of the fraction dropped, as Go's
+/// `time.RFC3339Nano` (what BuildKit writes in history entries).
+pub fn format_rfc3339_nanos(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let seconds = format_rfc3339(since.as_secs() as i64);
+    let nanos = since.subsec_nanos();
+    if nanos == 0 {
+        return seconds;
+    }
+    let fraction = format!("{nanos:09}");
+    format!(
+        "{}.{}Z",
+        seconds.trim_end_matches('Z'),
+        fraction.trim_end_matches('0')
+    )
+}
+
 /// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` to seconds since the epoch.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
@@ -175,5 +192,15 @@ mod tests {
             Some("2024-02-29T00:00:00Z")
         );
         assert_eq!(parse_rfc3339("yesterday"), None);
+        let at = |nanos| UNIX_EPOCH + Duration::new(1_700_000_000, nanos);
+        assert_eq!(format_rfc3339_nanos(at(0)), "2023-11-14T22:13:20Z");
+        assert_eq!(
+            format_rfc3339_nanos(at(962_114_190)),
+            "2023-11-14T22:13:20.96211419Z"
+        );
+        assert_eq!(
+            format_rfc3339_nanos(at(5)),
+            "2023-11-14T22:13:20.000000005Z"
+        );
     }
 }

@@ -536,6 +536,8 @@ impl<'a> Solver<'a> {
                 Ok(())
             }
             Instruction::From(_) => Err(step_error(at, "FROM inside a stage")),
+            // Recorded in the config only: BuildKit writes no history entry for ONBUILD.
+            Instruction::Onbuild(_) => self.apply_config(state, at),
             _ => {
                 self.apply_config(state, at)?;
                 self.history(state, at, None, true);
@@ -682,13 +684,13 @@ impl<'a> Solver<'a> {
         });
     }
 
-    /// The time to record: SOURCE_DATE_EPOCH when set, else now.
+    /// The time to record: SOURCE_DATE_EPOCH when set, else now (to the nanosecond, as
+    /// BuildKit's: two steps a second apart still tell which came first).
     pub fn now(&self) -> String {
-        oci::timestamp::format_rfc3339(
-            self.options
-                .source_date_epoch
-                .unwrap_or_else(oci::timestamp::now_unix),
-        )
+        match self.options.source_date_epoch {
+            Some(epoch) => oci::timestamp::format_rfc3339(epoch),
+            None => oci::timestamp::format_rfc3339_nanos(std::time::SystemTime::now()),
+        }
     }
 }
 
