@@ -45,9 +45,14 @@ pub fn images(store: &Store, args: ImagesArgs) -> Result<ExitCode> {
         .map(Reference::parse_name_only)
         .transpose()?;
     let mut rows = Vec::new();
+    let mut sizes = store.layer_content_sizes();
     for image in store.images()? {
         let (manifest, config, _) = store.image_config(&image)?;
-        let size = manifest.config.size + manifest.layers.iter().map(|l| l.size).sum::<u64>();
+        // docker's SIZE: the bytes of the image's files (`-q` shows no size).
+        let size = match args.quiet {
+            true => 0,
+            false => sizes.of_image(&manifest, &config)?.iter().sum(),
+        };
         let row = |repository: String, tag: String| Row {
             repository,
             tag,
@@ -79,6 +84,8 @@ pub fn images(store: &Store, args: ImagesArgs) -> Result<ExitCode> {
             .then_with(|| a.repository.cmp(&b.repository))
             .then_with(|| a.tag.cmp(&b.tag))
     });
+    // Every image was asked about: sizes of layers no image has are forgotten.
+    sizes.save(!args.quiet && filter.is_none());
     if args.quiet {
         for row in &rows {
             println!("{}", row.id.short());
@@ -133,8 +140,8 @@ pub struct HistoryArgs {
     format: ListFormat,
 }
 
-/// `docker history`: the image's history entries, newest first, each with the layer it made
-/// (its size as stored: compressed for a blob, the tar's size for a build step's layer).
+/// `docker history`: the image's history entries, newest first, each with the size of the
+/// layer it made (its files' bytes, as docker shows it).
 pub fn history(store: &Store, args: HistoryArgs) -> Result<ExitCode> {
     let image = store.resolve(&args.image)?;
     let (manifest, config, _) = store.image_config(&image)?;
@@ -143,7 +150,10 @@ pub fn history(store: &Store, args: HistoryArgs) -> Result<ExitCode> {
         println!("{}", id.short());
         return Ok(ExitCode::SUCCESS);
     }
-    let mut layers = manifest.layers.iter();
+    let mut sizes = store.layer_content_sizes();
+    let layer_sizes = sizes.of_image(&manifest, &config)?;
+    sizes.save(false);
+    let mut layers = layer_sizes.into_iter();
     let mut rows: Vec<(Option<String>, String, u64, String)> = config
         .history
         .iter()
@@ -151,7 +161,7 @@ pub fn history(store: &Store, args: HistoryArgs) -> Result<ExitCode> {
             let size = if h.empty_layer {
                 0
             } else {
-                layers.next().map_or(0, |l| l.size)
+                layers.next().unwrap_or(0)
             };
             let created_by = h.created_by.clone().unwrap_or_default();
             (
@@ -243,7 +253,10 @@ fn inspect_one(store: &Store, name: &str) -> Result<Value> {
         .map(|n| format!("{}@{}", n.familiar_name(), image.descriptor.digest))
         .collect();
     repo_digests.dedup();
-    let size = manifest.layers.iter().map(|l| l.size).sum::<u64>();
+    // docker's Size: the bytes of the image's files, not of its compressed blobs.
+    let mut sizes = store.layer_content_sizes();
+    let size: u64 = sizes.of_image(&manifest, &config)?.iter().sum();
+    sizes.save(false);
     Ok(json!({
         "Id": manifest.config.digest.as_str(),
         "RepoTags": repo_tags,

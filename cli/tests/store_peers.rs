@@ -103,14 +103,21 @@ fn docker_load_and_save_round_trip() {
         layer_digests, docker_layers,
         "docker save writes uncompressed layers, kept as they are"
     );
+    // Sizes are the bytes of the image's files, as docker counts them (the RUN's layer holds
+    // a whiteout and a 3-byte file), not of the blobs.
+    assert_eq!(loaded["Size"], docker_view["Size"]);
     assert_eq!(loaded["Config"]["Env"], docker_view["Config"]["Env"]);
     assert_eq!(loaded["Config"]["Cmd"], docker_view["Config"]["Cmd"]);
 
-    // `rbuild history` lists what `docker history` lists, in the same order.
+    // `rbuild history` lists what `docker history` lists, in the same order, with the same
+    // sizes.
     let created_by = |json_lines: &[u8]| -> Vec<String> {
         String::from_utf8_lossy(json_lines)
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["CreatedBy"].to_string())
+            .map(|l| {
+                let row = serde_json::from_str::<serde_json::Value>(l).unwrap();
+                format!("{} {}", row["CreatedBy"], row["Size"])
+            })
             .collect()
     };
     let ours =

@@ -16,6 +16,8 @@
 //!   index.lock            held exclusively while index.json is read-modified-written
 //!   build-cache/<key>.json  the builder's step cache: key → layer (GC roots)
 //!   layer-sizes.json      disk usage of each unpacked layer, measured once, for cache limits
+//!   layer-content-sizes.json  each layer's size as docker shows it (its files' bytes), by
+//!                         diff ID, measured once (content_sizes.rs)
 //!   cache-mounts/<sha256 of id>[-N]/  RUN --mount=type=cache directories (N: a `sharing=private`
 //!                         instance), each with its `.lock` file beside it, whose mtime is
 //!                         when a step last held the mount (for GC)
@@ -29,6 +31,7 @@
 
 mod build_cache;
 mod cache_mounts;
+mod content_sizes;
 mod ingest;
 mod layer_blobs;
 mod layout_import;
@@ -41,6 +44,7 @@ pub use build_cache::{
     CachedLayer, ExportedCacheMount, ExportedRecord, CACHE_ARTIFACT_TYPE, CACHE_CONFIG_MEDIA_TYPE,
 };
 pub use cache_mounts::{CacheMountsPruned, HeldCacheMount, MountSharing};
+pub use content_sizes::LayerContentSizes;
 pub use layer_blobs::unpacked_only_descriptor;
 pub use lock::{LockError, StoreLock};
 pub use store::{ImageRecord, PruneReport, RemoveOutcome, Store, StoreError};

@@ -1,7 +1,8 @@
 //! Layer tars (image-spec layer.md): [`create`] turns a directory, or an overlayfs upper
 //! directory, into a deterministic compressed layer while hashing it ([`diff_id`] only hashes
 //! that tar, for layers kept unpacked until an image needs them); [`apply`] extracts a
-//! layer onto a directory without ever writing outside it.
+//! layer onto a directory without ever writing outside it; [`content_size`] counts a layer's
+//! bytes as docker shows them.
 //!
 //! Module map: `create` walks the source and `tar_writer` encodes headers (ustar + PAX);
 //! `apply` interprets entries; `pipeline` runs the hashing and (de)compression of both on a
@@ -12,6 +13,7 @@
 //! streams as they pass.
 
 mod apply;
+mod content_size;
 mod create;
 mod hashing;
 mod path;
@@ -25,6 +27,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use apply::{apply, ApplyMode, ApplyStats};
+pub use content_size::content_size;
 pub use create::{clamp_mtimes, create, diff_id, set_mtime, CreateOptions, LayerInfo, SourceKind};
 pub use whiteout::{OPAQUE_WHITEOUT, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX};
 
