@@ -3,29 +3,27 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use image_store::{CachePrune, RemoveOutcome, Store};
 use oci::Reference;
 use serde_json::{json, Value};
 
-use crate::output::{human_age, human_size, print_table};
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum ListFormat {
-    Table,
-    Json,
-}
+use crate::output::{human_age, human_size, print_line, print_rows};
 
 #[derive(Args)]
 pub struct ImagesArgs {
     /// Only this repository (and tag), e.g. `busybox` or `busybox:1.36`
     reference: Option<String>,
-    /// `table` (default) or `json` (one object per line, as `docker images --format json`)
-    #[arg(long, value_enum, default_value = "table")]
-    format: ListFormat,
+    /// `table` (default), `json` (one object per line), or a Go template as docker's:
+    /// `{{.Repository}}:{{.Tag}}`, `table {{.ID}}\t{{.Size}}`
+    #[arg(long, default_value = "table")]
+    format: String,
     /// Show only image IDs
     #[arg(short, long)]
     quiet: bool,
+    /// Show whole image IDs
+    #[arg(long)]
+    no_trunc: bool,
 }
 
 /// One row of `rbuild images`.
@@ -88,42 +86,43 @@ pub fn images(store: &Store, args: ImagesArgs) -> Result<ExitCode> {
     sizes.save(!args.quiet && filter.is_none());
     if args.quiet {
         for row in &rows {
-            println!("{}", row.id.short());
+            match args.no_trunc {
+                true => print_line(row.id.as_str()),
+                false => print_line(row.id.short()),
+            }
         }
         return Ok(ExitCode::SUCCESS);
     }
-    match args.format {
-        ListFormat::Json => {
-            for row in &rows {
-                let value = json!({
-                    "Repository": row.repository,
-                    "Tag": row.tag,
-                    "ID": row.id.as_str(),
-                    "Digest": row.digest.as_str(),
-                    "CreatedAt": row.created,
-                    "CreatedSince": human_age(row.created.as_deref()),
-                    "Size": human_size(row.size),
-                    "VirtualSize": row.size,
-                });
-                println!("{value}");
-            }
-        }
-        ListFormat::Table => {
-            let mut table = vec![["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"]
-                .map(String::from)
-                .to_vec()];
-            for row in &rows {
-                table.push(vec![
-                    row.repository.clone(),
-                    row.tag.clone(),
-                    row.id.short().to_string(),
-                    human_age(row.created.as_deref()),
-                    human_size(row.size),
-                ]);
-            }
-            print_table(&table);
-        }
-    }
+    let json_rows: Vec<Value> = rows
+        .iter()
+        .map(|row| {
+            json!({
+                "Repository": row.repository,
+                "Tag": row.tag,
+                "ID": if args.no_trunc { row.id.as_str() } else { row.id.short() },
+                "Digest": row.digest.as_str(),
+                "CreatedAt": row.created,
+                "CreatedSince": human_age(row.created.as_deref()),
+                "Size": human_size(row.size),
+                "VirtualSize": human_size(row.size),
+            })
+        })
+        .collect();
+    print_rows(
+        &args.format,
+        "table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}",
+        &[
+            ("Repository", "REPOSITORY"),
+            ("Tag", "TAG"),
+            ("ID", "IMAGE ID"),
+            ("Digest", "DIGEST"),
+            ("CreatedAt", "CREATED AT"),
+            ("CreatedSince", "CREATED"),
+            ("Size", "SIZE"),
+            ("VirtualSize", "VIRTUAL SIZE"),
+        ],
+        &json_rows,
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -136,8 +135,10 @@ pub struct HistoryArgs {
     /// Print only the image ID
     #[arg(short, long)]
     quiet: bool,
-    #[arg(long, value_enum, default_value = "table")]
-    format: ListFormat,
+    /// `table` (default), `json` (one object per line), or a Go template as docker's:
+    /// `{{.CreatedBy}} {{.Size}}`
+    #[arg(long, default_value = "table")]
+    format: String,
 }
 
 /// `docker history`: the image's history entries, newest first, each with the size of the
@@ -173,46 +174,42 @@ pub fn history(store: &Store, args: HistoryArgs) -> Result<ExitCode> {
         })
         .collect();
     rows.reverse();
-    match args.format {
-        ListFormat::Json => {
-            for (n, (created, created_by, size, comment)) in rows.iter().enumerate() {
-                let image = if n == 0 { id.as_str() } else { "<missing>" };
-                let value = json!({
-                    "ID": image,
-                    "CreatedAt": created,
-                    "CreatedSince": human_age(created.as_deref()),
-                    "CreatedBy": created_by,
-                    "Size": human_size(*size),
-                    "Comment": comment,
-                });
-                println!("{value}");
-            }
-        }
-        ListFormat::Table => {
-            let mut table = vec![["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]
-                .map(String::from)
-                .to_vec()];
-            for (n, (created, created_by, size, comment)) in rows.iter().enumerate() {
-                let image = if n == 0 {
-                    id.short().to_string()
-                } else {
-                    "<missing>".into()
-                };
-                let created_by = match created_by.char_indices().nth(44) {
-                    Some((cut, _)) if !args.no_trunc => format!("{}…", &created_by[..cut]),
-                    _ => created_by.clone(),
-                };
-                table.push(vec![
-                    image,
-                    human_age(created.as_deref()),
-                    created_by,
-                    human_size(*size),
-                    comment.clone(),
-                ]);
-            }
-            print_table(&table);
-        }
-    }
+    let json_rows: Vec<Value> = rows
+        .iter()
+        .enumerate()
+        .map(|(n, (created, created_by, size, comment))| {
+            let image = match n {
+                0 if args.no_trunc => id.as_str(),
+                0 => id.short(),
+                _ => "<missing>",
+            };
+            let created_by = match created_by.char_indices().nth(44) {
+                Some((cut, _)) if !args.no_trunc => format!("{}…", &created_by[..cut]),
+                _ => created_by.clone(),
+            };
+            json!({
+                "ID": image,
+                "CreatedAt": created,
+                "CreatedSince": human_age(created.as_deref()),
+                "CreatedBy": created_by,
+                "Size": human_size(*size),
+                "Comment": comment,
+            })
+        })
+        .collect();
+    print_rows(
+        &args.format,
+        "table {{.ID}}\t{{.CreatedSince}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}",
+        &[
+            ("ID", "IMAGE"),
+            ("CreatedAt", "CREATED AT"),
+            ("CreatedSince", "CREATED"),
+            ("CreatedBy", "CREATED BY"),
+            ("Size", "SIZE"),
+            ("Comment", "COMMENT"),
+        ],
+        &json_rows,
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -220,9 +217,20 @@ pub fn history(store: &Store, args: HistoryArgs) -> Result<ExitCode> {
 pub struct InspectArgs {
     #[arg(required = true)]
     images: Vec<String>,
+    /// A Go template for each image, as docker's: `{{.Id}}`, `{{index .RepoDigests 0}}`,
+    /// `{{json .Config.Labels}}`; `json` is the default output
+    #[arg(short, long)]
+    format: Option<String>,
 }
 
 pub fn inspect(store: &Store, args: InspectArgs) -> Result<ExitCode> {
+    let template = match args.format.as_deref() {
+        None | Some("json") => None,
+        Some(source) => Some(
+            crate::go_template::Template::parse(source)
+                .map_err(|e| anyhow::anyhow!("template parsing error: {e}: {source:?}"))?,
+        ),
+    };
     let mut out = Vec::new();
     let mut code = ExitCode::SUCCESS;
     for name in &args.images {
@@ -234,7 +242,17 @@ pub fn inspect(store: &Store, args: InspectArgs) -> Result<ExitCode> {
             }
         }
     }
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    match template {
+        None => println!("{}", serde_json::to_string_pretty(&out)?),
+        Some(template) => {
+            for image in &out {
+                let line = template
+                    .render(image)
+                    .map_err(|e| anyhow::anyhow!("template: {e}"))?;
+                crate::output::print_line(&line);
+            }
+        }
+    }
     Ok(code)
 }
 

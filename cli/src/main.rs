@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod archive_cmds;
 mod build_cmd;
 mod changes;
+mod go_template;
 mod image_cmds;
 mod oci_runtime;
 mod output;

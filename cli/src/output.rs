@@ -90,8 +90,75 @@ pub fn print_table(rows: &[Vec<String>]) {
                 line.push_str(&format!("{cell:<width$}   ", width = widths[c]));
             }
         }
-        println!("{}", line.trim_end());
+        print_line(line.trim_end());
     }
+}
+
+/// Prints one line of a listing. A reader that went away (`rbuild images | head -1`) ends the
+/// listing quietly, as docker's output ends, instead of a panic.
+pub fn print_line(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("rbuild: writing to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Prints rows (JSON objects with docker's field names) as a `--format` flag asks, as docker's
+/// formatter does: `table` is `default_table`; `json` one object a line; `table TEMPLATE` a
+/// header (the template over `titles`: field name → column title), then a line per row, cells
+/// split at tabs and aligned; any other value is a Go template for each row (go_template.rs).
+pub fn print_rows(
+    format: &str,
+    default_table: &str,
+    titles: &[(&str, &str)],
+    rows: &[serde_json::Value],
+) -> anyhow::Result<()> {
+    use crate::go_template::Template;
+    let format = match format {
+        "table" => default_table,
+        "json" => "{{json .}}",
+        other => other,
+    };
+    let (table, source) = match format.strip_prefix("table") {
+        Some(rest) if rest.is_empty() || rest.starts_with(char::is_whitespace) => {
+            (true, rest.trim_start())
+        }
+        _ => (false, format),
+    };
+    // Written `\t` in a shell's single quotes, as docker's docs show them.
+    let source = source.replace("\\t", "\t");
+    let template = Template::parse(&source)
+        .map_err(|e| anyhow::anyhow!("template parsing error: {e}: {format:?}"))?;
+    let render = |value: &serde_json::Value| {
+        template
+            .render(value)
+            .map_err(|e| anyhow::anyhow!("template: {e}: {format:?}"))
+    };
+    if !table {
+        for row in rows {
+            print_line(&render(row)?);
+        }
+        return Ok(());
+    }
+    let header: serde_json::Map<String, serde_json::Value> = titles
+        .iter()
+        .map(|(field, title)| (field.to_string(), title.to_string().into()))
+        .collect();
+    let mut lines = vec![render(&header.into())?];
+    for row in rows {
+        lines.push(render(row)?);
+    }
+    let cells: Vec<Vec<String>> = lines
+        .iter()
+        .map(|line| line.split('\t').map(str::to_string).collect())
+        .collect();
+    print_table(&cells);
+    Ok(())
 }
 
 #[cfg(test)]

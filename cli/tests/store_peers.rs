@@ -131,6 +131,22 @@ fn docker_load_and_save_round_trip() {
     ]))
     .unwrap();
     assert_eq!(created_by(ours.as_bytes()), created_by(&theirs.stdout));
+
+    // `--format` templates as scripts write them give what docker's give.
+    for (command, template) in [
+        (
+            "inspect",
+            "{{.Id}} {{index .RepoTags 0}} {{json .Config.Env}} {{.Config.Cmd}} {{.Size}} {{len .RootFS.Layers}}",
+        ),
+        ("images", "{{.Repository}}:{{.Tag}} {{.ID}} {{.Size}}"),
+        // (Not .ID: docker's classic builder left the intermediate images this one's rows name.)
+        ("history", "{{.CreatedBy}}|{{.Size}}|{{.Comment}}"),
+    ] {
+        let ours = ok(rbuild(&root).args([command, "--format", template, "from-docker:2"]));
+        let theirs =
+            run_ok(dockerd.docker().args([command, "--format", template, "from-docker:2"])).unwrap();
+        assert_eq!(ours, String::from_utf8_lossy(&theirs.stdout), "{command} --format {template}");
+    }
 }
 
 /// `rbuild save --format oci` is accepted by skopeo and unpacked by umoci without warnings;

@@ -1,0 +1,659 @@
+//! The part of Go's text/template that docker's `--format` flags are written in, over JSON
+//! values: `docker images --format '{{.Repository}}:{{.Tag}}'`,
+//! `docker inspect -f '{{index .RepoDigests 0}}'`, `{{json .Config.Labels}}`,
+//! `{{range .Config.Env}}{{println .}}{{end}}`.
+//!
+//! Supported: text and actions (`{{- … -}}` trims spaces), fields (`.`, `.A.B`), string and
+//! number literals, pipelines (`|`), parenthesised pipelines, `if`/`else`/`end`, `range`/
+//! `else`/`end` (over arrays, and over objects' values in key order), and the functions
+//! docker scripts use: `json`, `index`, `len`, `join`, `split`, `lower`, `upper`, `title`,
+//! `println`, `printf` (`%s %v %d %q %%`), `eq`, `ne`, `not`. Values print as Go prints
+//! decoded JSON: arrays as `[a b]`, objects as `map[k:v]`, null as `<nil>`, a missing key as
+//! `<no value>`. Anything else is an error naming the template, never wrong output.
+
+use serde_json::Value;
+
+#[derive(Debug)]
+pub struct Template {
+    nodes: Vec<Node>,
+}
+
+#[derive(Debug)]
+enum Node {
+    Text(String),
+    Print(Pipeline),
+    If(Pipeline, Vec<Node>, Vec<Node>),
+    Range(Pipeline, Vec<Node>, Vec<Node>),
+}
+
+/// Commands joined by `|`: each one's result is the last argument of the next.
+type Pipeline = Vec<Command>;
+
+#[derive(Debug)]
+enum Command {
+    /// A lone operand: a field, a literal or a parenthesised pipeline.
+    Operand(Operand),
+    Call(String, Vec<Operand>),
+}
+
+#[derive(Debug)]
+enum Operand {
+    /// `.` (empty) or `.A.B`.
+    Field(Vec<String>),
+    Literal(Value),
+    Nested(Pipeline),
+}
+
+/// What a lookup gives: a value, or Go's "no value" for a key that is not there.
+#[derive(Debug, Clone)]
+enum Data {
+    Value(Value),
+    Missing,
+}
+
+impl Template {
+    pub fn parse(source: &str) -> Result<Template, String> {
+        let actions = split_actions(source)?;
+        let mut pieces = actions.into_iter().peekable();
+        let (nodes, end) = parse_nodes(&mut pieces)?;
+        match end {
+            None => Ok(Template { nodes }),
+            Some(word) => Err(format!("unexpected {{{{{word}}}}}")),
+        }
+    }
+
+    pub fn render(&self, data: &Value) -> Result<String, String> {
+        let mut out = String::new();
+        render_nodes(&self.nodes, data, &mut out)?;
+        Ok(out)
+    }
+}
+
+/// A piece of template source: text, or the inside of an action.
+enum Piece {
+    Text(String),
+    Action(String),
+}
+
+fn split_actions(source: &str) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut rest = source;
+    while let Some(start) = rest.find("{{") {
+        let mut text = &rest[..start];
+        let after = &rest[start + 2..];
+        let end = after
+            .find("}}")
+            .ok_or_else(|| "unclosed action: {{ without }}".to_string())?;
+        let mut inner = &after[..end];
+        if let Some(trimmed) = inner.strip_prefix("- ") {
+            text = text.trim_end();
+            inner = trimmed;
+        }
+        let mut trim_next = false;
+        if let Some(trimmed) = inner.strip_suffix(" -") {
+            trim_next = true;
+            inner = trimmed;
+        }
+        if !text.is_empty() {
+            pieces.push(Piece::Text(text.to_string()));
+        }
+        pieces.push(Piece::Action(inner.trim().to_string()));
+        rest = &after[end + 2..];
+        if trim_next {
+            rest = rest.trim_start();
+        }
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Text(rest.to_string()));
+    }
+    Ok(pieces)
+}
+
+/// Parses nodes up to an `else` or `end` (returned) or the end of the template (`None`).
+fn parse_nodes(
+    pieces: &mut std::iter::Peekable<std::vec::IntoIter<Piece>>,
+) -> Result<(Vec<Node>, Option<String>), String> {
+    let mut nodes = Vec::new();
+    while let Some(piece) = pieces.next() {
+        let action = match piece {
+            Piece::Text(text) => {
+                nodes.push(Node::Text(text));
+                continue;
+            }
+            Piece::Action(action) => action,
+        };
+        let (keyword, rest) = action
+            .split_once(char::is_whitespace)
+            .unwrap_or((action.as_str(), ""));
+        match keyword {
+            "end" | "else" if rest.trim().is_empty() => return Ok((nodes, Some(keyword.into()))),
+            "if" | "range" => {
+                let pipeline = parse_pipeline(&mut Tokens::new(rest)?)?;
+                let (body, end) = parse_nodes(pieces)?;
+                let otherwise = match end.as_deref() {
+                    Some("end") => Vec::new(),
+                    Some("else") => match parse_nodes(pieces)? {
+                        (otherwise, Some(end)) if end == "end" => otherwise,
+                        _ => {
+                            return Err(format!(
+                                "{{{{{keyword}}}}} … {{{{else}}}} without {{{{end}}}}"
+                            ))
+                        }
+                    },
+                    _ => return Err(format!("{{{{{keyword}}}}} without {{{{end}}}}")),
+                };
+                nodes.push(if keyword == "if" {
+                    Node::If(pipeline, body, otherwise)
+                } else {
+                    Node::Range(pipeline, body, otherwise)
+                });
+            }
+            _ if action.starts_with("/*") => {} // a comment
+            _ => nodes.push(Node::Print(parse_pipeline(&mut Tokens::new(&action)?)?)),
+        }
+    }
+    Ok((nodes, None))
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    Field(Vec<String>),
+    Word(String),
+    Literal(Value),
+    Pipe,
+    Open,
+    Close,
+}
+
+struct Tokens {
+    tokens: Vec<Token>,
+    at: usize,
+}
+
+impl Tokens {
+    fn new(source: &str) -> Result<Tokens, String> {
+        let mut tokens = Vec::new();
+        let chars: Vec<char> = source.chars().collect();
+        let mut i = 0;
+        while i < chars.len() {
+            let c = chars[i];
+            let word_end = |from: usize| {
+                let mut j = from;
+                while j < chars.len() && (chars[j].is_alphanumeric() || "_.-".contains(chars[j])) {
+                    j += 1;
+                }
+                j
+            };
+            match c {
+                _ if c.is_whitespace() => i += 1,
+                '|' => {
+                    tokens.push(Token::Pipe);
+                    i += 1;
+                }
+                '(' => {
+                    tokens.push(Token::Open);
+                    i += 1;
+                }
+                ')' => {
+                    tokens.push(Token::Close);
+                    i += 1;
+                }
+                '.' => {
+                    let end = word_end(i + 1);
+                    let path: String = chars[i + 1..end].iter().collect();
+                    let parts = path
+                        .split('.')
+                        .filter(|p| !p.is_empty())
+                        .map(str::to_string)
+                        .collect();
+                    tokens.push(Token::Field(parts));
+                    i = end;
+                }
+                '"' | '`' => {
+                    let (text, end) = string_literal(&chars, i)?;
+                    tokens.push(Token::Literal(Value::String(text)));
+                    i = end;
+                }
+                _ if c.is_ascii_digit() || c == '-' => {
+                    let end = word_end(i + 1);
+                    let text: String = chars[i..end].iter().collect();
+                    let number = text
+                        .parse::<i64>()
+                        .map(Value::from)
+                        .or_else(|_| text.parse::<f64>().map(Value::from))
+                        .map_err(|_| format!("bad number {text:?}"))?;
+                    tokens.push(Token::Literal(number));
+                    i = end;
+                }
+                _ if c.is_alphabetic() => {
+                    let end = word_end(i);
+                    let word: String = chars[i..end].iter().collect();
+                    tokens.push(match word.as_str() {
+                        "true" => Token::Literal(Value::Bool(true)),
+                        "false" => Token::Literal(Value::Bool(false)),
+                        "nil" => Token::Literal(Value::Null),
+                        _ => Token::Word(word),
+                    });
+                    i = end;
+                }
+                '$' => return Err("template variables ($) are not supported".into()),
+                _ => return Err(format!("unexpected {c:?} in action")),
+            }
+        }
+        Ok(Tokens { tokens, at: 0 })
+    }
+
+    fn peek(&self) -> Option<&Token> {
+        self.tokens.get(self.at)
+    }
+
+    fn next(&mut self) -> Option<Token> {
+        let token = self.tokens.get(self.at).cloned();
+        self.at += 1;
+        token
+    }
+}
+
+/// A Go string literal starting at `chars[start]` ("…" with escapes, or `…` raw); returns it
+/// and the index after it.
+fn string_literal(chars: &[char], start: usize) -> Result<(String, usize), String> {
+    let quote = chars[start];
+    let mut text = String::new();
+    let mut i = start + 1;
+    while i < chars.len() {
+        match chars[i] {
+            c if c == quote => return Ok((text, i + 1)),
+            '\\' if quote == '"' => {
+                i += 1;
+                text.push(match chars.get(i) {
+                    Some('n') => '\n',
+                    Some('t') => '\t',
+                    Some(&c @ ('\\' | '"')) => c,
+                    other => return Err(format!("unsupported escape \\{other:?} in a string")),
+                });
+            }
+            c => text.push(c),
+        }
+        i += 1;
+    }
+    Err("unterminated string".into())
+}
+
+fn parse_pipeline(tokens: &mut Tokens) -> Result<Pipeline, String> {
+    let mut pipeline = Vec::new();
+    loop {
+        let mut operands = Vec::new();
+        let mut function = None;
+        while let Some(token) = tokens.peek() {
+            if matches!(token, Token::Pipe | Token::Close) {
+                break;
+            }
+            match tokens.next() {
+                Some(Token::Word(word)) if function.is_none() && operands.is_empty() => {
+                    function = Some(word)
+                }
+                Some(Token::Word(word)) => return Err(format!("{word:?} is not an argument")),
+                Some(Token::Field(path)) => operands.push(Operand::Field(path)),
+                Some(Token::Literal(value)) => operands.push(Operand::Literal(value)),
+                Some(Token::Open) => {
+                    operands.push(Operand::Nested(parse_pipeline(tokens)?));
+                    if tokens.next() != Some(Token::Close) {
+                        return Err("unclosed (".into());
+                    }
+                }
+                _ => unreachable!("peeked"),
+            }
+        }
+        pipeline.push(match function {
+            Some(name) => Command::Call(name, operands),
+            None if operands.len() == 1 => Command::Operand(operands.remove(0)),
+            None if operands.is_empty() => return Err("missing value in action".into()),
+            None => return Err("more than one value without a function".into()),
+        });
+        match tokens.peek() {
+            Some(Token::Pipe) => {
+                tokens.next();
+            }
+            _ => return Ok(pipeline),
+        }
+    }
+}
+
+fn render_nodes(nodes: &[Node], dot: &Value, out: &mut String) -> Result<(), String> {
+    for node in nodes {
+        match node {
+            Node::Text(text) => out.push_str(text),
+            Node::Print(pipeline) => out.push_str(&printed(&run(pipeline, dot)?)),
+            Node::If(pipeline, body, otherwise) => {
+                let branch = if truthy(&run(pipeline, dot)?) {
+                    body
+                } else {
+                    otherwise
+                };
+                render_nodes(branch, dot, out)?;
+            }
+            Node::Range(pipeline, body, otherwise) => {
+                let items: Vec<Value> = match run(pipeline, dot)? {
+                    Data::Value(Value::Array(items)) => items,
+                    Data::Value(Value::Object(map)) => {
+                        let mut entries: Vec<_> = map.into_iter().collect();
+                        entries.sort_by(|a, b| a.0.cmp(&b.0));
+                        entries.into_iter().map(|(_, v)| v).collect()
+                    }
+                    Data::Value(Value::Null) | Data::Missing => Vec::new(),
+                    Data::Value(other) => return Err(format!("range can't iterate over {other}")),
+                };
+                if items.is_empty() {
+                    render_nodes(otherwise, dot, out)?;
+                }
+                for item in &items {
+                    render_nodes(body, item, out)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run(pipeline: &Pipeline, dot: &Value) -> Result<Data, String> {
+    let mut result: Option<Data> = None;
+    for command in pipeline {
+        result = Some(match command {
+            Command::Operand(operand) => match result {
+                Some(_) => return Err("a value can't take a piped argument".into()),
+                None => evaluate(operand, dot)?,
+            },
+            Command::Call(name, operands) => {
+                let mut args = operands
+                    .iter()
+                    .map(|o| evaluate(o, dot))
+                    .collect::<Result<Vec<_>, _>>()?;
+                args.extend(result.take());
+                call(name, args)?
+            }
+        });
+    }
+    result.ok_or_else(|| "empty pipeline".into())
+}
+
+fn evaluate(operand: &Operand, dot: &Value) -> Result<Data, String> {
+    match operand {
+        Operand::Literal(value) => Ok(Data::Value(value.clone())),
+        Operand::Nested(pipeline) => run(pipeline, dot),
+        Operand::Field(path) => {
+            let mut current = dot;
+            for name in path {
+                current = match current {
+                    Value::Object(map) => match map.get(name) {
+                        Some(value) => value,
+                        None => return Ok(Data::Missing),
+                    },
+                    Value::Null => return Ok(Data::Missing),
+                    other => return Err(format!("can't evaluate field {name} in {other}")),
+                };
+            }
+            Ok(Data::Value(current.clone()))
+        }
+    }
+}
+
+fn call(name: &str, args: Vec<Data>) -> Result<Data, String> {
+    let values: Vec<Value> = args
+        .into_iter()
+        .map(|a| match a {
+            Data::Value(v) => v,
+            Data::Missing => Value::Null,
+        })
+        .collect();
+    let want = |n: usize| {
+        if values.len() == n {
+            Ok(())
+        } else {
+            Err(format!("{name} wants {n} arguments, got {}", values.len()))
+        }
+    };
+    let text = |v: &Value| printed(&Data::Value(v.clone()));
+    let string = |s: String| Ok(Data::Value(Value::String(s)));
+    match name {
+        "json" => {
+            want(1)?;
+            string(serde_json::to_string(&values[0]).map_err(|e| e.to_string())?)
+        }
+        "len" => {
+            want(1)?;
+            let len = match &values[0] {
+                Value::Array(a) => a.len(),
+                Value::Object(o) => o.len(),
+                Value::String(s) => s.len(),
+                other => return Err(format!("len of {other}")),
+            };
+            Ok(Data::Value(Value::from(len)))
+        }
+        "index" => {
+            let (first, keys) = values
+                .split_first()
+                .ok_or_else(|| "index wants arguments".to_string())?;
+            let mut current = first.clone();
+            for key in keys {
+                current = match (&current, key) {
+                    (Value::Array(items), Value::Number(n)) => n
+                        .as_u64()
+                        .and_then(|i| items.get(i as usize))
+                        .cloned()
+                        .ok_or_else(|| format!("index {n} out of range"))?,
+                    (Value::Object(map), Value::String(k)) => match map.get(k) {
+                        Some(v) => v.clone(),
+                        None => return Ok(Data::Missing),
+                    },
+                    (container, key) => return Err(format!("can't index {container} with {key}")),
+                };
+            }
+            Ok(Data::Value(current))
+        }
+        "join" => {
+            want(2)?;
+            let items = values[0]
+                .as_array()
+                .ok_or_else(|| "join wants a list".to_string())?;
+            let parts: Vec<String> = items.iter().map(text).collect();
+            string(parts.join(&text(&values[1])))
+        }
+        "split" => {
+            want(2)?;
+            let parts = text(&values[0])
+                .split(text(&values[1]).as_str())
+                .map(|p| Value::String(p.to_string()))
+                .collect();
+            Ok(Data::Value(Value::Array(parts)))
+        }
+        "lower" | "upper" | "title" => {
+            want(1)?;
+            let s = text(&values[0]);
+            string(match name {
+                "lower" => s.to_lowercase(),
+                "upper" => s.to_uppercase(),
+                _ => title_case(&s),
+            })
+        }
+        "println" => string(values.iter().map(text).collect::<Vec<_>>().join(" ") + "\n"),
+        "printf" => {
+            let (format, args) = values
+                .split_first()
+                .ok_or_else(|| "printf wants a format".to_string())?;
+            string(printf(&text(format), args)?)
+        }
+        "eq" | "ne" => {
+            want(2)?;
+            let equal = values[0] == values[1];
+            Ok(Data::Value(Value::Bool(equal == (name == "eq"))))
+        }
+        "not" => {
+            want(1)?;
+            Ok(Data::Value(Value::Bool(!truthy(&Data::Value(
+                values[0].clone(),
+            )))))
+        }
+        _ => Err(format!("function {name:?} not defined")),
+    }
+}
+
+fn title_case(s: &str) -> String {
+    let mut out = String::new();
+    let mut start = true;
+    for c in s.chars() {
+        if start {
+            out.extend(c.to_uppercase());
+        } else {
+            out.push(c);
+        }
+        start = !c.is_alphanumeric();
+    }
+    out
+}
+
+fn printf(format: &str, args: &[Value]) -> Result<String, String> {
+    let mut out = String::new();
+    let mut args = args.iter();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let verb = chars.next().ok_or("printf: format ends with %")?;
+        if verb == '%' {
+            out.push('%');
+            continue;
+        }
+        let arg = args
+            .next()
+            .ok_or_else(|| format!("printf: missing argument for %{verb}"))?;
+        let shown = printed(&Data::Value(arg.clone()));
+        match verb {
+            's' | 'v' | 'd' => out.push_str(&shown),
+            'q' => out.push_str(&serde_json::to_string(&shown).map_err(|e| e.to_string())?),
+            _ => return Err(format!("printf: verb %{verb} is not supported")),
+        }
+    }
+    Ok(out)
+}
+
+fn truthy(data: &Data) -> bool {
+    match data {
+        Data::Missing | Data::Value(Value::Null) => false,
+        Data::Value(Value::Bool(b)) => *b,
+        Data::Value(Value::Number(n)) => n.as_f64() != Some(0.0),
+        Data::Value(Value::String(s)) => !s.is_empty(),
+        Data::Value(Value::Array(a)) => !a.is_empty(),
+        Data::Value(Value::Object(o)) => !o.is_empty(),
+    }
+}
+
+/// How Go's fmt prints a value decoded from JSON.
+fn printed(data: &Data) -> String {
+    let value = match data {
+        Data::Missing => return "<no value>".into(),
+        Data::Value(value) => value,
+    };
+    match value {
+        Value::Null => "<nil>".into(),
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::Array(items) => {
+            let parts: Vec<String> = items
+                .iter()
+                .map(|v| printed(&Data::Value(v.clone())))
+                .collect();
+            format!("[{}]", parts.join(" "))
+        }
+        Value::Object(map) => {
+            let mut parts: Vec<String> = map
+                .iter()
+                .map(|(k, v)| format!("{k}:{}", printed(&Data::Value(v.clone()))))
+                .collect();
+            parts.sort();
+            format!("map[{}]", parts.join(" "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn render(template: &str, data: &Value) -> String {
+        Template::parse(template)
+            .and_then(|t| t.render(data))
+            .unwrap_or_else(|e| panic!("{template}: {e}"))
+    }
+
+    /// Formats from docker's documentation and common CI scripts.
+    #[test]
+    fn docker_format_strings() {
+        let image = json!({
+            "Id": "sha256:abc",
+            "RepoTags": ["app:1", "app:latest"],
+            "RepoDigests": ["app@sha256:def"],
+            "Size": 1985584,
+            "Config": {
+                "Env": ["PATH=/bin", "A=b"],
+                "Labels": {"b": "2", "a": "1"},
+                "Entrypoint": null,
+            },
+        });
+        assert_eq!(render("{{.Id}}", &image), "sha256:abc");
+        assert_eq!(render("{{index .RepoDigests 0}}", &image), "app@sha256:def");
+        assert_eq!(render("{{.Size}}", &image), "1985584");
+        assert_eq!(render("{{.Config.Env}}", &image), "[PATH=/bin A=b]");
+        assert_eq!(render("{{.Config.Labels}}", &image), "map[a:1 b:2]");
+        assert_eq!(
+            render("{{json .Config.Labels}}", &image),
+            r#"{"a":"1","b":"2"}"#
+        );
+        assert_eq!(render(r#"{{index .Config.Labels "b"}}"#, &image), "2");
+        assert_eq!(render("{{.Config.Entrypoint}}", &image), "<nil>");
+        assert_eq!(render("{{.Nope}}", &image), "<no value>");
+        assert_eq!(
+            render("{{range .Config.Env}}{{println .}}{{end}}", &image),
+            "PATH=/bin\nA=b\n"
+        );
+        assert_eq!(
+            render(r#"{{join .RepoTags ","}}"#, &image),
+            "app:1,app:latest"
+        );
+        assert_eq!(
+            render("{{len .RepoTags}} {{.Id | upper}}", &image),
+            "2 SHA256:ABC"
+        );
+        assert_eq!(
+            render(r#"{{if .Config.Entrypoint}}yes{{else}}no{{end}}"#, &image),
+            "no"
+        );
+        assert_eq!(
+            render(r#"{{printf "%s=%d" (index .RepoTags 0) .Size}}"#, &image),
+            "app:1=1985584"
+        );
+        assert_eq!(render("a {{- .Id -}} \n b", &image), "asha256:abcb");
+        assert_eq!(
+            render(r#"{{if eq .Size 1985584}}big{{end}}"#, &image),
+            "big"
+        );
+    }
+
+    #[test]
+    fn bad_templates_are_errors() {
+        for bad in [
+            "{{.Id",
+            "{{if .Id}}x",
+            "{{end}}",
+            "{{nope .Id}}",
+            "{{$x := .Id}}",
+            r#"{{"unterminated}}"#,
+        ] {
+            let result = Template::parse(bad).and_then(|t| t.render(&json!({"Id": "x"})));
+            assert!(result.is_err(), "{bad} gave {result:?}");
+        }
+    }
+}
