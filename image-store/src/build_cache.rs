@@ -206,7 +206,7 @@ impl Store {
             for record in records.iter().filter(|r| !held_by_image(r)) {
                 sizes.add(self, &mut unpacked, record);
             }
-            unpacked.save()?;
+            unpacked.save(self)?;
             records.reverse();
             while let Some(record) = records.pop() {
                 let over = policy.keep_bytes.is_some_and(|keep| sizes.total > keep);

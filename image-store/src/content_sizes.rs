@@ -5,39 +5,31 @@
 //! `ROOT/layer-content-sizes.json`. The file is a cache: a missing or damaged one, or one that
 //! cannot be written (a read-only store), only means measuring again.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use oci::image::{ImageConfig, Manifest};
 use oci::media_type::{self, Kind};
 use oci::{Descriptor, Digest};
 
-use crate::store::{io_err, write_atomic, Store, StoreError};
+use crate::store::{io_err, Store, StoreError};
+use crate::unpacked::LayerSizeFile;
 
-/// The remembered sizes, and what this process measured or asked for.
+/// The remembered sizes, and the layers this process asked about.
 pub struct LayerContentSizes<'a> {
     store: &'a Store,
-    path: PathBuf,
-    known: BTreeMap<String, u64>,
+    file: LayerSizeFile,
     asked: BTreeSet<String>,
-    changed: bool,
 }
 
 impl Store {
     pub fn layer_content_sizes(&self) -> LayerContentSizes<'_> {
-        let path = self.root().join("layer-content-sizes.json");
-        let known = fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
         LayerContentSizes {
             store: self,
-            path,
-            known,
+            file: LayerSizeFile::load(self, "layer-content-sizes.json"),
             asked: BTreeSet::new(),
-            changed: false,
         }
     }
 }
@@ -58,47 +50,41 @@ impl LayerContentSizes<'_> {
     }
 
     fn of_layer(&mut self, layer: &Descriptor, diff_id: &Digest) -> Result<u64, StoreError> {
-        let key = diff_id.encoded().to_string();
-        self.asked.insert(key.clone());
-        if let Some(size) = self.known.get(&key) {
-            return Ok(*size);
-        }
-        let dir = self.store.unpacked_dir(diff_id);
-        let size = if dir.is_dir() {
-            directory_content_size(&dir, &mut HashSet::new()).map_err(io_err(&dir))?
-        } else if let (true, Kind::Layer(compression)) = (
-            self.store.content().contains(&layer.digest),
-            media_type::kind(&layer.media_type),
-        ) {
-            let blob = self.store.content().open_blob(&layer.digest)?;
-            oci::layer::content_size(blob, compression).map_err(|source| StoreError::Layer {
-                digest: layer.digest.clone(),
-                source,
-            })?
-        } else {
-            // Neither form is here (a foreign layer): what the manifest says, not remembered.
-            return Ok(layer.size);
-        };
-        self.known.insert(key, size);
-        self.changed = true;
-        Ok(size)
+        self.asked.insert(diff_id.encoded().to_string());
+        let store = self.store;
+        let measured = self.file.get_or_measure(diff_id, || {
+            let dir = store.unpacked_dir(diff_id);
+            if dir.is_dir() {
+                let size = directory_content_size(&dir, &mut HashSet::new());
+                return size.map(Some).map_err(io_err(&dir));
+            }
+            let Kind::Layer(compression) = media_type::kind(&layer.media_type) else {
+                return Ok(None);
+            };
+            if !store.content().contains(&layer.digest) {
+                return Ok(None);
+            }
+            let blob = store.content().open_blob(&layer.digest)?;
+            oci::layer::content_size(blob, compression)
+                .map(Some)
+                .map_err(|source| StoreError::Layer {
+                    digest: layer.digest.clone(),
+                    source,
+                })
+        })?;
+        // Neither form is here (a foreign layer): what the manifest says, not remembered.
+        Ok(measured.unwrap_or(layer.size))
     }
 
     /// Remembers what was measured. `keep_only_asked`: a caller that asked about every image
     /// (`rbuild images`) drops the sizes of layers no image has any more.
     pub fn save(mut self, keep_only_asked: bool) {
-        if keep_only_asked && self.known.len() > self.asked.len() {
+        if keep_only_asked {
             let asked = std::mem::take(&mut self.asked);
-            self.known.retain(|hex, _| asked.contains(hex));
-            self.changed = true;
-        }
-        if !self.changed {
-            return;
+            self.file.retain(|hex| asked.contains(hex));
         }
         // A cache: when it cannot be written, the next caller measures again.
-        if let Ok(bytes) = serde_json::to_vec(&self.known) {
-            let _ = write_atomic(&self.path, &bytes);
-        }
+        let _ = self.file.save();
     }
 }
 

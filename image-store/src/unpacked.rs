@@ -119,54 +119,91 @@ impl Store {
     }
 }
 
-/// The disk usage of unpacked layers, measured once each (an unpacked layer never changes)
-/// and remembered in `ROOT/layer-sizes.json`, so that sizing the build cache after every
-/// build does not walk every layer's files again. Read and written under gc.lock held
-/// exclusively.
-pub(crate) struct UnpackedSizes {
+/// Sizes of layers by diff ID, each measured once (a layer never changes) and remembered in
+/// a JSON file in the store's root. A missing or damaged file only means measuring again.
+pub(crate) struct LayerSizeFile {
     path: PathBuf,
     known: BTreeMap<String, u64>,
     changed: bool,
 }
 
-impl UnpackedSizes {
-    /// A missing or damaged file only means measuring again.
-    pub(crate) fn load(store: &Store) -> Self {
-        let path = store.root().join("layer-sizes.json");
+impl LayerSizeFile {
+    pub(crate) fn load(store: &Store, name: &str) -> Self {
+        let path = store.root().join(name);
         let known = fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        UnpackedSizes {
+        LayerSizeFile {
             path,
             known,
             changed: false,
         }
     }
 
-    fn of(&mut self, store: &Store, diff_id: &Digest) -> u64 {
+    /// The remembered size of `diff_id`, else what `measure` finds, remembered unless None.
+    pub(crate) fn get_or_measure<E>(
+        &mut self,
+        diff_id: &Digest,
+        measure: impl FnOnce() -> Result<Option<u64>, E>,
+    ) -> Result<Option<u64>, E> {
         if let Some(size) = self.known.get(diff_id.encoded()) {
-            return *size;
+            return Ok(Some(*size));
         }
-        let dir = store.unpacked_dir(diff_id);
-        if !dir.is_dir() {
-            return 0;
+        let size = measure()?;
+        if let Some(size) = size {
+            self.known.insert(diff_id.encoded().to_string(), size);
+            self.changed = true;
         }
-        let size = disk_usage(&dir);
-        self.known.insert(diff_id.encoded().to_string(), size);
-        self.changed = true;
-        size
+        Ok(size)
     }
 
-    /// Writes what was measured, forgetting layers that are gone.
-    pub(crate) fn save(mut self) -> Result<(), StoreError> {
+    pub(crate) fn changed(&self) -> bool {
+        self.changed
+    }
+
+    /// Forgets the layers (diff ID hex) `keep` refuses.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        let before = self.known.len();
+        self.known.retain(|hex, _| keep(hex));
+        self.changed |= self.known.len() != before;
+    }
+
+    /// Writes the file if anything changed.
+    pub(crate) fn save(self) -> Result<(), StoreError> {
         if !self.changed {
             return Ok(());
         }
-        let layers = self.path.with_file_name("layers");
-        self.known.retain(|hex, _| layers.join(hex).is_dir());
         let bytes = serde_json::to_vec(&self.known).map_err(|e| io_err(&self.path)(e.into()))?;
         crate::store::write_atomic(&self.path, &bytes)
+    }
+}
+
+/// The disk usage of unpacked layers, in `ROOT/layer-sizes.json`, so that sizing the build
+/// cache after every build does not walk every layer's files again. Read and written under
+/// gc.lock held exclusively.
+pub(crate) struct UnpackedSizes(LayerSizeFile);
+
+impl UnpackedSizes {
+    pub(crate) fn load(store: &Store) -> Self {
+        UnpackedSizes(LayerSizeFile::load(store, "layer-sizes.json"))
+    }
+
+    fn of(&mut self, store: &Store, diff_id: &Digest) -> u64 {
+        let dir = store.unpacked_dir(diff_id);
+        let Ok(size) = self.0.get_or_measure(diff_id, || {
+            Ok::<_, std::convert::Infallible>(dir.is_dir().then(|| disk_usage(&dir)))
+        });
+        size.unwrap_or(0)
+    }
+
+    /// Writes what was measured, forgetting layers that are gone.
+    pub(crate) fn save(mut self, store: &Store) -> Result<(), StoreError> {
+        if self.0.changed() {
+            let layers = store.root().join("layers");
+            self.0.retain(|hex| layers.join(hex).is_dir());
+        }
+        self.0.save()
     }
 }
 
