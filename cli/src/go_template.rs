@@ -16,6 +16,8 @@ use serde_json::Value;
 #[derive(Debug)]
 pub struct Template {
     nodes: Vec<Node>,
+    /// As written, for errors (which name it, as docker's do).
+    source: String,
 }
 
 #[derive(Debug)]
@@ -52,20 +54,29 @@ enum Data {
 }
 
 impl Template {
-    pub fn parse(source: &str) -> Result<Template, String> {
-        let actions = split_actions(source)?;
-        let mut pieces = actions.into_iter().peekable();
-        let (nodes, end) = parse_nodes(&mut pieces)?;
-        match end {
-            None => Ok(Template { nodes }),
-            Some(word) => Err(format!("unexpected {{{{{word}}}}}")),
+    pub fn parse(source: &str) -> anyhow::Result<Template> {
+        let parsed = split_actions(source).and_then(|actions| {
+            let mut pieces = actions.into_iter().peekable();
+            match parse_nodes(&mut pieces)? {
+                (nodes, None) => Ok(nodes),
+                (_, Some(word)) => Err(format!("unexpected {{{{{word}}}}}")),
+            }
+        });
+        match parsed {
+            Ok(nodes) => Ok(Template {
+                nodes,
+                source: source.to_string(),
+            }),
+            Err(e) => anyhow::bail!("template parsing error: {e}: {source:?}"),
         }
     }
 
-    pub fn render(&self, data: &Value) -> Result<String, String> {
+    pub fn render(&self, data: &Value) -> anyhow::Result<String> {
         let mut out = String::new();
-        render_nodes(&self.nodes, data, &mut out)?;
-        Ok(out)
+        match render_nodes(&self.nodes, data, &mut out) {
+            Ok(()) => Ok(out),
+            Err(e) => anyhow::bail!("template: {e}: {:?}", self.source),
+        }
     }
 }
 
@@ -412,7 +423,6 @@ fn call(name: &str, args: Vec<Data>) -> Result<Data, String> {
             Err(format!("{name} wants {n} arguments, got {}", values.len()))
         }
     };
-    let text = |v: &Value| printed(&Data::Value(v.clone()));
     let string = |s: String| Ok(Data::Value(Value::String(s)));
     match name {
         "json" => {
@@ -455,32 +465,32 @@ fn call(name: &str, args: Vec<Data>) -> Result<Data, String> {
             let items = values[0]
                 .as_array()
                 .ok_or_else(|| "join wants a list".to_string())?;
-            let parts: Vec<String> = items.iter().map(text).collect();
-            string(parts.join(&text(&values[1])))
+            let parts: Vec<String> = items.iter().map(shown).collect();
+            string(parts.join(&shown(&values[1])))
         }
         "split" => {
             want(2)?;
-            let parts = text(&values[0])
-                .split(text(&values[1]).as_str())
+            let parts = shown(&values[0])
+                .split(shown(&values[1]).as_str())
                 .map(|p| Value::String(p.to_string()))
                 .collect();
             Ok(Data::Value(Value::Array(parts)))
         }
         "lower" | "upper" | "title" => {
             want(1)?;
-            let s = text(&values[0]);
+            let s = shown(&values[0]);
             string(match name {
                 "lower" => s.to_lowercase(),
                 "upper" => s.to_uppercase(),
                 _ => title_case(&s),
             })
         }
-        "println" => string(values.iter().map(text).collect::<Vec<_>>().join(" ") + "\n"),
+        "println" => string(values.iter().map(shown).collect::<Vec<_>>().join(" ") + "\n"),
         "printf" => {
             let (format, args) = values
                 .split_first()
                 .ok_or_else(|| "printf wants a format".to_string())?;
-            string(printf(&text(format), args)?)
+            string(printf(&shown(format), args)?)
         }
         "eq" | "ne" => {
             want(2)?;
@@ -489,9 +499,7 @@ fn call(name: &str, args: Vec<Data>) -> Result<Data, String> {
         }
         "not" => {
             want(1)?;
-            Ok(Data::Value(Value::Bool(!truthy(&Data::Value(
-                values[0].clone(),
-            )))))
+            Ok(Data::Value(Value::Bool(!is_true(&values[0]))))
         }
         _ => Err(format!("function {name:?} not defined")),
     }
@@ -528,10 +536,10 @@ fn printf(format: &str, args: &[Value]) -> Result<String, String> {
         let arg = args
             .next()
             .ok_or_else(|| format!("printf: missing argument for %{verb}"))?;
-        let shown = printed(&Data::Value(arg.clone()));
+        let text = shown(arg);
         match verb {
-            's' | 'v' | 'd' => out.push_str(&shown),
-            'q' => out.push_str(&serde_json::to_string(&shown).map_err(|e| e.to_string())?),
+            's' | 'v' | 'd' => out.push_str(&text),
+            'q' => out.push_str(&serde_json::to_string(&text).map_err(|e| e.to_string())?),
             _ => return Err(format!("printf: verb %{verb} is not supported")),
         }
     }
@@ -540,37 +548,45 @@ fn printf(format: &str, args: &[Value]) -> Result<String, String> {
 
 fn truthy(data: &Data) -> bool {
     match data {
-        Data::Missing | Data::Value(Value::Null) => false,
-        Data::Value(Value::Bool(b)) => *b,
-        Data::Value(Value::Number(n)) => n.as_f64() != Some(0.0),
-        Data::Value(Value::String(s)) => !s.is_empty(),
-        Data::Value(Value::Array(a)) => !a.is_empty(),
-        Data::Value(Value::Object(o)) => !o.is_empty(),
+        Data::Missing => false,
+        Data::Value(value) => is_true(value),
+    }
+}
+
+/// Go's truth: not the zero value, not empty.
+fn is_true(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}
+
+fn printed(data: &Data) -> String {
+    match data {
+        Data::Missing => "<no value>".into(),
+        Data::Value(value) => shown(value),
     }
 }
 
 /// How Go's fmt prints a value decoded from JSON.
-fn printed(data: &Data) -> String {
-    let value = match data {
-        Data::Missing => return "<no value>".into(),
-        Data::Value(value) => value,
-    };
+fn shown(value: &Value) -> String {
     match value {
         Value::Null => "<nil>".into(),
         Value::String(s) => s.clone(),
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => n.to_string(),
         Value::Array(items) => {
-            let parts: Vec<String> = items
-                .iter()
-                .map(|v| printed(&Data::Value(v.clone())))
-                .collect();
+            let parts: Vec<String> = items.iter().map(shown).collect();
             format!("[{}]", parts.join(" "))
         }
         Value::Object(map) => {
             let mut parts: Vec<String> = map
                 .iter()
-                .map(|(k, v)| format!("{k}:{}", printed(&Data::Value(v.clone()))))
+                .map(|(k, v)| format!("{k}:{}", shown(v)))
                 .collect();
             parts.sort();
             format!("map[{}]", parts.join(" "))

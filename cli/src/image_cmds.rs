@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use image_store::{CachePrune, RemoveOutcome, Store};
+use image_store::{CachePrune, LayerContentSizes, RemoveOutcome, Store};
 use oci::Reference;
 use serde_json::{json, Value};
 
@@ -226,15 +226,13 @@ pub struct InspectArgs {
 pub fn inspect(store: &Store, args: InspectArgs) -> Result<ExitCode> {
     let template = match args.format.as_deref() {
         None | Some("json") => None,
-        Some(source) => Some(
-            crate::go_template::Template::parse(source)
-                .map_err(|e| anyhow::anyhow!("template parsing error: {e}: {source:?}"))?,
-        ),
+        Some(source) => Some(crate::go_template::Template::parse(source)?),
     };
     let mut out = Vec::new();
     let mut code = ExitCode::SUCCESS;
+    let mut sizes = store.layer_content_sizes();
     for name in &args.images {
-        match inspect_one(store, name) {
+        match inspect_one(store, &mut sizes, name) {
             Ok(v) => out.push(v),
             Err(e) => {
                 eprintln!("rbuild: {e:#}");
@@ -242,14 +240,12 @@ pub fn inspect(store: &Store, args: InspectArgs) -> Result<ExitCode> {
             }
         }
     }
+    sizes.save(false);
     match template {
         None => println!("{}", serde_json::to_string_pretty(&out)?),
         Some(template) => {
             for image in &out {
-                let line = template
-                    .render(image)
-                    .map_err(|e| anyhow::anyhow!("template: {e}"))?;
-                crate::output::print_line(&line);
+                print_line(&template.render(image)?);
             }
         }
     }
@@ -257,7 +253,7 @@ pub fn inspect(store: &Store, args: InspectArgs) -> Result<ExitCode> {
 }
 
 /// The fields of `docker image inspect` that describe an image, plus its manifest descriptor.
-fn inspect_one(store: &Store, name: &str) -> Result<Value> {
+fn inspect_one(store: &Store, sizes: &mut LayerContentSizes, name: &str) -> Result<Value> {
     let image = store.resolve(name)?;
     let (manifest, config, _) = store.image_config(&image)?;
     let repo_tags: Vec<String> = image
@@ -272,9 +268,7 @@ fn inspect_one(store: &Store, name: &str) -> Result<Value> {
         .collect();
     repo_digests.dedup();
     // docker's Size: the bytes of the image's files, not of its compressed blobs.
-    let mut sizes = store.layer_content_sizes();
     let size: u64 = sizes.of_image(&manifest, &config)?.iter().sum();
-    sizes.save(false);
     Ok(json!({
         "Id": manifest.config.digest.as_str(),
         "RepoTags": repo_tags,

@@ -118,7 +118,6 @@ pub fn print_rows(
     titles: &[(&str, &str)],
     rows: &[serde_json::Value],
 ) -> anyhow::Result<()> {
-    use crate::go_template::Template;
     let format = match format {
         "table" => default_table,
         "json" => "{{json .}}",
@@ -132,13 +131,8 @@ pub fn print_rows(
     };
     // Written `\t` in a shell's single quotes, as docker's docs show them.
     let source = source.replace("\\t", "\t");
-    let template = Template::parse(&source)
-        .map_err(|e| anyhow::anyhow!("template parsing error: {e}: {format:?}"))?;
-    let render = |value: &serde_json::Value| {
-        template
-            .render(value)
-            .map_err(|e| anyhow::anyhow!("template: {e}: {format:?}"))
-    };
+    let template = crate::go_template::Template::parse(&source)?;
+    let render = |value: &serde_json::Value| template.render(value);
     if !table {
         for row in rows {
             print_line(&render(row)?);
