@@ -1009,9 +1009,12 @@ fn prune_cache_after_build(
             }
             let mounts = report.cache_mounts;
             if mounts.mounts > 0 {
+                let rule = &image_store::CACHE_MOUNT_GC;
                 eprintln!(
-                    "cache mounts over 512MB: removed {} unused for 48 hours, freed {}",
+                    "cache mounts over {}: removed {} unused for {} hours, freed {}",
+                    crate::output::human_size(rule.keep_bytes.unwrap_or(0)),
                     mounts.mounts,
+                    rule.unused_for.unwrap_or_default().as_secs() / 3600,
                     crate::output::human_size(mounts.bytes)
                 );
             }

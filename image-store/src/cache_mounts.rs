@@ -19,7 +19,7 @@ use crate::unpacked::disk_usage;
 
 /// BuildKit's first default GC rule (docs/gc.md) for `exec.cachemount` records: once the
 /// cache mounts take more than 512 MB, those unused for 48 hours go.
-pub(crate) const CACHE_MOUNT_GC: CacheMountPrune = CacheMountPrune {
+pub const CACHE_MOUNT_GC: CacheMountPrune = CacheMountPrune {
     unused_for: Some(Duration::from_secs(48 * 3600)),
     keep_bytes: Some(512 * 1000 * 1000),
 };
@@ -174,7 +174,7 @@ fn lock_of(dir: &Path) -> PathBuf {
 
 /// Which cache mounts GC removes: with neither limit, every one.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct CacheMountPrune {
+pub struct CacheMountPrune {
     /// Only those no step held for this long.
     pub unused_for: Option<Duration>,
     /// Only while all the cache mounts together take more than this.

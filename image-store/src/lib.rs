@@ -43,7 +43,9 @@ pub use build_cache::{
     CacheBackend, CacheBackendError, CacheConfig, CachePrune, CachePruneReport, CacheRecord,
     CachedLayer, ExportedCacheMount, ExportedRecord, CACHE_ARTIFACT_TYPE, CACHE_CONFIG_MEDIA_TYPE,
 };
-pub use cache_mounts::{CacheMountsPruned, HeldCacheMount, MountSharing};
+pub use cache_mounts::{
+    CacheMountPrune, CacheMountsPruned, HeldCacheMount, MountSharing, CACHE_MOUNT_GC,
+};
 pub use content_sizes::LayerContentSizes;
 pub use layer_blobs::unpacked_only_descriptor;
 pub use lock::{LockError, StoreLock};
