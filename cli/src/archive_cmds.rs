@@ -14,6 +14,8 @@ use oci::image::{to_json_bytes, History, ImageConfig, Manifest};
 use oci::timestamp::{format_rfc3339, now_unix};
 use oci::{media_type, Descriptor, Platform, Reference};
 
+use crate::output::outln;
+
 #[derive(Args)]
 pub struct ImportArgs {
     /// A root filesystem tarball (plain, gzip or zstd), or `-` for standard input
@@ -84,7 +86,7 @@ pub fn import(store: &Store, args: ImportArgs) -> Result<ExitCode> {
         manifest_bytes.len() as u64,
     );
     store.add_image(&descriptor, name.as_slice())?;
-    println!("{config_digest}");
+    outln!("{config_digest}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -126,13 +128,13 @@ pub fn load(store: &Store, args: LoadArgs) -> Result<ExitCode> {
                 let id = store
                     .manifest_for_host(&image.descriptor)
                     .map(|(_, m)| m.config.digest);
-                println!(
+                outln!(
                     "Loaded image ID: {}",
                     id.map_or_else(|_| image.descriptor.digest.to_string(), |d| d.to_string())
                 );
             }
             for name in &image.names {
-                println!(
+                outln!(
                     "Loaded image: {}:{}",
                     name.familiar_name(),
                     name.tag.as_deref().unwrap_or("latest")

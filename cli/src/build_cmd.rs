@@ -20,6 +20,8 @@ use oci::compression::Compression;
 use oci::layer::ApplyMode;
 use oci::{Digest, Platform, Reference};
 
+use crate::output::outln;
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum ProgressFlag {
     Auto,
@@ -373,7 +375,7 @@ pub fn run(store: &Store, args: BuildArgs) -> Result<ExitCode> {
     if !quiet {
         eprintln!("writing image {id} done");
     } else if stdout_output.is_none() {
-        println!("{id}");
+        outln!("{id}");
     }
     if push {
         for tag in &options.tags {

@@ -8,7 +8,9 @@ use image_store::{CachePrune, LayerContentSizes, RemoveOutcome, Store};
 use oci::Reference;
 use serde_json::{json, Value};
 
-use crate::output::{human_age, human_size, print_line, print_rows};
+use crate::output::{
+    go_time_string, human_age, human_size, outln, print_line, print_rows, rfc3339_seconds,
+};
 
 #[derive(Args)]
 pub struct ImagesArgs {
@@ -101,7 +103,7 @@ pub fn images(store: &Store, args: ImagesArgs) -> Result<ExitCode> {
                 "Tag": row.tag,
                 "ID": if args.no_trunc { row.id.as_str() } else { row.id.short() },
                 "Digest": row.digest.as_str(),
-                "CreatedAt": row.created,
+                "CreatedAt": go_time_string(row.created.as_deref()),
                 "CreatedSince": human_age(row.created.as_deref()),
                 "Size": human_size(row.size),
                 "VirtualSize": human_size(row.size),
@@ -148,7 +150,7 @@ pub fn history(store: &Store, args: HistoryArgs) -> Result<ExitCode> {
     let (manifest, config, _) = store.image_config(&image)?;
     let id = manifest.config.digest.clone();
     if args.quiet {
-        println!("{}", id.short());
+        outln!("{}", id.short());
         return Ok(ExitCode::SUCCESS);
     }
     let mut sizes = store.layer_content_sizes();
@@ -189,7 +191,7 @@ pub fn history(store: &Store, args: HistoryArgs) -> Result<ExitCode> {
             };
             json!({
                 "ID": image,
-                "CreatedAt": created,
+                "CreatedAt": rfc3339_seconds(created.as_deref()),
                 "CreatedSince": human_age(created.as_deref()),
                 "CreatedBy": created_by,
                 "Size": human_size(*size),
@@ -242,7 +244,7 @@ pub fn inspect(store: &Store, args: InspectArgs) -> Result<ExitCode> {
     }
     sizes.save(false);
     match template {
-        None => println!("{}", serde_json::to_string_pretty(&out)?),
+        None => outln!("{}", serde_json::to_string_pretty(&out)?),
         Some(template) => {
             for image in &out {
                 print_line(&template.render(image)?);
@@ -317,12 +319,12 @@ pub fn rmi(store: &Store, args: RmiArgs) -> Result<ExitCode> {
             Ok(outcomes) => {
                 for outcome in outcomes {
                     match outcome {
-                        RemoveOutcome::Untagged(r) => println!(
+                        RemoveOutcome::Untagged(r) => outln!(
                             "Untagged: {}:{}",
                             r.familiar_name(),
                             r.tag.unwrap_or_default()
                         ),
-                        RemoveOutcome::Deleted(id) => println!("Deleted: {id}"),
+                        RemoveOutcome::Deleted(id) => outln!("Deleted: {id}"),
                     }
                 }
             }
@@ -393,7 +395,7 @@ pub fn builder(store: &Store, command: BuilderCommand) -> Result<ExitCode> {
         1 => ", 1 cache mount".to_string(),
         n => format!(", {n} cache mounts"),
     };
-    println!(
+    outln!(
         "Deleted {} build cache records{mounts}, {} blobs, {} unpacked layers\nTotal reclaimed space: {}",
         report.records,
         report.collected.blobs,
@@ -405,7 +407,7 @@ pub fn builder(store: &Store, command: BuilderCommand) -> Result<ExitCode> {
 
 pub fn prune(store: &Store, _args: PruneArgs) -> Result<ExitCode> {
     let report = store.prune().context("pruning the image store")?;
-    println!(
+    outln!(
         "Deleted {} untagged images, {} blobs, {} unpacked layers\nTotal reclaimed space: {}",
         report.images,
         report.blobs,

@@ -1,6 +1,6 @@
 //! Output as docker prints it: sizes, ages, tables; and sizes as docker reads them.
 
-use oci::timestamp::{now_unix, parse_rfc3339};
+use oci::timestamp::{format_rfc3339, now_unix, parse_rfc3339};
 
 /// Decimal units with three significant digits, as docker's `units.HumanSizeWithPrecision(n, 3)`.
 pub fn human_size(bytes: u64) -> String {
@@ -69,16 +69,22 @@ pub fn human_age(created: Option<&str>) -> String {
     format!("{text} ago")
 }
 
-/// Prints rows as left-aligned columns separated by three spaces, as docker's tabwriter.
+/// Prints rows as left-aligned columns, as docker's tabwriter
+/// (`tabwriter.NewWriter(out, 10, 1, 3, ' ', 0)`): every cell but a row's last is padded to
+/// its column's widest cell plus three spaces, and to at least ten; the last cell is not padded.
 pub fn print_table(rows: &[Vec<String>]) {
+    const MIN_WIDTH: usize = 10;
+    const PADDING: usize = 3;
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
+            let widest = rows
+                .iter()
+                .filter(|r| c + 1 < r.len())
+                .map(|r| r[c].chars().count())
                 .max()
-                .unwrap_or(0)
+                .unwrap_or(0);
+            (widest + PADDING).max(MIN_WIDTH)
         })
         .collect();
     for row in rows {
@@ -87,14 +93,39 @@ pub fn print_table(rows: &[Vec<String>]) {
             if c + 1 == row.len() {
                 line.push_str(cell);
             } else {
-                line.push_str(&format!("{cell:<width$}   ", width = widths[c]));
+                line.push_str(&format!("{cell:<width$}", width = widths[c]));
             }
         }
-        print_line(line.trim_end());
+        print_line(&line);
     }
 }
 
-/// Prints one line of a listing. A reader that went away (`rbuild images | head -1`) ends the
+/// A time as Go's `time.Time.String()` prints it in UTC, which `docker images`' `CreatedAt`
+/// shows: `2023-11-14 22:13:20 +0000 UTC`.
+pub fn go_time_string(created: Option<&str>) -> String {
+    let unix = created.and_then(parse_rfc3339).unwrap_or(0);
+    format!(
+        "{} +0000 UTC",
+        format_rfc3339(unix)
+            .trim_end_matches('Z')
+            .replacen('T', " ", 1)
+    )
+}
+
+/// A time as `docker history`'s `CreatedAt` shows it: RFC 3339 to the second.
+pub fn rfc3339_seconds(created: Option<&str>) -> String {
+    format_rfc3339(created.and_then(parse_rfc3339).unwrap_or(0))
+}
+
+/// `println!` through [`print_line`], for every command's standard output.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::print_line(&format!($($arg)*))
+    };
+}
+pub(crate) use outln;
+
+/// Prints one line (or several) of a command's output. A reader that went away (`rbuild images | head -1`) ends the
 /// listing quietly, as docker's output ends, instead of a panic.
 pub fn print_line(line: &str) {
     use std::io::Write;
@@ -123,11 +154,10 @@ pub fn print_rows(
         "json" => "{{json .}}",
         other => other,
     };
+    // As docker's `Format.IsTable`: any format that starts with `table`, space or not.
     let (table, source) = match format.strip_prefix("table") {
-        Some(rest) if rest.is_empty() || rest.starts_with(char::is_whitespace) => {
-            (true, rest.trim_start())
-        }
-        _ => (false, format),
+        Some(rest) => (true, rest.trim_matches(' ')),
+        None => (false, format),
     };
     // Written `\t` in a shell's single quotes, as docker's docs show them.
     let source = source.replace("\\t", "\t");
@@ -179,5 +209,13 @@ mod tests {
         assert_eq!(human_size(4_200_000), "4.2MB");
         assert_eq!(human_size(77_800_000), "77.8MB");
         assert_eq!(human_size(1_230_000_000), "1.23GB");
+    }
+
+    #[test]
+    fn times_as_docker_prints_them() {
+        let created = Some("2023-11-14T22:13:20.123456789Z");
+        assert_eq!(go_time_string(created), "2023-11-14 22:13:20 +0000 UTC");
+        assert_eq!(rfc3339_seconds(created), "2023-11-14T22:13:20Z");
+        assert_eq!(go_time_string(None), "1970-01-01 00:00:00 +0000 UTC");
     }
 }

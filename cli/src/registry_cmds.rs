@@ -16,6 +16,8 @@ use distribution_client::{login as login_mod, Client, Credentials, DockerConfig,
 use image_store::Store;
 use oci::{Platform, Reference};
 
+use crate::output::outln;
+
 /// How to reach registries; shared by the four commands.
 #[derive(Args, Clone)]
 pub struct RegistryFlags {
@@ -115,7 +117,7 @@ pub fn push_to(
     }
     let client = registry.client()?;
     let progress: Arc<dyn Progress> = Arc::new(Console::new());
-    println!("The push refers to repository [{}]", target.name());
+    outln!("The push refers to repository [{}]", target.name());
     let pushed = push_image(
         &client,
         store,
@@ -129,7 +131,7 @@ pub fn push_to(
         .tag
         .clone()
         .unwrap_or_else(|| pushed.digest.to_string());
-    println!("{tag}: digest: {} size: {}", pushed.digest, pushed.size);
+    outln!("{tag}: digest: {} size: {}", pushed.digest, pushed.size);
     Ok(())
 }
 
@@ -157,20 +159,20 @@ pub fn pull(store: &Store, args: PullArgs) -> Result<ExitCode> {
     let client = args.registry.client()?;
     let progress: Arc<dyn Progress> = Arc::new(Console::new());
     let shown = reference.tag.clone().unwrap_or_else(|| "latest".into());
-    println!("{shown}: Pulling from {}", reference.familiar_name());
+    outln!("{shown}: Pulling from {}", reference.familiar_name());
     let options = PullOptions {
         platform,
         all_platforms: args.all_platforms,
     };
     let pulled = pull_image(&client, store, &reference, &options, &progress)
         .with_context(|| format!("pulling {reference}"))?;
-    println!("Digest: {}", pulled.digest);
+    outln!("Digest: {}", pulled.digest);
     if pulled.downloaded == 0 {
-        println!("Status: Image is up to date for {reference}");
+        outln!("Status: Image is up to date for {reference}");
     } else {
-        println!("Status: Downloaded newer image for {reference}");
+        outln!("Status: Downloaded newer image for {reference}");
     }
-    println!("{reference}");
+    outln!("{reference}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -273,7 +275,7 @@ pub fn login(args: LoginArgs) -> Result<ExitCode> {
         credentials,
     )
     .with_context(|| format!("login to {registry}"))?;
-    println!("Login Succeeded");
+    outln!("Login Succeeded");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -287,9 +289,9 @@ pub fn logout(args: LogoutArgs) -> Result<ExitCode> {
     let registry = registry_name(args.server.as_deref())?;
     let mut config = DockerConfig::load(DockerConfig::default_path())?;
     if login_mod::logout(&mut config, &registry)? {
-        println!("Removing login credentials for {registry}");
+        outln!("Removing login credentials for {registry}");
     } else {
-        println!("Not logged in to {registry}");
+        outln!("Not logged in to {registry}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -141,6 +141,10 @@ fn docker_load_and_save_round_trip() {
         ("images", "{{.Repository}}:{{.Tag}} {{.ID}} {{.Size}}"),
         // (Not .ID: docker's classic builder left the intermediate images this one's rows name.)
         ("history", "{{.CreatedBy}}|{{.Size}}|{{.Comment}}"),
+        // Tables as docker's tabwriter aligns them (columns at least 10 wide, the last cell
+        // unpadded), `table` with or without a space, and docker's time formats.
+        ("images", "table {{.Repository}}\\t{{.Tag}}\\t{{.Size}}\\t{{.CreatedAt}}"),
+        ("history", "table{{.CreatedAt}}\\t{{.Size}}\\t{{.Comment}}"),
     ] {
         let ours = ok(rbuild(&root).args([command, "--format", template, "from-docker:2"]));
         let theirs =
