@@ -3,13 +3,16 @@
 //! `docker inspect -f '{{index .RepoDigests 0}}'`, `{{json .Config.Labels}}`,
 //! `{{range .Config.Env}}{{println .}}{{end}}`.
 //!
-//! Supported: text and actions (`{{- … -}}` trims spaces), fields (`.`, `.A.B`), string and
-//! number literals, pipelines (`|`), parenthesised pipelines, `if`/`else`/`end`, `range`/
-//! `else`/`end` (over arrays, and over objects' values in key order), and the functions
-//! docker scripts use: `json`, `index`, `len`, `join`, `split`, `lower`, `upper`, `title`,
-//! `println`, `printf` (`%s %v %d %q %%`), `eq`, `ne`, `not`. Values print as Go prints
-//! decoded JSON: arrays as `[a b]`, objects as `map[k:v]`, null as `<nil>`, a missing key as
-//! `<no value>`. Anything else is an error naming the template, never wrong output.
+//! Supported: text and actions (`{{- … -}}` trims spaces), fields (`.`, `.A.B`), variables
+//! (`$`, `$x := …`, `$x = …`, `$x.A`, `range $k, $v := …`), string and number literals,
+//! pipelines (`|`), parenthesised pipelines, `if`/`else`/`end`, `range`/`else`/`end` (over
+//! arrays, and over objects in key order), and the functions docker scripts use: `json`,
+//! `index`, `len`, `join`, `split`, `lower`, `upper`, `title`, `println`, `printf`
+//! (`%s %v %d %q %%`), `eq`, `ne`, `not`. Values print as Go prints decoded JSON: arrays as
+//! `[a b]`, objects as `map[k:v]`, null as `<nil>`, a missing key as `<no value>`; fields
+//! named in [`Template::with_go_types`] print as the Go types docker's structs give them
+//! (a nil `Labels` map as `map[]`, an absent `User` as ``). Anything else is an error naming
+//! the template, never wrong output.
 
 use serde_json::Value;
 
@@ -18,14 +21,36 @@ pub struct Template {
     nodes: Vec<Node>,
     /// As written, for errors (which name it, as docker's do).
     source: String,
+    go_types: &'static [(&'static str, GoType)],
+}
+
+/// The Go type of a struct field, where its JSON cannot tell: how its zero value prints when
+/// the JSON has null or omits it, and what `index` gives for a key a map lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoType {
+    String,
+    Bool,
+    Slice,
+    /// `map[string]string`: a missing key indexes to "".
+    StringMap,
+    /// `map[string]struct{}` (ports, volumes): values print as `{}`.
+    StructSetMap,
+    Pointer,
 }
 
 #[derive(Debug)]
 enum Node {
     Text(String),
     Print(Pipeline),
+    /// `$x := pipeline` (declares) or `$x = pipeline` (assigns); prints nothing.
+    Declare {
+        name: String,
+        assign: bool,
+        pipeline: Pipeline,
+    },
     If(Pipeline, Vec<Node>, Vec<Node>),
-    Range(Pipeline, Vec<Node>, Vec<Node>),
+    /// The variables it declares (none, `$v`, or `$k, $v`), the pipeline, body, else.
+    Range(Vec<String>, Pipeline, Vec<Node>, Vec<Node>),
 }
 
 /// Commands joined by `|`: each one's result is the last argument of the next.
@@ -44,12 +69,16 @@ enum Operand {
     Field(Vec<String>),
     Literal(Value),
     Nested(Pipeline),
+    /// `$name` (`$` alone: empty) and a field path after it.
+    Variable(String, Vec<String>),
 }
 
-/// What a lookup gives: a value, or Go's "no value" for a key that is not there.
+/// What a lookup gives: a value, a value of a field whose Go type is known, or Go's
+/// "no value" for a key that is not there.
 #[derive(Debug, Clone)]
 enum Data {
     Value(Value),
+    Typed(Value, GoType),
     Missing,
 }
 
@@ -66,15 +95,26 @@ impl Template {
             Ok(nodes) => Ok(Template {
                 nodes,
                 source: source.to_string(),
+                go_types: &[],
             }),
             Err(e) => anyhow::bail!("template parsing error: {e}: {source:?}"),
         }
     }
 
+    /// Renders fields with these names as values of these Go types (docker's structs).
+    pub fn with_go_types(mut self, go_types: &'static [(&'static str, GoType)]) -> Template {
+        self.go_types = go_types;
+        self
+    }
+
     pub fn render(&self, data: &Value) -> anyhow::Result<String> {
-        let mut out = String::new();
-        match render_nodes(&self.nodes, data, &mut out) {
-            Ok(()) => Ok(out),
+        let mut renderer = Renderer {
+            go_types: self.go_types,
+            variables: vec![(String::new(), Data::Value(data.clone()))],
+            out: String::new(),
+        };
+        match renderer.nodes(&self.nodes, data) {
+            Ok(()) => Ok(renderer.out),
             Err(e) => anyhow::bail!("template: {e}: {:?}", self.source),
         }
     }
@@ -139,7 +179,13 @@ fn parse_nodes(
         match keyword {
             "end" | "else" if rest.trim().is_empty() => return Ok((nodes, Some(keyword.into()))),
             "if" | "range" => {
-                let pipeline = parse_pipeline(&mut Tokens::new(rest)?)?;
+                let mut tokens = Tokens::new(rest)?;
+                let variables = match tokens.declaration()? {
+                    Some((names, false)) if keyword == "range" && names.len() <= 2 => names,
+                    Some(_) => return Err(format!("bad variable declaration in {{{{{action}}}}}")),
+                    None => Vec::new(),
+                };
+                let pipeline = parse_pipeline(&mut tokens)?;
                 let (body, end) = parse_nodes(pieces)?;
                 let otherwise = match end.as_deref() {
                     Some("end") => Vec::new(),
@@ -156,11 +202,24 @@ fn parse_nodes(
                 nodes.push(if keyword == "if" {
                     Node::If(pipeline, body, otherwise)
                 } else {
-                    Node::Range(pipeline, body, otherwise)
+                    Node::Range(variables, pipeline, body, otherwise)
                 });
             }
             _ if action.starts_with("/*") => {} // a comment
-            _ => nodes.push(Node::Print(parse_pipeline(&mut Tokens::new(&action)?)?)),
+            _ => {
+                let mut tokens = Tokens::new(&action)?;
+                let declared = tokens.declaration()?;
+                let pipeline = parse_pipeline(&mut tokens)?;
+                nodes.push(match declared {
+                    None => Node::Print(pipeline),
+                    Some((mut names, assign)) if names.len() == 1 => Node::Declare {
+                        name: names.remove(0),
+                        assign,
+                        pipeline,
+                    },
+                    Some(_) => return Err(format!("bad variable declaration in {{{{{action}}}}}")),
+                });
+            }
         }
     }
     Ok((nodes, None))
@@ -169,6 +228,10 @@ fn parse_nodes(
 #[derive(Debug, Clone, PartialEq)]
 enum Token {
     Field(Vec<String>),
+    Variable(String, Vec<String>),
+    /// `:=`, or `=` (false).
+    Declare(bool),
+    Comma,
     Word(String),
     Literal(Value),
     Pipe,
@@ -211,14 +274,34 @@ impl Tokens {
                 }
                 '.' => {
                     let end = word_end(i + 1);
-                    let path: String = chars[i + 1..end].iter().collect();
-                    let parts = path
-                        .split('.')
-                        .filter(|p| !p.is_empty())
-                        .map(str::to_string)
-                        .collect();
-                    tokens.push(Token::Field(parts));
+                    tokens.push(Token::Field(field_path(&chars[i + 1..end])));
                     i = end;
+                }
+                '$' => {
+                    let mut end = i + 1;
+                    while end < chars.len() && (chars[end].is_alphanumeric() || chars[end] == '_') {
+                        end += 1;
+                    }
+                    let name: String = chars[i + 1..end].iter().collect();
+                    let path_end = word_end(end);
+                    let path = match chars.get(end) {
+                        Some('.') => field_path(&chars[end..path_end]),
+                        _ => Vec::new(),
+                    };
+                    i = if path.is_empty() { end } else { path_end };
+                    tokens.push(Token::Variable(name, path));
+                }
+                ':' if chars.get(i + 1) == Some(&'=') => {
+                    tokens.push(Token::Declare(true));
+                    i += 2;
+                }
+                '=' => {
+                    tokens.push(Token::Declare(false));
+                    i += 1;
+                }
+                ',' => {
+                    tokens.push(Token::Comma);
+                    i += 1;
                 }
                 '"' | '`' => {
                     let (text, end) = string_literal(&chars, i)?;
@@ -247,11 +330,33 @@ impl Tokens {
                     });
                     i = end;
                 }
-                '$' => return Err("template variables ($) are not supported".into()),
                 _ => return Err(format!("unexpected {c:?} in action")),
             }
         }
         Ok(Tokens { tokens, at: 0 })
+    }
+
+    /// `$x :=`, `$x =` or `$k, $v :=` at the start: the names and whether it declares.
+    fn declaration(&mut self) -> Result<Option<(Vec<String>, bool)>, String> {
+        let mut names = Vec::new();
+        let mut at = self.at;
+        loop {
+            match (self.tokens.get(at), self.tokens.get(at + 1)) {
+                (Some(Token::Variable(name, path)), Some(Token::Comma)) if path.is_empty() => {
+                    names.push(name.clone());
+                    at += 2;
+                }
+                (Some(Token::Variable(name, path)), Some(Token::Declare(declares)))
+                    if path.is_empty() =>
+                {
+                    names.push(name.clone());
+                    self.at = at + 2;
+                    return Ok(Some((names, !declares)));
+                }
+                _ if names.is_empty() => return Ok(None),
+                _ => return Err("a variable list without := after it".into()),
+            }
+        }
     }
 
     fn peek(&self) -> Option<&Token> {
@@ -263,6 +368,15 @@ impl Tokens {
         self.at += 1;
         token
     }
+}
+
+/// `A.B` (after a `.` or a variable) as field names.
+fn field_path(chars: &[char]) -> Vec<String> {
+    let path: String = chars.iter().collect();
+    path.split('.')
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// A Go string literal starting at `chars[start]` ("…" with escapes, or `…` raw); returns it
@@ -305,12 +419,16 @@ fn parse_pipeline(tokens: &mut Tokens) -> Result<Pipeline, String> {
                 }
                 Some(Token::Word(word)) => return Err(format!("{word:?} is not an argument")),
                 Some(Token::Field(path)) => operands.push(Operand::Field(path)),
+                Some(Token::Variable(name, path)) => operands.push(Operand::Variable(name, path)),
                 Some(Token::Literal(value)) => operands.push(Operand::Literal(value)),
                 Some(Token::Open) => {
                     operands.push(Operand::Nested(parse_pipeline(tokens)?));
                     if tokens.next() != Some(Token::Close) {
                         return Err("unclosed (".into());
                     }
+                }
+                Some(Token::Declare(_) | Token::Comma) => {
+                    return Err("unexpected := , or = in a pipeline".into())
                 }
                 _ => unreachable!("peeked"),
             }
@@ -330,92 +448,177 @@ fn parse_pipeline(tokens: &mut Tokens) -> Result<Pipeline, String> {
     }
 }
 
-fn render_nodes(nodes: &[Node], dot: &Value, out: &mut String) -> Result<(), String> {
-    for node in nodes {
-        match node {
-            Node::Text(text) => out.push_str(text),
-            Node::Print(pipeline) => out.push_str(&printed(&run(pipeline, dot)?)),
-            Node::If(pipeline, body, otherwise) => {
-                let branch = if truthy(&run(pipeline, dot)?) {
-                    body
-                } else {
-                    otherwise
-                };
-                render_nodes(branch, dot, out)?;
-            }
-            Node::Range(pipeline, body, otherwise) => {
-                let items: Vec<Value> = match run(pipeline, dot)? {
-                    Data::Value(Value::Array(items)) => items,
-                    Data::Value(Value::Object(map)) => {
-                        let mut entries: Vec<_> = map.into_iter().collect();
-                        entries.sort_by(|a, b| a.0.cmp(&b.0));
-                        entries.into_iter().map(|(_, v)| v).collect()
+/// A template's rendering: its output, and the variables in scope (`$` first).
+struct Renderer {
+    go_types: &'static [(&'static str, GoType)],
+    variables: Vec<(String, Data)>,
+    out: String,
+}
+
+impl Renderer {
+    fn nodes(&mut self, nodes: &[Node], dot: &Value) -> Result<(), String> {
+        // Variables declared here go out of scope at the end of the list, as Go's at `end`.
+        let scope = self.variables.len();
+        for node in nodes {
+            match node {
+                Node::Text(text) => self.out.push_str(text),
+                Node::Print(pipeline) => {
+                    let printed = printed(&self.run(pipeline, dot)?);
+                    self.out.push_str(&printed);
+                }
+                Node::Declare {
+                    name,
+                    assign,
+                    pipeline,
+                } => {
+                    let value = self.run(pipeline, dot)?;
+                    if !assign {
+                        self.variables.push((name.clone(), value));
+                        continue;
                     }
-                    Data::Value(Value::Null) | Data::Missing => Vec::new(),
-                    Data::Value(other) => return Err(format!("range can't iterate over {other}")),
-                };
-                if items.is_empty() {
-                    render_nodes(otherwise, dot, out)?;
+                    match self.variables.iter_mut().rev().find(|(n, _)| n == name) {
+                        Some(slot) => slot.1 = value,
+                        None => return Err(format!("undefined variable ${name}")),
+                    }
                 }
-                for item in &items {
-                    render_nodes(body, item, out)?;
+                Node::If(pipeline, body, otherwise) => {
+                    let branch = if truthy(&self.run(pipeline, dot)?) {
+                        body
+                    } else {
+                        otherwise
+                    };
+                    self.nodes(branch, dot)?;
+                }
+                Node::Range(names, pipeline, body, otherwise) => {
+                    let items: Vec<(Value, Value)> = match value_of(self.run(pipeline, dot)?) {
+                        Value::Array(items) => items
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, v)| (Value::from(i), v))
+                            .collect(),
+                        Value::Object(map) => {
+                            let mut entries: Vec<_> = map.into_iter().collect();
+                            entries.sort_by(|a, b| a.0.cmp(&b.0));
+                            entries
+                                .into_iter()
+                                .map(|(k, v)| (Value::String(k), v))
+                                .collect()
+                        }
+                        Value::Null => Vec::new(),
+                        other => return Err(format!("range can't iterate over {other}")),
+                    };
+                    if items.is_empty() {
+                        self.nodes(otherwise, dot)?;
+                    }
+                    for (key, item) in items {
+                        let outer = self.variables.len();
+                        // `range $v :=` takes the element; `range $k, $v :=` the key too.
+                        let mut bound = match names.as_slice() {
+                            [key_name, _] => vec![(key_name.clone(), Data::Value(key))],
+                            _ => Vec::new(),
+                        };
+                        if let Some(value_name) = names.last() {
+                            bound.push((value_name.clone(), Data::Value(item.clone())));
+                        }
+                        self.variables.extend(bound);
+                        self.nodes(body, &item)?;
+                        self.variables.truncate(outer);
+                    }
                 }
             }
         }
+        self.variables.truncate(scope);
+        Ok(())
     }
-    Ok(())
-}
 
-fn run(pipeline: &Pipeline, dot: &Value) -> Result<Data, String> {
-    let mut result: Option<Data> = None;
-    for command in pipeline {
-        result = Some(match command {
-            Command::Operand(operand) => match result {
-                Some(_) => return Err("a value can't take a piped argument".into()),
-                None => evaluate(operand, dot)?,
-            },
-            Command::Call(name, operands) => {
-                let mut args = operands
+    fn run(&self, pipeline: &Pipeline, dot: &Value) -> Result<Data, String> {
+        let mut result: Option<Data> = None;
+        for command in pipeline {
+            result = Some(match command {
+                Command::Operand(operand) => match result {
+                    Some(_) => return Err("a value can't take a piped argument".into()),
+                    None => self.evaluate(operand, dot)?,
+                },
+                Command::Call(name, operands) => {
+                    let mut args = operands
+                        .iter()
+                        .map(|o| self.evaluate(o, dot))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    args.extend(result.take());
+                    call(name, args)?
+                }
+            });
+        }
+        result.ok_or_else(|| "empty pipeline".into())
+    }
+
+    fn evaluate(&self, operand: &Operand, dot: &Value) -> Result<Data, String> {
+        match operand {
+            Operand::Literal(value) => Ok(Data::Value(value.clone())),
+            Operand::Nested(pipeline) => self.run(pipeline, dot),
+            Operand::Field(path) => self.lookup(Data::Value(dot.clone()), path),
+            Operand::Variable(name, path) => {
+                let (_, value) = self
+                    .variables
                     .iter()
-                    .map(|o| evaluate(o, dot))
-                    .collect::<Result<Vec<_>, _>>()?;
-                args.extend(result.take());
-                call(name, args)?
+                    .rev()
+                    .find(|(n, _)| n == name)
+                    .ok_or_else(|| format!("undefined variable ${name}"))?;
+                self.lookup(value.clone(), path)
             }
-        });
+        }
     }
-    result.ok_or_else(|| "empty pipeline".into())
+
+    /// Follows a field path from `start`; the last field's Go type, when known, types the result.
+    fn lookup(&self, start: Data, path: &[String]) -> Result<Data, String> {
+        let Some((last, parents)) = path.split_last() else {
+            return Ok(start);
+        };
+        let mut current = value_of(start);
+        for name in parents {
+            current = match current {
+                Value::Object(mut map) => match map.remove(name) {
+                    Some(value) => value,
+                    None => return Ok(Data::Missing),
+                },
+                Value::Null => return Ok(Data::Missing),
+                other => return Err(format!("can't evaluate field {name} in {other}")),
+            };
+        }
+        let found = match current {
+            Value::Object(mut map) => map.remove(last),
+            Value::Null => None,
+            other => return Err(format!("can't evaluate field {last} in {other}")),
+        };
+        let go_type = self
+            .go_types
+            .iter()
+            .find(|(field, _)| field == last)
+            .map(|(_, t)| *t);
+        Ok(match (found, go_type) {
+            // A field docker's struct has but its JSON omits: the type's zero value.
+            (found, Some(t)) => Data::Typed(found.unwrap_or(Value::Null), t),
+            (Some(value), None) => Data::Value(value),
+            (None, None) => Data::Missing,
+        })
+    }
 }
 
-fn evaluate(operand: &Operand, dot: &Value) -> Result<Data, String> {
-    match operand {
-        Operand::Literal(value) => Ok(Data::Value(value.clone())),
-        Operand::Nested(pipeline) => run(pipeline, dot),
-        Operand::Field(path) => {
-            let mut current = dot;
-            for name in path {
-                current = match current {
-                    Value::Object(map) => match map.get(name) {
-                        Some(value) => value,
-                        None => return Ok(Data::Missing),
-                    },
-                    Value::Null => return Ok(Data::Missing),
-                    other => return Err(format!("can't evaluate field {name} in {other}")),
-                };
-            }
-            Ok(Data::Value(current.clone()))
-        }
+/// The value of data as functions see it: a Go zero value for an omitted string or bool.
+fn value_of(data: Data) -> Value {
+    match data {
+        Data::Value(value) => value,
+        Data::Typed(Value::Null, GoType::String) => Value::String(String::new()),
+        Data::Typed(Value::Null, GoType::Bool) => Value::Bool(false),
+        Data::Typed(value, _) => value,
+        Data::Missing => Value::Null,
     }
 }
 
 fn call(name: &str, args: Vec<Data>) -> Result<Data, String> {
-    let values: Vec<Value> = args
-        .into_iter()
-        .map(|a| match a {
-            Data::Value(v) => v,
-            Data::Missing => Value::Null,
-        })
-        .collect();
+    // `index` of a map[string]string gives "" for a key it lacks, nil or not.
+    let indexes_string_map = matches!(args.first(), Some(Data::Typed(_, GoType::StringMap)));
+    let values: Vec<Value> = args.into_iter().map(value_of).collect();
     let want = |n: usize| {
         if values.len() == n {
             Ok(())
@@ -435,6 +638,7 @@ fn call(name: &str, args: Vec<Data>) -> Result<Data, String> {
                 Value::Array(a) => a.len(),
                 Value::Object(o) => o.len(),
                 Value::String(s) => s.len(),
+                Value::Null => 0,
                 other => return Err(format!("len of {other}")),
             };
             Ok(Data::Value(Value::from(len)))
@@ -453,8 +657,12 @@ fn call(name: &str, args: Vec<Data>) -> Result<Data, String> {
                         .ok_or_else(|| format!("index {n} out of range"))?,
                     (Value::Object(map), Value::String(k)) => match map.get(k) {
                         Some(v) => v.clone(),
+                        None if indexes_string_map => Value::String(String::new()),
                         None => return Ok(Data::Missing),
                     },
+                    (Value::Null, Value::String(_)) if indexes_string_map => {
+                        Value::String(String::new())
+                    }
                     (container, key) => return Err(format!("can't index {container} with {key}")),
                 };
             }
@@ -549,7 +757,7 @@ fn printf(format: &str, args: &[Value]) -> Result<String, String> {
 fn truthy(data: &Data) -> bool {
     match data {
         Data::Missing => false,
-        Data::Value(value) => is_true(value),
+        Data::Value(value) | Data::Typed(value, _) => is_true(value),
     }
 }
 
@@ -569,6 +777,19 @@ fn printed(data: &Data) -> String {
     match data {
         Data::Missing => "<no value>".into(),
         Data::Value(value) => shown(value),
+        Data::Typed(Value::Null, go_type) => match go_type {
+            GoType::String => String::new(),
+            GoType::Bool => "false".into(),
+            GoType::Slice => "[]".into(),
+            GoType::StringMap | GoType::StructSetMap => "map[]".into(),
+            GoType::Pointer => "<nil>".into(),
+        },
+        Data::Typed(Value::Object(map), GoType::StructSetMap) => {
+            let mut keys: Vec<String> = map.keys().map(|k| format!("{k}:{{}}")).collect();
+            keys.sort();
+            format!("map[{}]", keys.join(" "))
+        }
+        Data::Typed(value, _) => shown(value),
     }
 }
 
@@ -659,13 +880,105 @@ mod tests {
     }
 
     #[test]
+    fn variables_as_go_scopes_them() {
+        let image = json!({
+            "Id": "sha256:abc",
+            "RepoTags": ["app:1", "app:2"],
+            "Config": {"Labels": {"b": "2", "a": "1"}},
+        });
+        assert_eq!(
+            render(
+                "{{range $k, $v := .Config.Labels}}{{$k}}={{$v}};{{end}}",
+                &image
+            ),
+            "a=1;b=2;"
+        );
+        assert_eq!(
+            render(
+                "{{range $i, $t := .RepoTags}}{{$i}}:{{$t}}@{{$.Id}} {{end}}",
+                &image
+            ),
+            "0:app:1@sha256:abc 1:app:2@sha256:abc "
+        );
+        assert_eq!(
+            render("{{range $t := .RepoTags}}{{.}}={{$t}} {{end}}", &image),
+            "app:1=app:1 app:2=app:2 "
+        );
+        assert_eq!(
+            render(
+                "{{$c := .Config}}{{$c.Labels.a}} {{$x := 1}}{{$x = 2}}{{$x}}",
+                &image
+            ),
+            "1 2"
+        );
+        // A variable declared in a range body is gone after its end.
+        let scoped = Template::parse("{{range .RepoTags}}{{$t := .}}{{end}}{{$t}}").unwrap();
+        assert!(scoped.render(&image).is_err());
+    }
+
+    /// With docker's field types, nulls and omitted fields print as docker's typed templates.
+    #[test]
+    fn go_types_print_zero_values_as_docker() {
+        const TYPES: &[(&str, GoType)] = &[
+            ("User", GoType::String),
+            ("Tty", GoType::Bool),
+            ("Cmd", GoType::Slice),
+            ("Labels", GoType::StringMap),
+            ("ExposedPorts", GoType::StructSetMap),
+            ("Healthcheck", GoType::Pointer),
+        ];
+        let typed = |template: &str, data: &Value| {
+            Template::parse(template)
+                .unwrap()
+                .with_go_types(TYPES)
+                .render(data)
+                .unwrap()
+        };
+        let bare = json!({"Config": {"Labels": null, "Cmd": null}});
+        assert_eq!(
+            typed(
+                "{{.Config.User}}|{{.Config.Tty}}|{{.Config.Cmd}}|{{.Config.Labels}}|{{.Config.ExposedPorts}}|{{.Config.Healthcheck}}",
+                &bare
+            ),
+            "|false|[]|map[]|map[]|<nil>"
+        );
+        assert_eq!(typed(r#"{{index .Config.Labels "a"}}|"#, &bare), "|");
+        assert_eq!(
+            typed("{{json .Config.Labels}} {{json .Config.User}}", &bare),
+            r#"null """#
+        );
+        assert_eq!(
+            typed("{{len .Config.Cmd}}{{if .Config.Labels}}x{{end}}", &bare),
+            "0"
+        );
+        let full = json!({"Config": {"Labels": {"a": "1"}, "ExposedPorts": {"80/tcp": {}}}});
+        assert_eq!(
+            typed(
+                r#"{{index .Config.Labels "a"}}|{{index .Config.Labels "b"}}|{{.Config.ExposedPorts}}"#,
+                &full
+            ),
+            "1||map[80/tcp:{}]"
+        );
+        // Untyped, a missing key stays Go's "no value".
+        assert_eq!(
+            render(r#"{{index .Config.Labels "b"}}"#, &full),
+            "<no value>"
+        );
+    }
+
+    #[test]
     fn bad_templates_are_errors() {
         for bad in [
             "{{.Id",
             "{{if .Id}}x",
             "{{end}}",
             "{{nope .Id}}",
-            "{{$x := .Id}}",
+            "{{$x}}",
+            "{{$x = .Id}}",
+            "{{$a, $b := .Id}}",
+            "{{if $a, $b := .Id}}{{end}}",
+            "{{range $a, $b, $c := .Id}}{{end}}",
+            "{{.Id := 1}}",
             r#"{{"unterminated}}"#,
         ] {
             let result = Template::parse(bad).and_then(|t| t.render(&json!({"Id": "x"})));

@@ -8,6 +8,7 @@ use image_store::{CachePrune, LayerContentSizes, RemoveOutcome, Store};
 use oci::Reference;
 use serde_json::{json, Value};
 
+use crate::go_template::{GoType, Template};
 use crate::output::{
     go_time_string, human_age, human_size, outln, print_line, print_rows, rfc3339_seconds,
 };
@@ -228,7 +229,7 @@ pub struct InspectArgs {
 pub fn inspect(store: &Store, args: InspectArgs) -> Result<ExitCode> {
     let template = match args.format.as_deref() {
         None | Some("json") => None,
-        Some(source) => Some(crate::go_template::Template::parse(source)?),
+        Some(source) => Some(Template::parse(source)?.with_go_types(IMAGE_INSPECT_GO_TYPES)),
     };
     let mut out = Vec::new();
     let mut code = ExitCode::SUCCESS;
@@ -254,41 +255,125 @@ pub fn inspect(store: &Store, args: InspectArgs) -> Result<ExitCode> {
     Ok(code)
 }
 
-/// The fields of `docker image inspect` that describe an image, plus its manifest descriptor.
+/// The Go types of docker's `ImageInspect` and `container.Config` fields that JSON leaves
+/// ambiguous (null, or omitted when empty), so that `-f '{{.Config.User}}'` prints "" and
+/// `{{.Config.Labels}}` `map[]`, as docker's typed templates do.
+const IMAGE_INSPECT_GO_TYPES: &[(&str, GoType)] = &[
+    ("Hostname", GoType::String),
+    ("Domainname", GoType::String),
+    ("User", GoType::String),
+    ("Image", GoType::String),
+    ("WorkingDir", GoType::String),
+    ("StopSignal", GoType::String),
+    ("MacAddress", GoType::String),
+    ("Variant", GoType::String),
+    ("OsVersion", GoType::String),
+    ("Parent", GoType::String),
+    ("Comment", GoType::String),
+    ("Container", GoType::String),
+    ("DockerVersion", GoType::String),
+    ("Author", GoType::String),
+    ("AttachStdin", GoType::Bool),
+    ("AttachStdout", GoType::Bool),
+    ("AttachStderr", GoType::Bool),
+    ("Tty", GoType::Bool),
+    ("OpenStdin", GoType::Bool),
+    ("StdinOnce", GoType::Bool),
+    ("ArgsEscaped", GoType::Bool),
+    ("NetworkDisabled", GoType::Bool),
+    ("Env", GoType::Slice),
+    ("Cmd", GoType::Slice),
+    ("Entrypoint", GoType::Slice),
+    ("OnBuild", GoType::Slice),
+    ("Shell", GoType::Slice),
+    ("RepoTags", GoType::Slice),
+    ("RepoDigests", GoType::Slice),
+    ("Labels", GoType::StringMap),
+    ("ExposedPorts", GoType::StructSetMap),
+    ("Volumes", GoType::StructSetMap),
+    ("Healthcheck", GoType::Pointer),
+];
+
+/// docker's `container.Config` as `docker image inspect` prints it: every field that is not
+/// `omitempty`, zero or null when the image's config lacks it, then the image's own.
+fn docker_container_config(config: Option<Value>) -> Value {
+    let mut full = json!({
+        "Hostname": "", "Domainname": "", "User": "",
+        "AttachStdin": false, "AttachStdout": false, "AttachStderr": false,
+        "Tty": false, "OpenStdin": false, "StdinOnce": false,
+        "Env": null, "Cmd": null, "Image": "", "Volumes": null, "WorkingDir": "",
+        "Entrypoint": null, "OnBuild": null, "Labels": null,
+    });
+    if let (Some(Value::Object(own)), Value::Object(full)) = (config, &mut full) {
+        full.extend(own);
+    }
+    full
+}
+
+/// `docker image inspect`'s fields (API 1.41), plus the manifest's descriptor and layers. Not
+/// given: GraphDriver (rbuild has none) and Metadata.LastTagTime (not recorded).
 fn inspect_one(store: &Store, sizes: &mut LayerContentSizes, name: &str) -> Result<Value> {
     let image = store.resolve(name)?;
     let (manifest, config, _) = store.image_config(&image)?;
-    let repo_tags: Vec<String> = image
-        .names
+    // In docker's order: by the names written out in full (`docker.io/library/x:1`).
+    let mut names: Vec<&Reference> = image.names.iter().collect();
+    names.sort_by_cached_key(|n| n.to_string());
+    let repo_tags: Vec<String> = names
         .iter()
         .filter_map(|n| n.tag.as_ref().map(|t| format!("{}:{t}", n.familiar_name())))
         .collect();
-    let mut repo_digests: Vec<String> = image
-        .names
+    let mut repo_digests: Vec<String> = names
         .iter()
         .map(|n| format!("{}@{}", n.familiar_name(), image.descriptor.digest))
         .collect();
     repo_digests.dedup();
     // docker's Size: the bytes of the image's files, not of its compressed blobs.
     let size: u64 = sizes.of_image(&manifest, &config)?.iter().sum();
-    Ok(json!({
+    // Fields docker's own builder and `docker import` write into configs.
+    let docker_field = |key: &str| config.extra.get(key).cloned();
+    let text = |key: &str| docker_field(key).unwrap_or_else(|| "".into());
+    let mut inspected = json!({
         "Id": manifest.config.digest.as_str(),
         "RepoTags": repo_tags,
         "RepoDigests": repo_digests,
+        "Parent": text("parent"),
+        // As docker: the config's comment, or else its last history entry's.
+        "Comment": match text("comment") {
+            Value::String(c) if c.is_empty() => config
+                .history
+                .last()
+                .and_then(|h| h.comment.clone())
+                .unwrap_or_default()
+                .into(),
+            comment => comment,
+        },
         "Created": config.created,
+        "Container": text("container"),
+        "ContainerConfig": docker_container_config(docker_field("container_config")),
+        "DockerVersion": text("docker_version"),
         "Author": config.author.clone().unwrap_or_default(),
-        "Config": config.config,
+        "Config": docker_container_config(serde_json::to_value(&config.config)?.into()),
         "Architecture": config.architecture,
-        "Variant": config.variant,
         "Os": config.os,
         "Size": size,
+        "VirtualSize": size,
         "RootFS": {
             "Type": config.rootfs.kind,
             "Layers": config.rootfs.diff_ids,
         },
         "Descriptor": image.descriptor,
         "Layers": manifest.layers,
-    }))
+    });
+    // omitempty in docker's struct.
+    for (field, value) in [
+        ("Variant", &config.variant),
+        ("OsVersion", &config.os_version),
+    ] {
+        if let Some(value) = value {
+            inspected[field] = value.as_str().into();
+        }
+    }
+    Ok(inspected)
 }
 
 #[derive(Args)]

@@ -58,7 +58,8 @@ fn docker_load_and_save_round_trip() {
     std::fs::create_dir_all(&ctx).unwrap();
     std::fs::write(
         ctx.join("Dockerfile"),
-        "FROM rbuild-test/busybox:1\nRUN echo hi > /hello && rm /bin/ash\nENV FOO=bar\n",
+        "FROM rbuild-test/busybox:1\nRUN echo hi > /hello && rm /bin/ash\nENV FOO=bar\n\
+         LABEL a=1 org.opencontainers.image.version=2\nEXPOSE 80\nUSER 1000\n",
     )
     .unwrap();
     run_ok(
@@ -137,6 +138,16 @@ fn docker_load_and_save_round_trip() {
         (
             "inspect",
             "{{.Id}} {{index .RepoTags 0}} {{json .Config.Env}} {{.Config.Cmd}} {{.Size}} {{len .RootFS.Layers}}",
+        ),
+        // docker's typed structs: absent strings print "", nil maps `map[]`, nil slices `[]`,
+        // a label the map lacks indexes to ""; variables.
+        (
+            "inspect",
+            "{{.Config.User}}|{{.Config.WorkingDir}}|{{.Config.StopSignal}}|{{.Config.Entrypoint}}|{{.Config.Volumes}}|{{.Config.ExposedPorts}}|{{.Config.Healthcheck}}|{{.VirtualSize}}",
+        ),
+        (
+            "inspect",
+            r#"{{index .Config.Labels "org.opencontainers.image.version"}}|{{index .Config.Labels "nope"}}|{{range $k, $v := .Config.Labels}}{{$k}}={{$v}},{{end}}|{{$.Comment}}|{{.DockerVersion}}|{{.Container}}|{{.ContainerConfig.Cmd}}"#,
         ),
         ("images", "{{.Repository}}:{{.Tag}} {{.ID}} {{.Size}}"),
         // (Not .ID: docker's classic builder left the intermediate images this one's rows name.)
