@@ -9,6 +9,7 @@ use oci::Reference;
 use serde_json::{json, Value};
 
 use crate::go_template::{GoType, Template};
+use crate::image_filter::ImageFilter;
 use crate::output::{
     go_time_string, human_age, human_size, outln, print_line, print_rows, rfc3339_seconds,
 };
@@ -27,6 +28,16 @@ pub struct ImagesArgs {
     /// Show whole image IDs
     #[arg(long)]
     no_trunc: bool,
+    /// Show digests (the default table gains a DIGEST column)
+    #[arg(long)]
+    digests: bool,
+    /// docker's filters: `dangling=true|false`, `reference=PATTERN` (`app:*`),
+    /// `label=KEY[=VALUE]`, `before=IMAGE`, `since=IMAGE`, `until=TIME` (`24h`, RFC 3339)
+    #[arg(short, long)]
+    filter: Vec<String>,
+    /// Accepted for docker scripts: rbuild keeps no intermediate images to show
+    #[arg(short, long)]
+    all: bool,
 }
 
 /// One row of `rbuild images`.
@@ -45,10 +56,18 @@ pub fn images(store: &Store, args: ImagesArgs) -> Result<ExitCode> {
         .as_deref()
         .map(Reference::parse_name_only)
         .transpose()?;
+    let filters = ImageFilter::parse(
+        store,
+        &args.filter,
+        &["dangling", "reference", "label", "before", "since", "until"],
+    )?;
     let mut rows = Vec::new();
     let mut sizes = store.layer_content_sizes();
     for image in store.images()? {
         let (manifest, config, _) = store.image_config(&image)?;
+        if !filters.image_matches(&image, &config) {
+            continue;
+        }
         // docker's SIZE: the bytes of the image's files (`-q` shows no size).
         let size = match args.quiet {
             true => 0,
@@ -63,15 +82,16 @@ pub fn images(store: &Store, args: ImagesArgs) -> Result<ExitCode> {
             size,
         };
         if image.names.is_empty() {
-            if filter.is_none() {
+            if filter.is_none() && !filters.has_references() {
                 rows.push(row("<none>".into(), "<none>".into()));
             }
             continue;
         }
         for name in &image.names {
-            let wanted = filter
-                .as_ref()
-                .is_none_or(|f| f.name() == name.name() && (f.tag.is_none() || f.tag == name.tag));
+            let wanted = filters.name_matches(name)
+                && filter.as_ref().is_none_or(|f| {
+                    f.name() == name.name() && (f.tag.is_none() || f.tag == name.tag)
+                });
             if wanted {
                 let tag = name.tag.clone().unwrap_or_else(|| "<none>".into());
                 rows.push(row(name.familiar_name(), tag));
@@ -86,7 +106,7 @@ pub fn images(store: &Store, args: ImagesArgs) -> Result<ExitCode> {
             .then_with(|| a.tag.cmp(&b.tag))
     });
     // Every image was asked about: sizes of layers no image has are forgotten.
-    sizes.save(!args.quiet && filter.is_none());
+    sizes.save(!args.quiet && filter.is_none() && args.filter.is_empty());
     if args.quiet {
         for row in &rows {
             match args.no_trunc {
@@ -113,7 +133,10 @@ pub fn images(store: &Store, args: ImagesArgs) -> Result<ExitCode> {
         .collect();
     print_rows(
         &args.format,
-        "table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}",
+        match args.digests {
+            true => "table {{.Repository}}\t{{.Tag}}\t{{.Digest}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}",
+            false => "table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}",
+        },
         &[
             ("Repository", "REPOSITORY"),
             ("Tag", "TAG"),
@@ -424,6 +447,13 @@ pub fn rmi(store: &Store, args: RmiArgs) -> Result<ExitCode> {
 
 #[derive(Args)]
 pub struct PruneArgs {
+    /// Remove every image the filters pass, not only untagged ones (rbuild keeps no containers
+    /// that could be using them)
+    #[arg(short, long)]
+    all: bool,
+    /// docker's filters: `until=TIME` (`24h`, RFC 3339), `label=KEY[=VALUE]`, `label!=KEY[=VALUE]`
+    #[arg(long)]
+    filter: Vec<String>,
     /// Accepted for docker compatibility; rbuild does not ask
     #[arg(short, long)]
     force: bool,
@@ -490,8 +520,17 @@ pub fn builder(store: &Store, command: BuilderCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn prune(store: &Store, _args: PruneArgs) -> Result<ExitCode> {
-    let report = store.prune().context("pruning the image store")?;
+pub fn prune(store: &Store, args: PruneArgs) -> Result<ExitCode> {
+    let filters = ImageFilter::parse(store, &args.filter, &["until", "label"])?;
+    let report = store
+        .prune_images_where(|image| {
+            (args.all || image.names.is_empty())
+                // An image whose config cannot be read is kept: prune never guesses.
+                && store
+                    .image_config(image)
+                    .is_ok_and(|(_, config, _)| filters.image_matches(image, &config))
+        })
+        .context("pruning the image store")?;
     outln!(
         "Deleted {} untagged images, {} blobs, {} unpacked layers\nTotal reclaimed space: {}",
         report.images,

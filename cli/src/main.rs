@@ -11,6 +11,7 @@ mod build_cmd;
 mod changes;
 mod go_template;
 mod image_cmds;
+mod image_filter;
 mod oci_runtime;
 mod output;
 mod registry_cmds;

@@ -290,3 +290,76 @@ fn concurrent_processes_share_a_store() {
         .args(["load", "-i"])
         .arg(&out));
 }
+
+/// `images --filter` and `prune -a --filter` pick images as docker's filters do.
+#[test]
+fn images_and_prune_filters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let archive = busybox_archive(tmp.path(), "busybox:1", ArchiveFormat::Oci);
+    ok(rbuild(&root).args(["load", "-i"]).arg(&archive));
+    ok(rbuild(&root).args(["tag", "busybox:1", "busybox:2"]));
+    let rootfs = tmp.path().join("rootfs");
+    fs::create_dir(&rootfs).unwrap();
+    fs::write(rootfs.join("file"), "x").unwrap();
+    let tarball = tmp.path().join("rootfs.tar");
+    let status = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for (name, team) in [("team-a:1", "a"), ("team-b:1", "b")] {
+        ok(rbuild(&root)
+            .arg("import")
+            .arg(&tarball)
+            .arg(name)
+            .args(["--change", &format!("LABEL team={team}")]));
+    }
+    let names = |filters: &[&str]| {
+        let mut cmd = rbuild(&root);
+        cmd.args(["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+        for f in filters {
+            cmd.args(["--filter", f]);
+        }
+        let mut listed: Vec<String> = ok(&mut cmd).lines().map(str::to_string).collect();
+        listed.sort();
+        listed.join(" ")
+    };
+    assert_eq!(names(&["reference=busybox:*"]), "busybox:1 busybox:2");
+    assert_eq!(names(&["reference=team-?"]), "team-a:1 team-b:1");
+    // Several references: any; several labels: all.
+    assert_eq!(
+        names(&["reference=busybox:2", "reference=team-a"]),
+        "busybox:2 team-a:1"
+    );
+    assert_eq!(names(&["label=team"]), "team-a:1 team-b:1");
+    assert_eq!(names(&["label=team=b"]), "team-b:1");
+    assert_eq!(names(&["label=team", "label=team=a"]), "team-a:1");
+    assert_eq!(names(&["dangling=true"]), "");
+    // The busybox fixture is from 2023; the imports are from now.
+    assert_eq!(names(&["since=busybox:1", "label=team=a"]), "team-a:1");
+    assert_eq!(names(&["before=team-a:1"]), "busybox:1 busybox:2");
+    assert_eq!(names(&["until=2024-01-01"]), "busybox:1 busybox:2");
+    let err = fails(rbuild(&root).args(["images", "--filter", "bogus=1"]));
+    assert!(err.contains("invalid filter \"bogus\""), "{err}");
+    let err = fails(rbuild(&root).args(["images", "--filter", "nope"]));
+    assert!(err.contains("expected name=value"), "{err}");
+
+    // Without -a only untagged images go; with -a the ones the filters pass.
+    ok(rbuild(&root).args(["prune", "-f", "--filter", "label=team=a"]));
+    assert_eq!(names(&[]), "busybox:1 busybox:2 team-a:1 team-b:1");
+    ok(rbuild(&root).args(["prune", "-a", "-f", "--filter", "label=team=a"]));
+    assert_eq!(names(&[]), "busybox:1 busybox:2 team-b:1");
+    ok(rbuild(&root).args(["prune", "-a", "--filter", "label!=team"]));
+    assert_eq!(names(&[]), "team-b:1");
+    ok(rbuild(&root).args(["prune", "-a", "--filter", "until=2024-01-01"]));
+    assert_eq!(names(&[]), "team-b:1");
+    ok(rbuild(&root).args(["prune", "-a"]));
+    assert_eq!(names(&[]), "");
+    let err = fails(rbuild(&root).args(["prune", "--filter", "reference=x"]));
+    assert!(err.contains("invalid filter \"reference\""), "{err}");
+}

@@ -322,13 +322,22 @@ impl Store {
     /// `rbuild prune`: removes untagged images, then every blob and unpacked layer no image
     /// needs, and leftovers of killed writers.
     pub fn prune(&self) -> Result<PruneReport, StoreError> {
+        self.prune_images_where(|image| image.names.is_empty())
+    }
+
+    /// [`Store::prune`] removing the images `remove` picks (decided under the index lock, so
+    /// that no name added meanwhile is lost).
+    pub fn prune_images_where(
+        &self,
+        remove: impl Fn(&ImageRecord) -> bool,
+    ) -> Result<PruneReport, StoreError> {
         let _gc = self.gc_lock()?;
         let mut report = PruneReport::default();
         {
             let _guard = self.index_lock()?;
             let mut records = records_of(&self.read_index()?);
             let before = records.len();
-            records.retain(|r| !r.names.is_empty());
+            records.retain(|r| !remove(r));
             report.images = before - records.len();
             self.write_index(&index_of(&records))?;
         }
