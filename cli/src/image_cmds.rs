@@ -520,6 +520,55 @@ pub fn builder(store: &Store, command: BuilderCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[derive(Subcommand)]
+pub enum SystemCommand {
+    /// Remove unused images and build cache, as `docker system prune`
+    Prune(SystemPruneArgs),
+}
+
+#[derive(Args)]
+pub struct SystemPruneArgs {
+    /// Remove every image the filters pass (not only untagged ones), and all build cache
+    /// including RUN --mount=type=cache directories
+    #[arg(short, long)]
+    all: bool,
+    /// `until=TIME` (images and build cache), `label=KEY[=VALUE]`, `label!=…` (images)
+    #[arg(long)]
+    filter: Vec<String>,
+    /// Accepted for docker compatibility; rbuild does not ask
+    #[arg(short, long)]
+    force: bool,
+    /// Accepted for docker compatibility: rbuild keeps no volumes
+    #[arg(long)]
+    volumes: bool,
+}
+
+/// `rbuild system prune`: `prune` of images, then `builder prune` of the build cache.
+pub fn system(store: &Store, command: SystemCommand) -> Result<ExitCode> {
+    let SystemCommand::Prune(args) = command;
+    prune(
+        store,
+        PruneArgs {
+            all: args.all,
+            filter: args.filter.clone(),
+            force: true,
+        },
+    )?;
+    builder(
+        store,
+        BuilderCommand::Prune(BuilderPruneArgs {
+            all: args.all,
+            filter: args
+                .filter
+                .into_iter()
+                .filter(|f| f.starts_with("until="))
+                .collect(),
+            keep_storage: None,
+            force: true,
+        }),
+    )
+}
+
 pub fn prune(store: &Store, args: PruneArgs) -> Result<ExitCode> {
     let filters = ImageFilter::parse(store, &args.filter, &["until", "label"])?;
     let report = store

@@ -52,6 +52,11 @@ enum Command {
         #[command(subcommand)]
         command: image_cmds::BuilderCommand,
     },
+    /// Remove unused images and build cache: `rbuild system prune`
+    System {
+        #[command(subcommand)]
+        command: image_cmds::SystemCommand,
+    },
     /// Create an image from a root filesystem tarball
     Import(archive_cmds::ImportArgs),
     /// Load images from a docker-archive or OCI archive
@@ -169,6 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Prune(args) => image_cmds::prune(&store()?, args),
         Command::History(args) => image_cmds::history(&store()?, args),
         Command::Builder { command } => image_cmds::builder(&store()?, command),
+        Command::System { command } => image_cmds::system(&store()?, command),
         Command::Import(args) => archive_cmds::import(&store()?, args),
         Command::Load(args) => archive_cmds::load(&store()?, args),
         Command::Save(args) => archive_cmds::save(&store()?, args),
