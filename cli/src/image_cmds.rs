@@ -165,6 +165,10 @@ pub struct HistoryArgs {
     /// `{{.CreatedBy}} {{.Size}}`
     #[arg(long, default_value = "table")]
     format: String,
+    /// Sizes and dates for people (`-H=false`: bytes, and RFC 3339 times)
+    #[arg(short = 'H', long, default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    human: bool,
 }
 
 /// `docker history`: the image's history entries, newest first, each with the size of the
@@ -216,16 +220,25 @@ pub fn history(store: &Store, args: HistoryArgs) -> Result<ExitCode> {
             json!({
                 "ID": image,
                 "CreatedAt": rfc3339_seconds(created.as_deref()),
-                "CreatedSince": human_age(created.as_deref()),
+                "CreatedSince": match args.human {
+                    true => human_age(created.as_deref()),
+                    false => rfc3339_seconds(created.as_deref()),
+                },
                 "CreatedBy": created_by,
-                "Size": human_size(*size),
+                "Size": match args.human {
+                    true => human_size(*size),
+                    false => size.to_string(),
+                },
                 "Comment": comment,
             })
         })
         .collect();
     print_rows(
         &args.format,
-        "table {{.ID}}\t{{.CreatedSince}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}",
+        match args.human {
+            true => "table {{.ID}}\t{{.CreatedSince}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}",
+            false => "table {{.ID}}\t{{.CreatedAt}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}",
+        },
         &[
             ("ID", "IMAGE"),
             ("CreatedAt", "CREATED AT"),
@@ -243,6 +256,9 @@ pub fn history(store: &Store, args: HistoryArgs) -> Result<ExitCode> {
 pub struct InspectArgs {
     #[arg(required = true)]
     images: Vec<String>,
+    /// `image`, the only kind of object rbuild has (`docker inspect --type=image` in scripts)
+    #[arg(long = "type", value_parser = ["image"])]
+    kind: Option<String>,
     /// A Go template for each image, as docker's: `{{.Id}}`, `{{index .RepoDigests 0}}`,
     /// `{{json .Config.Labels}}`; `json` is the default output
     #[arg(short, long)]

@@ -162,6 +162,35 @@ fn docker_load_and_save_round_trip() {
             run_ok(dockerd.docker().args([command, "--format", template, "from-docker:2"])).unwrap();
         assert_eq!(ours, String::from_utf8_lossy(&theirs.stdout), "{command} --format {template}");
     }
+    // docker's other flags that scripts use.
+    for args in [
+        &[
+            "history",
+            "-H=false",
+            "--format",
+            "table {{.CreatedSince}}\t{{.Size}}",
+        ][..],
+        &["inspect", "--type=image", "-f", "{{.Os}}/{{.Architecture}}"],
+        &[
+            "images",
+            "--filter",
+            "label=a=1",
+            "--filter",
+            "dangling=false",
+            "-q",
+        ],
+        &[
+            "images",
+            "--filter",
+            "reference=from-*:2",
+            "--format",
+            "{{.Repository}}",
+        ],
+    ] {
+        let ours = ok(rbuild(&root).args(args).arg("from-docker:2"));
+        let theirs = run_ok(dockerd.docker().args(args).arg("from-docker:2")).unwrap();
+        assert_eq!(ours, String::from_utf8_lossy(&theirs.stdout), "{args:?}");
+    }
 }
 
 /// `rbuild save --format oci` is accepted by skopeo and unpacked by umoci without warnings;
