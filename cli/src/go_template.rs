@@ -556,51 +556,50 @@ impl Renderer {
         match operand {
             Operand::Literal(value) => Ok(Data::Value(value.clone())),
             Operand::Nested(pipeline) => self.run(pipeline, dot),
-            Operand::Field(path) => self.lookup(Data::Value(dot.clone()), path),
+            Operand::Field(path) => self.lookup(dot, path),
             Operand::Variable(name, path) => {
-                let (_, value) = self
+                let (_, data) = self
                     .variables
                     .iter()
                     .rev()
                     .find(|(n, _)| n == name)
                     .ok_or_else(|| format!("undefined variable ${name}"))?;
-                self.lookup(value.clone(), path)
+                match (data, path.is_empty()) {
+                    (data, true) => Ok(data.clone()),
+                    (Data::Value(value) | Data::Typed(value, _), false) => self.lookup(value, path),
+                    (Data::Missing, false) => Ok(Data::Missing),
+                }
             }
         }
     }
 
     /// Follows a field path from `start`; the last field's Go type, when known, types the result.
-    fn lookup(&self, start: Data, path: &[String]) -> Result<Data, String> {
-        let Some((last, parents)) = path.split_last() else {
-            return Ok(start);
-        };
-        let mut current = value_of(start);
-        for name in parents {
-            current = match current {
-                Value::Object(mut map) => match map.remove(name) {
-                    Some(value) => value,
-                    None => return Ok(Data::Missing),
-                },
-                Value::Null => return Ok(Data::Missing),
+    fn lookup(&self, start: &Value, path: &[String]) -> Result<Data, String> {
+        let mut current = start;
+        for (n, name) in path.iter().enumerate() {
+            let found = match current {
+                Value::Object(map) => map.get(name),
+                Value::Null => None,
                 other => return Err(format!("can't evaluate field {name} in {other}")),
             };
+            let go_type = match n + 1 == path.len() {
+                true => self
+                    .go_types
+                    .iter()
+                    .find(|(f, _)| f == name)
+                    .map(|(_, t)| *t),
+                false => None,
+            };
+            current = match (found, go_type) {
+                (Some(value), None) => value,
+                // A field docker's struct has but its JSON omits: the type's zero value.
+                (found, Some(t)) => {
+                    return Ok(Data::Typed(found.cloned().unwrap_or(Value::Null), t))
+                }
+                (None, None) => return Ok(Data::Missing),
+            };
         }
-        let found = match current {
-            Value::Object(mut map) => map.remove(last),
-            Value::Null => None,
-            other => return Err(format!("can't evaluate field {last} in {other}")),
-        };
-        let go_type = self
-            .go_types
-            .iter()
-            .find(|(field, _)| field == last)
-            .map(|(_, t)| *t);
-        Ok(match (found, go_type) {
-            // A field docker's struct has but its JSON omits: the type's zero value.
-            (found, Some(t)) => Data::Typed(found.unwrap_or(Value::Null), t),
-            (Some(value), None) => Data::Value(value),
-            (None, None) => Data::Missing,
-        })
+        Ok(Data::Value(current.clone()))
     }
 }
 
