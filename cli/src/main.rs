@@ -107,7 +107,7 @@ fn main() -> ExitCode {
 
 /// docker's two-word commands and the one-word commands rbuild has for them, so that scripts
 /// written for `docker` (`docker image ls`, `docker buildx build`) run with rbuild.
-const DOCKER_SPELLINGS: [(&str, &str, &str); 12] = [
+const DOCKER_SPELLINGS: [(&str, &str, &str); 15] = [
     ("buildx", "build", "build"),
     ("builder", "build", "build"),
     ("image", "build", "build"),
@@ -120,6 +120,9 @@ const DOCKER_SPELLINGS: [(&str, &str, &str); 12] = [
     ("image", "prune", "prune"),
     ("image", "pull", "pull"),
     ("image", "push", "push"),
+    ("image", "save", "save"),
+    ("image", "load", "load"),
+    ("image", "import", "import"),
 ];
 
 /// `rbuild -t app:1 .` means `rbuild build -t app:1 .`: when the first argument after the
@@ -222,5 +225,13 @@ mod tests {
             ["rbuild", "builder", "prune", "-a"]
         );
         assert_eq!(rewritten(&["rbuild", "images"]), ["rbuild", "images"]);
+        assert_eq!(
+            rewritten(&["rbuild", "image", "save", "-o", "x.tar", "a:1"]),
+            ["rbuild", "save", "-o", "x.tar", "a:1"]
+        );
+        assert_eq!(
+            rewritten(&["rbuild", "system", "prune", "-af"]),
+            ["rbuild", "system", "prune", "-af"]
+        );
     }
 }
