@@ -1,4 +1,4 @@
-//! BuildKit's parser test vectors (conformance-data/buildkit-dockerfile/parser):
+//! BuildKit's parser test vectors (conformance/buildkit-dockerfile/parser):
 //! every `testfiles/*` case must dump exactly to its `result`, every
 //! `testfiles-negative/*` case must be rejected, and `testfile-line` must
 //! record the start/end lines BuildKit's `TestLineInformation` expects.
@@ -9,9 +9,8 @@ use std::path::{Path, PathBuf};
 use builder::dockerfile::parse;
 
 fn vectors() -> PathBuf {
-    // The shared conformance data lives beside the repository.
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/conformance-data/buildkit-dockerfile/parser")
+    // Vendored from ../shared/conformance-data (conformance/buildkit-dockerfile/README.md).
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../conformance/buildkit-dockerfile/parser")
 }
 
 fn case_dirs(sub: &str) -> Vec<PathBuf> {

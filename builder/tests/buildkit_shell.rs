@@ -1,4 +1,4 @@
-//! BuildKit's shell-lexer vectors (conformance-data/buildkit-dockerfile/shell),
+//! BuildKit's shell-lexer vectors (conformance/buildkit-dockerfile/shell),
 //! run exactly as BuildKit's lex_test.go runs them.
 
 use std::collections::HashMap;
@@ -9,7 +9,7 @@ use builder::dockerfile::shell::Lex;
 
 fn vector(name: &str) -> String {
     let path: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/conformance-data/buildkit-dockerfile/shell")
+        .join("../conformance/buildkit-dockerfile/shell")
         .join(name);
     fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("test vector missing at {}: {e}", path.display()))

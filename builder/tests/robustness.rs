@@ -70,7 +70,7 @@ const ALPHABET: &[&str] = &[
 
 fn seeds() -> Vec<String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/conformance-data/buildkit-dockerfile/parser/testfiles");
+        .join("../conformance/buildkit-dockerfile/parser/testfiles");
     let mut seeds: Vec<String> = fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("test vectors missing at {}: {e}", dir.display()))
         .filter_map(|entry| fs::read_to_string(entry.ok()?.path().join("Dockerfile")).ok())
