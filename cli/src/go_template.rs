@@ -513,14 +513,13 @@ impl Renderer {
                     for (key, item) in items {
                         let outer = self.variables.len();
                         // `range $v :=` takes the element; `range $k, $v :=` the key too.
-                        let mut bound = match names.as_slice() {
-                            [key_name, _] => vec![(key_name.clone(), Data::Value(key))],
-                            _ => Vec::new(),
-                        };
-                        if let Some(value_name) = names.last() {
-                            bound.push((value_name.clone(), Data::Value(item.clone())));
+                        if let [key_name, _] = names.as_slice() {
+                            self.variables.push((key_name.clone(), Data::Value(key)));
                         }
-                        self.variables.extend(bound);
+                        if let Some(value_name) = names.last() {
+                            self.variables
+                                .push((value_name.clone(), Data::Value(item.clone())));
+                        }
                         self.nodes(body, &item)?;
                         self.variables.truncate(outer);
                     }

@@ -369,26 +369,27 @@ fn inspect_one(store: &Store, sizes: &mut LayerContentSizes, name: &str) -> Resu
     // docker's Size: the bytes of the image's files, not of its compressed blobs.
     let size: u64 = sizes.of_image(&manifest, &config)?.iter().sum();
     // Fields docker's own builder and `docker import` write into configs.
-    let docker_field = |key: &str| config.extra.get(key).cloned();
-    let text = |key: &str| docker_field(key).unwrap_or_else(|| "".into());
+    let text = |key: &str| {
+        config
+            .extra
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
+    // As docker: the config's comment, or else its last history entry's.
+    let comment = match text("comment") {
+        "" => config.history.last().and_then(|h| h.comment.as_deref()),
+        comment => Some(comment),
+    };
     let mut inspected = json!({
         "Id": manifest.config.digest.as_str(),
         "RepoTags": repo_tags,
         "RepoDigests": repo_digests,
         "Parent": text("parent"),
-        // As docker: the config's comment, or else its last history entry's.
-        "Comment": match text("comment") {
-            Value::String(c) if c.is_empty() => config
-                .history
-                .last()
-                .and_then(|h| h.comment.clone())
-                .unwrap_or_default()
-                .into(),
-            comment => comment,
-        },
+        "Comment": comment.unwrap_or_default(),
         "Created": config.created,
         "Container": text("container"),
-        "ContainerConfig": docker_container_config(docker_field("container_config")),
+        "ContainerConfig": docker_container_config(config.extra.get("container_config").cloned()),
         "DockerVersion": text("docker_version"),
         "Author": config.author.clone().unwrap_or_default(),
         "Config": docker_container_config(serde_json::to_value(&config.config)?.into()),
