@@ -88,10 +88,14 @@ pub fn apply(
     };
     match instruction {
         Instruction::Env(pairs) => {
-            for pair in pairs {
-                // Each pair sees the ones before it on the same line, as in BuildKit.
-                let value = expand(config, &pair.value)?;
-                let key = expand(config, &pair.key)?;
+            // Every pair is expanded in the environment from before the instruction:
+            // `ENV abc=bye def=$abc` gives def the old abc (reference.md, "Environment
+            // replacement"), as BuildKit does.
+            let expanded = pairs
+                .iter()
+                .map(|pair| Ok((expand(config, &pair.key)?, expand(config, &pair.value)?)))
+                .collect::<Result<Vec<_>, String>>()?;
+            for (key, value) in expanded {
                 config.config_mut().set_env(&key, &value);
             }
         }
@@ -278,7 +282,9 @@ mod tests {
     #[test]
     fn config_instructions() {
         let mut c = ImageConfig::for_platform(&Platform::host());
-        apply_line(&mut c, "ENV A=1 B=\"$A two\"").unwrap();
+        apply_line(&mut c, "ENV A=1").unwrap();
+        // B sees A from before the line (reference.md, "Environment replacement").
+        apply_line(&mut c, "ENV A=2 B=\"$A two\"").unwrap();
         apply_line(&mut c, "CMD [\"sh\"]").unwrap();
         apply_line(&mut c, "ENTRYPOINT echo $A").unwrap();
         apply_line(&mut c, "WORKDIR /app").unwrap();
@@ -292,7 +298,7 @@ mod tests {
         )
         .unwrap();
         let rc = c.config.clone().unwrap();
-        assert_eq!(rc.env, vec!["A=1", "B=1 two"]);
+        assert_eq!(rc.env, vec!["A=2", "B=1 two"]);
         assert_eq!(rc.cmd, None, "ENTRYPOINT resets CMD");
         assert_eq!(rc.entrypoint.unwrap(), vec!["/bin/sh", "-c", "echo $A"]);
         assert_eq!(rc.working_dir, "/app/x");
@@ -301,7 +307,7 @@ mod tests {
             vec!["80/tcp", "8000/udp", "8001/udp"]
         );
         assert_eq!(rc.labels["k"], "v 1 two");
-        assert_eq!(rc.user, "1:nobody");
+        assert_eq!(rc.user, "2:nobody");
         let hc = rc.healthcheck.unwrap();
         assert_eq!(hc["Test"], json!(["CMD-SHELL", "curl -f localhost"]));
         assert_eq!(hc["Interval"], json!(5_000_000_000u64));

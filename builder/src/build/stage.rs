@@ -565,6 +565,9 @@ impl<'a> Solver<'a> {
         defs: &[ArgDef],
         at: &Located<Instruction>,
     ) -> Result<(), BuildError> {
+        // Defaults are expanded in the scope from before the instruction, as BuildKit does:
+        // in `ARG A=1 B=$A`, B does not see this A.
+        let mut values = Vec::with_capacity(defs.len());
         for def in defs {
             let value = match self.options.build_args.get(&def.name) {
                 Some(v) => Some(v.clone()),
@@ -579,6 +582,9 @@ impl<'a> Solver<'a> {
                     None => self.global_args.get(&def.name).cloned(),
                 },
             };
+            values.push(value);
+        }
+        for (def, value) in defs.iter().zip(values) {
             state.declared_args.insert(def.name.clone());
             match value {
                 Some(v) => state.args.insert(def.name.clone(), v),
