@@ -13,8 +13,32 @@ use crate::error::{Error, Result};
 /// overlayfs.rst "Volatile mount").
 const VOLATILE: &str = ",volatile";
 
-/// The mount(2) data string: overlayfs wants the topmost lower directory first, layers come
-/// bottom first (image order). `volatile`: see [`crate::OverlayRootfs::volatile`].
+/// The `lowerdir=` list for `lower` (bottom first, image order): overlayfs wants the topmost
+/// directory first. A directory that appears twice is named once, at its topmost place:
+/// overlayfs refuses a lower directory given twice (ELOOP, "overlapping layers"), and images
+/// hold the same layer more than once, such as the empty layer BuildKit writes for each WORKDIR.
+/// The lower occurrence changes nothing that the upper one does not already decide.
+pub fn lowerdir_list(lower: &[PathBuf]) -> Result<Vec<&str>> {
+    let mut lowers: Vec<&str> = Vec::with_capacity(lower.len());
+    for dir in lower.iter().rev() {
+        let text = dir.to_str().ok_or_else(|| {
+            Error::InvalidSpec(format!("overlay layer path {dir:?} is not UTF-8"))
+        })?;
+        // ',' separates options and ':' separates layers in the overlay option syntax.
+        if text.contains([',', ':']) {
+            return Err(Error::InvalidSpec(format!(
+                "overlay layer path {text:?} contains ',' or ':'"
+            )));
+        }
+        if !lowers.contains(&text) {
+            lowers.push(text);
+        }
+    }
+    Ok(lowers)
+}
+
+/// The mount(2) data string (see [`lowerdir_list`]). `volatile`: see
+/// [`crate::OverlayRootfs::volatile`].
 pub fn mount_options(
     lower: &[PathBuf],
     upper: &Path,
@@ -26,19 +50,7 @@ pub fn mount_options(
             "an overlay rootfs needs at least one lower directory".into(),
         ));
     }
-    let mut lowers = Vec::with_capacity(lower.len());
-    for dir in lower.iter().rev() {
-        let text = dir.to_str().ok_or_else(|| {
-            Error::InvalidSpec(format!("overlay layer path {dir:?} is not UTF-8"))
-        })?;
-        // ',' separates options and ':' separates layers in the overlay option syntax.
-        if text.contains([',', ':']) {
-            return Err(Error::InvalidSpec(format!(
-                "overlay layer path {text:?} contains ',' or ':'"
-            )));
-        }
-        lowers.push(text.to_string());
-    }
+    let lowers = lowerdir_list(lower)?;
     let mut data = format!(
         "lowerdir={},upperdir={},workdir={}",
         lowers.join(":"),
@@ -110,4 +122,22 @@ pub fn enter_private_mount_namespace() -> Result<()> {
         None::<&str>,
     )
     .map_err(|e| Error::sys("make mounts private", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lowerdir_list_is_topmost_first_and_names_each_directory_once() {
+        let dirs: Vec<PathBuf> = ["/l/a", "/l/empty", "/l/b", "/l/empty", "/l/c"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(
+            lowerdir_list(&dirs).unwrap(),
+            ["/l/c", "/l/empty", "/l/b", "/l/a"]
+        );
+        assert!(lowerdir_list(&[PathBuf::from("/l/a:b")]).is_err());
+    }
 }

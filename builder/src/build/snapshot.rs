@@ -236,13 +236,13 @@ pub(crate) fn mount_read_only(
     empty: &Path,
 ) -> Result<(), BuildError> {
     fs::create_dir_all(target).map_err(BuildError::other)?;
-    let mut dirs: Vec<String> = lower
-        .iter()
-        .rev()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect();
+    let mut dirs = runtime_exec::overlay::lowerdir_list(lower).map_err(BuildError::other)?;
     if dirs.len() == 1 {
-        dirs.push(empty.to_string_lossy().into_owned());
+        dirs.push(
+            empty
+                .to_str()
+                .ok_or_else(|| BuildError::other("the workspace path is not UTF-8"))?,
+        );
     }
     let data = format!("lowerdir={}", dirs.join(":"));
     nix::mount::mount(
