@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io;
+use std::io::{self, Read, Seek};
 use std::os::unix::fs::{symlink, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -23,6 +23,7 @@ use crate::context::{BuildContext, ContextError, CopyEntry, CopySources, FileKin
 use crate::dockerfile::instructions::{Files, Located};
 use crate::dockerfile::{Chmod, Instruction};
 use crate::image_config::{join_workdir, Scope};
+use oci::compression::Compression;
 
 /// Where `COPY --from` takes its files.
 pub(crate) enum FromSource {
@@ -430,10 +431,17 @@ pub(crate) fn execute(
             }
             let src = source_root.join(&entry.source);
             let is_top = entry.dest.components().count() == 1;
-            if plan.unpack_archives && is_top && entry.kind == FileKind::File && is_archive(&src) {
-                copier.flush().map_err(|e| step_error(at, e))?;
-                extract_archive(&src, &dest_dir).map_err(|e| step_error(at, e))?;
-                continue;
+            if plan.unpack_archives && is_top && entry.kind == FileKind::File {
+                if let Some(archive) = open_archive(&src).map_err(|e| step_error(at, e))? {
+                    copier.flush().map_err(|e| step_error(at, e))?;
+                    // An archive's destination is a directory even without a trailing '/'.
+                    let into = match renamed {
+                        Some(_) => ensure_dir(root, &plan.dest, owner)?,
+                        None => dest_dir.clone(),
+                    };
+                    extract_archive(archive, &into).map_err(|e| step_error(at, e))?;
+                    continue;
+                }
             }
             let target = match &renamed {
                 Some(name) => dest_dir.join(name),
@@ -688,15 +696,84 @@ fn copy_failed(e: ContextError) -> String {
 }
 
 /// ADD of a local tar archive: its contents land in the destination directory.
-fn extract_archive(src: &Path, dest_dir: &Path) -> Result<(), String> {
-    let mut head = [0u8; 4];
-    let mut file = fs::File::open(src).map_err(|e| e.to_string())?;
-    let n = io::Read::read(&mut file, &mut head).map_err(|e| e.to_string())?;
-    let compression = oci::compression::Compression::detect(&head[..n]);
-    let reader = fs::File::open(src).map_err(|e| e.to_string())?;
-    oci::layer::apply(reader, compression, dest_dir, oci::layer::ApplyMode::Merged)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+fn extract_archive(archive: Box<dyn Read + Send>, dest_dir: &Path) -> Result<(), String> {
+    oci::layer::apply(
+        archive,
+        Compression::None,
+        dest_dir,
+        oci::layer::ApplyMode::Merged,
+    )
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
+/// ADD's local archives: a tar, plain or compressed with gzip, bzip2, xz or zstd (reference.md,
+/// ADD), recognised as BuildKit does (`isArchivePath`): by a valid first tar header after
+/// decompression. Anything else, such as a gzipped text file, is copied as a file. Returns the
+/// archive's decompressed bytes.
+fn open_archive(path: &Path) -> Result<Option<Box<dyn Read + Send>>, String> {
+    let failed = |e: io::Error| format!("{}: {e}", path.display());
+    let mut file = fs::File::open(path).map_err(failed)?;
+    let mut magic = [0u8; 6];
+    let n = read_up_to(&mut file, &mut magic).map_err(failed)?;
+    file.seek(io::SeekFrom::Start(0)).map_err(failed)?;
+    let mut decoded: Box<dyn Read + Send> = match &magic[..n] {
+        [0x1f, 0x8b, ..] => {
+            oci::compression::decompress(file, Compression::Gzip).map_err(failed)?
+        }
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => {
+            oci::compression::decompress(file, Compression::Zstd).map_err(failed)?
+        }
+        [b'B', b'Z', b'h', b'1'..=b'9', ..] => {
+            Box::new(bzip2::read::MultiBzDecoder::new(io::BufReader::new(file)))
+        }
+        [0xfd, b'7', b'z', b'X', b'Z', 0x00] => Box::new(
+            liblzma::read::XzDecoder::new_multi_decoder(io::BufReader::new(file)),
+        ),
+        _ => Box::new(file),
+    };
+    let mut header = [0u8; 512];
+    // A stream that fails to decompress only looked compressed: a file, not an archive.
+    match read_up_to(&mut decoded, &mut header) {
+        Ok(512) if is_tar_header(&header) => {
+            Ok(Some(Box::new(io::Cursor::new(header).chain(decoded))))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Reads until `buf` is full or the stream ends; returns how much was read.
+fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Whether `block` is a tar header: its checksum field (octal) matches the sum of its bytes
+/// with that field counted as spaces, unsigned or (old tars) signed. An all-zero block, the
+/// end of an empty archive, has no checksum and is not one.
+fn is_tar_header(block: &[u8; 512]) -> bool {
+    const CHECKSUM: std::ops::Range<usize> = 148..156;
+    let Ok(field) = std::str::from_utf8(&block[CHECKSUM]) else {
+        return false;
+    };
+    let Ok(recorded) = i64::from_str_radix(field.trim_matches([' ', '\0']), 8) else {
+        return false;
+    };
+    let (mut unsigned, mut signed) = (0i64, 0i64);
+    for (i, &b) in block.iter().enumerate() {
+        let b = if CHECKSUM.contains(&i) { b' ' } else { b };
+        unsigned += i64::from(b);
+        signed += i64::from(b as i8);
+    }
+    recorded == unsigned || recorded == signed
 }
 
 fn dest_is_dir(root: &Path, dest: &str) -> bool {
@@ -726,18 +803,6 @@ fn ensure_dir(root: &Path, dir: &str, owner: Option<(u32, u32)>) -> Result<PathB
         }
     }
     runtime_exec::paths::resolve_in_root(root, Path::new(dir)).map_err(BuildError::other)
-}
-
-fn is_archive(path: &Path) -> bool {
-    let mut head = [0u8; 512];
-    let Ok(mut f) = fs::File::open(path) else {
-        return false;
-    };
-    let n = io::Read::read(&mut f, &mut head).unwrap_or(0);
-    match oci::compression::Compression::detect(&head[..n]) {
-        oci::compression::Compression::None => n >= 262 && &head[257..262] == b"ustar",
-        _ => true,
-    }
 }
 
 /// Runs of queued files with one destination directory, at most [`COPY_BATCH`] long: the
@@ -1014,5 +1079,21 @@ fn remove_existing(path: &Path, existing: &fs::Metadata) -> io::Result<()> {
         fs::remove_dir_all(path)
     } else {
         fs::remove_file(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tar_headers_are_told_by_their_checksum() {
+        // Written by GNU tar (the ADD conformance case's archive).
+        let archive = include_bytes!("../../../conformance/dockerfiles/add-archive/plain.tar");
+        let mut block: [u8; 512] = archive[..512].try_into().unwrap();
+        assert!(is_tar_header(&block));
+        block[0] ^= 1;
+        assert!(!is_tar_header(&block), "a changed header");
+        assert!(!is_tar_header(&[0; 512]), "the end of an empty archive");
     }
 }
