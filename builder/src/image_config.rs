@@ -115,7 +115,8 @@ pub fn apply(
             let c = config.config_mut();
             c.entrypoint = Some(entrypoint);
             // Setting ENTRYPOINT drops a CMD inherited from the base image (reference.md,
-            // "Understand how CMD and ENTRYPOINT interact"); a later CMD sets it again.
+            // "Understand how CMD and ENTRYPOINT interact"); a later CMD sets it again. The
+            // builder keeps a CMD its stage set before (BuildKit's `cmdSet`).
             c.cmd = None;
         }
         Instruction::User(user) => {

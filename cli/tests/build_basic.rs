@@ -1779,3 +1779,53 @@ fn killed_build_leaves_store_consistent() {
     build(&root, &ctx, &["-t", "after:1"]);
     assert!(inspect(&root, "after:1")["Id"].is_string());
 }
+
+/// A writable bind (`rw`) of the context, of one of its files and of a stage: the RUN sees its
+/// own writes, the context and the stage never do (BuildKit throws such writes away).
+#[test]
+fn writable_bind_mounts_discard_their_writes() {
+    let (tmp, root, ctx) = store_and_context(
+        "FROM bb:1 AS stage\n\
+         RUN mkdir /data && echo kept > /data/f\n\
+         FROM bb:1\n\
+         RUN --mount=type=bind,target=/src,rw touch /src/new && echo changed > /src/f.txt \
+             && cat /src/f.txt > /seen && ls /src > /listing\n\
+         RUN --mount=type=bind,source=f.txt,target=/one,rw echo x > /one && cat /one > /one-seen\n\
+         RUN --mount=type=bind,from=stage,source=/data,target=/d,rw echo gone > /d/f && cat /d/f > /d-seen\n\
+         RUN --mount=type=bind,from=stage,source=/data,target=/d cat /d/f > /d-after\n",
+    );
+    fs::write(ctx.join("f.txt"), "original\n").unwrap();
+    let out = tmp.path().join("out");
+    let dest = format!("type=local,dest={}", out.display());
+    build(&root, &ctx, &["-o", &dest]);
+    let read = |path: &str| fs::read_to_string(out.join(path)).unwrap();
+    assert_eq!(read("seen"), "changed\n");
+    assert_eq!(read("listing"), "Dockerfile\nf.txt\nnew\n");
+    assert_eq!(read("one-seen"), "x\n");
+    assert_eq!(read("d-seen"), "gone\n");
+    assert_eq!(read("d-after"), "kept\n");
+    assert_eq!(fs::read_to_string(ctx.join("f.txt")).unwrap(), "original\n");
+    assert!(!ctx.join("new").exists(), "a write reached the context");
+}
+
+/// An image may hold one layer twice (BuildKit writes the same empty layer for each WORKDIR),
+/// and two steps may make the same layer; overlayfs refuses a lower directory given twice, so
+/// the build and `rbuild run` must name it once.
+#[test]
+fn a_layer_twice_in_an_image_mounts() {
+    let (tmp, root, ctx) =
+        store_and_context("FROM bb:1\nCOPY a.txt /x\nCOPY a.txt /x\nRUN cat /x > /y\n");
+    fs::write(ctx.join("a.txt"), "a\n").unwrap();
+    build(&root, &ctx, &["-t", "twice:1"]);
+    let out = rbuild(&root)
+        .args(["run", "--rm", "twice:1", "cat", "/y"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "a\n");
+    drop(tmp);
+}

@@ -423,31 +423,44 @@ pub(crate) fn execute(
         work: ws.path("work"),
         volatile: true,
     });
-    // Stages and images that RUN --mount=type=bind,from= reads, mounted read-only in a private
-    // mount namespace that the executor's helper process inherits.
+    // What RUN --mount=type=bind mounts at ws/bind-N first, in a private mount namespace that
+    // the executor's helper process inherits: stages and images (read-only, or writable), and
+    // the context's directories that a writable bind covers (a read-only one binds them
+    // directly). A writable bind is an overlay whose upper directory is in the workspace, so
+    // its writes are thrown away with the step, as BuildKit's are, and never reach the source.
     let mut bind_sources = Vec::new();
     for (n, m) in plan.mounts.iter().enumerate() {
-        if let (MountType::Bind, Some(from)) = (m.kind, &m.from) {
-            if solver.is_named_directory(from) {
-                continue; // bound directly, as the build context is
-            }
-            let layers = match solver.stage_index(from, usize::MAX) {
-                Some(stage) => solver.solve(stage)?.layers.clone(),
-                None => solver.image_layers(from).map_err(|e| step_error(at, e))?.0,
-            };
-            bind_sources.push((
-                lower_dirs(store, &layers, &ws)?,
-                ws.path(&format!("bind-{n}")),
-            ));
+        if m.kind != MountType::Bind {
+            continue;
         }
+        let lower = match &m.from {
+            Some(from) if !solver.is_named_directory(from) => {
+                let layers = match solver.stage_index(from, usize::MAX) {
+                    Some(stage) => solver.solve(stage)?.layers.clone(),
+                    None => solver.image_layers(from).map_err(|e| step_error(at, e))?.0,
+                };
+                lower_dirs(store, &layers, &ws)?
+            }
+            _ if m.read_only => continue,
+            context => {
+                let source = bind_context_source(solver, m, context.as_deref())
+                    .map_err(|e| step_error(at, e))?;
+                vec![writable_bind_root(&source).0]
+            }
+        };
+        bind_sources.push((lower, ws.path(&format!("bind-{n}")), !m.read_only));
     }
     let tail = std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 if !bind_sources.is_empty() {
                     enter_private_mount_namespace()?;
-                    for (lower, target) in &bind_sources {
-                        mount_read_only(lower, target, &ws.path("empty"))?;
+                    for (n, (lower, target, writable)) in bind_sources.iter().enumerate() {
+                        if *writable {
+                            mount_writable(lower, target, &ws.path(&format!("bind-rw-{n}")))?;
+                        } else {
+                            mount_read_only(lower, target, &ws.path("empty"))?;
+                        }
                     }
                 }
                 let reader = scope.spawn(|| relay_output(read_end, step));
@@ -553,6 +566,36 @@ fn relay_output(read_end: OwnedFd, step: &super::progress::Step) -> VecDeque<Str
     tail
 }
 
+/// The path in the build context (or the named context `context`) that a bind mount binds.
+fn bind_context_source(
+    solver: &Solver,
+    m: &Mount,
+    context: Option<&str>,
+) -> Result<PathBuf, String> {
+    super::copy::context_path(solver, context, m.source.as_deref().unwrap_or("."))
+}
+
+/// The directory a writable bind of `source` lays its overlay over, and, when `source` is a
+/// file (overlayfs layers are directories), the name to bind from the overlay.
+fn writable_bind_root(source: &Path) -> (PathBuf, Option<std::ffi::OsString>) {
+    match (source.is_dir(), source.parent(), source.file_name()) {
+        (false, Some(parent), Some(name)) => (parent.to_path_buf(), Some(name.to_os_string())),
+        _ => (source.to_path_buf(), None),
+    }
+}
+
+/// Mounts `lower` (bottom first) writable at `target`: an overlay whose upper and work
+/// directories are made under `scratch`, in the workspace, and go with it.
+fn mount_writable(lower: &[PathBuf], target: &Path, scratch: &Path) -> Result<(), BuildError> {
+    let (upper, work) = (scratch.join("upper"), scratch.join("work"));
+    for dir in [target, &upper, &work] {
+        fs::create_dir_all(dir)
+            .map_err(|e| BuildError::other(format!("{}: {e}", dir.display())))?;
+    }
+    runtime_exec::overlay::mount_overlay(lower, &upper, &work, target)
+        .map_err(|e| BuildError::other(format!("mount a writable bind: {e}")))
+}
+
 /// The runtime-spec mount of `--mount` number `n`, or `None` when it mounts nothing; an ssh
 /// mount's relay and a cache mount's hold join `held`.
 fn mount_json(
@@ -634,23 +677,26 @@ fn mount_json(
             json!({ "destination": target, "type": "bind", "source": path, "options": ["rbind", "ro"] })
         }
         MountType::Bind => {
-            // A writable bind must not write into its source: BuildKit discards such writes,
-            // so a read-only bind is the honest equivalent.
-            let in_context = |context| {
-                super::copy::context_path(solver, context, m.source.as_deref().unwrap_or("."))
-                    .map_err(|e| step_error(at, e))
-            };
+            // What `run_container` mounted at ws/bind-N before the container starts.
+            let mounted = ws.path(&format!("bind-{n}"));
             let source = match &m.from {
-                None => in_context(None)?,
-                Some(from) if solver.is_named_directory(from) => in_context(Some(from))?,
-                // Mounted at ws/bind-N by `run_container` before the container starts.
-                Some(_) => {
-                    let root = ws.path(&format!("bind-{n}"));
-                    let rel = m.source.as_deref().unwrap_or("/").trim_start_matches('/');
-                    root.join(rel)
+                Some(from) if !solver.is_named_directory(from) => {
+                    mounted.join(m.source.as_deref().unwrap_or("/").trim_start_matches('/'))
+                }
+                context => {
+                    let source = bind_context_source(solver, m, context.as_deref())
+                        .map_err(|e| step_error(at, e))?;
+                    if m.read_only {
+                        source
+                    } else {
+                        match writable_bind_root(&source).1 {
+                            Some(file) => mounted.join(file),
+                            None => mounted,
+                        }
+                    }
                 }
             };
-            json!({ "destination": target, "type": "bind", "source": source, "options": ["rbind", "ro"] })
+            json!({ "destination": target, "type": "bind", "source": source, "options": ["rbind", ro] })
         }
         MountType::Ssh => match ssh_mount(solver, m, at)? {
             Some((mount, relay)) => {

@@ -52,6 +52,8 @@ pub(crate) struct StageState {
     pub declared_args: BTreeSet<String>,
     /// How many of `layers` are the base image's (`--squash` keeps those).
     pub base_layers: usize,
+    /// A CMD of this stage was applied: a later ENTRYPOINT keeps it (BuildKit's `cmdSet`).
+    pub cmd_set: bool,
 }
 
 /// A filesystem step's result, as cached.
@@ -330,6 +332,7 @@ impl<'a> Solver<'a> {
             let mut state = (*parent).clone();
             state.args.clear();
             state.declared_args.clear();
+            state.cmd_set = false;
             return Ok(state);
         }
         let scratch = || StageState {
@@ -339,6 +342,7 @@ impl<'a> Solver<'a> {
             args: BTreeMap::new(),
             declared_args: BTreeSet::new(),
             base_layers: 0,
+            cmd_set: false,
         };
         if image == "scratch" {
             step.finish(StepStatus::Done);
@@ -369,6 +373,7 @@ impl<'a> Solver<'a> {
             fs_key: key_of(&[b"image", manifest_digest.as_str().as_bytes()]),
             args: BTreeMap::new(),
             declared_args: BTreeSet::new(),
+            cmd_set: false,
         };
         // ONBUILD triggers of the base image run first (reference.md, "ONBUILD").
         for trigger in triggers {
@@ -553,8 +558,15 @@ impl<'a> Solver<'a> {
         at: &Located<Instruction>,
     ) -> Result<(), BuildError> {
         let args = state.args.clone();
+        let cmd = state.config.config.as_ref().and_then(|c| c.cmd.clone());
         let unset = image_config::apply(&mut state.config, &at.value, &self.lex, &args)
             .map_err(|e| step_error(at, e))?;
+        match &at.value {
+            Instruction::Cmd(_) => state.cmd_set = true,
+            // ENTRYPOINT drops the base image's CMD only, not one this stage set.
+            Instruction::Entrypoint(_) if state.cmd_set => state.config.config_mut().cmd = cmd,
+            _ => {}
+        }
         self.note_unset(state, at, &unset);
         Ok(())
     }
