@@ -1,0 +1,1 @@
+vendor/drop/d.go

@@ -1,0 +1,1 @@
+vendor/keep/k.go
