@@ -714,10 +714,13 @@ fn extract_archive(archive: Box<dyn Read + Send>, dest_dir: &Path) -> Result<(),
 fn open_archive(path: &Path) -> Result<Option<Box<dyn Read + Send>>, String> {
     let failed = |e: io::Error| format!("{}: {e}", path.display());
     let mut file = fs::File::open(path).map_err(failed)?;
-    let mut magic = [0u8; 6];
-    let n = read_up_to(&mut file, &mut magic).map_err(failed)?;
+    let mut magic = Vec::with_capacity(6);
+    (&mut file)
+        .take(6)
+        .read_to_end(&mut magic)
+        .map_err(failed)?;
     file.seek(io::SeekFrom::Start(0)).map_err(failed)?;
-    let mut decoded: Box<dyn Read + Send> = match &magic[..n] {
+    let mut decoded: Box<dyn Read + Send> = match magic[..] {
         [0x1f, 0x8b, ..] => {
             oci::compression::decompress(file, Compression::Gzip).map_err(failed)?
         }
@@ -732,35 +735,24 @@ fn open_archive(path: &Path) -> Result<Option<Box<dyn Read + Send>>, String> {
         ),
         _ => Box::new(file),
     };
-    let mut header = [0u8; 512];
+    let mut header = Vec::with_capacity(512);
     // A stream that fails to decompress only looked compressed: a file, not an archive.
-    match read_up_to(&mut decoded, &mut header) {
-        Ok(512) if is_tar_header(&header) => {
+    match (&mut decoded).take(512).read_to_end(&mut header) {
+        Ok(_) if is_tar_header(&header) => {
             Ok(Some(Box::new(io::Cursor::new(header).chain(decoded))))
         }
         _ => Ok(None),
     }
 }
 
-/// Reads until `buf` is full or the stream ends; returns how much was read.
-fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
 /// Whether `block` is a tar header: its checksum field (octal) matches the sum of its bytes
 /// with that field counted as spaces, unsigned or (old tars) signed. An all-zero block, the
 /// end of an empty archive, has no checksum and is not one.
-fn is_tar_header(block: &[u8; 512]) -> bool {
+fn is_tar_header(block: &[u8]) -> bool {
     const CHECKSUM: std::ops::Range<usize> = 148..156;
+    if block.len() != 512 {
+        return false;
+    }
     let Ok(field) = std::str::from_utf8(&block[CHECKSUM]) else {
         return false;
     };

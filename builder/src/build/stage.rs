@@ -558,14 +558,20 @@ impl<'a> Solver<'a> {
         at: &Located<Instruction>,
     ) -> Result<(), BuildError> {
         let args = state.args.clone();
-        let cmd = state.config.config.as_ref().and_then(|c| c.cmd.clone());
+        // ENTRYPOINT drops the base image's CMD only, not one this stage set.
+        let kept_cmd = match &at.value {
+            Instruction::Entrypoint(_) if state.cmd_set => {
+                state.config.config.as_ref().and_then(|c| c.cmd.clone())
+            }
+            _ => None,
+        };
         let unset = image_config::apply(&mut state.config, &at.value, &self.lex, &args)
             .map_err(|e| step_error(at, e))?;
-        match &at.value {
-            Instruction::Cmd(_) => state.cmd_set = true,
-            // ENTRYPOINT drops the base image's CMD only, not one this stage set.
-            Instruction::Entrypoint(_) if state.cmd_set => state.config.config_mut().cmd = cmd,
-            _ => {}
+        if kept_cmd.is_some() {
+            state.config.config_mut().cmd = kept_cmd;
+        }
+        if matches!(at.value, Instruction::Cmd(_)) {
+            state.cmd_set = true;
         }
         self.note_unset(state, at, &unset);
         Ok(())
